@@ -1,0 +1,210 @@
+//! The command line: raw arguments (clap) turned into checked facts in one place,
+//! and each subcommand's output.
+
+use clap::{Args, Parser, Subcommand};
+use std::fmt::Write as _;
+
+use crate::error::Error;
+use crate::facts::{self, Disk, Facts, Ipv6, Keep, Network, Ntp, RootLogin, Ssh, YesNo};
+use crate::plan::Plan;
+use crate::script;
+use crate::target::{self, Target};
+
+const EXAMPLES: &str = "\
+Examples:
+  mingen > minimise.sh                        the guide's host: Alpine 3.23, vda, static IPv4
+  mingen --disk sda --ipv6 used > minimise.sh a virtio-scsi host that uses IPv6
+  mingen facts > host.toml                    write the facts to edit
+  mingen --facts host.toml > minimise.sh      a script for the host host.toml describes
+  mingen --facts host.toml plan               which rules apply, and why
+  mingen explain kernel-cmdline               what a rule does, risks, and how to undo it
+
+Then, on the host as root: MINGEN_DRY_RUN=1 sh minimise.sh, then sh minimise.sh.";
+
+/// Generate a reviewed, self-contained ash script that minimises an Alpine Linux VPS.
+#[derive(Parser, Debug)]
+#[command(name = "mingen", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    facts: FactArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the script (the default).
+    Script,
+    /// Print the effective facts as a commented TOML file to edit and pass to --facts.
+    Facts,
+    /// Print every rule of the target: applied or skipped, the fact that decided, what it changes.
+    Plan,
+    /// Print a rule's full explanation: what it does, why, what it risks, how to undo it.
+    Explain {
+        /// The rule's id, as `mingen plan` lists it.
+        rule: String,
+    },
+    /// List the targets.
+    Targets,
+}
+
+/// Facts: read from --facts, each flag overriding the file.
+#[derive(Args, Debug)]
+struct FactArgs {
+    /// A facts file (TOML); `mingen facts` writes one to start from.
+    #[arg(long, global = true, value_name = "FILE")]
+    facts: Option<String>,
+    /// The target (see `mingen targets`).
+    #[arg(long, global = true)]
+    target: Option<String>,
+    #[arg(long, global = true, value_enum)]
+    disk: Option<Disk>,
+    #[arg(long, global = true, value_enum)]
+    ipv6: Option<Ipv6>,
+    #[arg(long, global = true, value_enum)]
+    guest_agent: Option<Keep>,
+    #[arg(long, global = true, value_enum)]
+    balloon: Option<Keep>,
+    #[arg(long, global = true, value_enum)]
+    ntp: Option<Ntp>,
+    #[arg(long, global = true, value_enum)]
+    python: Option<Keep>,
+    #[arg(long, global = true, value_enum)]
+    network: Option<Network>,
+    #[arg(long, global = true, value_enum)]
+    ssh: Option<Ssh>,
+    /// A port sshd listens on (repeat for several).
+    #[arg(long = "ssh-port", global = true, value_name = "PORT")]
+    ssh_ports: Vec<u16>,
+    #[arg(long, global = true, value_enum)]
+    ssh_password_auth: Option<YesNo>,
+    #[arg(long, global = true, value_enum)]
+    ssh_root_login: Option<RootLogin>,
+}
+
+impl FactArgs {
+    /// The checked facts: defaults, then the file, then the flags.
+    fn resolve(&self) -> Result<Facts, Error> {
+        let mut facts = match &self.facts {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Read { path: path.clone(), message: e.to_string() })?;
+                Facts::from_toml(path, &text)?
+            }
+            None => Facts::default(),
+        };
+        if let Some(v) = &self.target { facts.target = v.clone(); }
+        if let Some(v) = self.disk { facts.disk = v; }
+        if let Some(v) = self.ipv6 { facts.ipv6 = v; }
+        if let Some(v) = self.guest_agent { facts.guest_agent = v; }
+        if let Some(v) = self.balloon { facts.balloon = v; }
+        if let Some(v) = self.ntp { facts.ntp = v; }
+        if let Some(v) = self.python { facts.python = v; }
+        if let Some(v) = self.network { facts.network = v; }
+        if let Some(v) = self.ssh { facts.ssh = v; }
+        if !self.ssh_ports.is_empty() {
+            facts::check_ports(&self.ssh_ports).map_err(|message| Error::Facts {
+                file: "command line".into(),
+                line: 0,
+                key: "ssh_ports".into(),
+                message,
+            })?;
+            facts.ssh_ports = self.ssh_ports.clone();
+        }
+        if let Some(v) = self.ssh_password_auth { facts.ssh_password_auth = v; }
+        if let Some(v) = self.ssh_root_login { facts.ssh_root_login = v; }
+        Ok(facts)
+    }
+}
+
+/// Run the command line; the text for stdout, or the error for stderr.
+pub fn run(cli: Cli) -> Result<String, Error> {
+    if let Some(Command::Targets) = cli.command {
+        let mut out = String::new();
+        for name in target::names() {
+            let target = Target::load(&name)?;
+            writeln!(out, "{name}: {}", target.summary).expect("write to String");
+        }
+        return Ok(out);
+    }
+    let facts = cli.facts.resolve()?;
+    let target = Target::load(&facts.target)?;
+    match cli.command {
+        None | Some(Command::Script) => script::render(&Plan::new(&target, &facts)),
+        Some(Command::Facts) => script::render_facts(&facts),
+        Some(Command::Plan) => Ok(plan_text(&Plan::new(&target, &facts))),
+        Some(Command::Explain { rule }) => Ok(explain_text(&target, &rule)?),
+        Some(Command::Targets) => unreachable!("handled above"),
+    }
+}
+
+fn changes(steps: &[crate::target::Action]) -> String {
+    use crate::target::Action;
+    let text: Vec<String> = steps
+        .iter()
+        .map(|step| match step {
+            Action::WriteFile { path, .. } => format!("writes {path}"),
+            Action::EditList { path, key, .. } => format!("edits {key}= in {path}"),
+            Action::Replace { path, .. } => format!("edits {path}"),
+            Action::KernelCmdline { .. } => "edits the kernel command line".into(),
+            Action::Mkinitfs {} => "runs mkinitfs".into(),
+            Action::PackagesAdd { .. } => "installs packages".into(),
+            Action::PackagesRemove { .. } => "removes packages".into(),
+            Action::ServiceOff { name, .. } => format!("disables {name}"),
+            Action::ServiceOn { name, runlevel, .. } => format!("enables {name} in {runlevel}"),
+            Action::SshSwitch {} => "switches sshd to dropbear".into(),
+            Action::ClearDir { path } => format!("empties {path}"),
+            Action::WriteValue { path, .. } => format!("sets {path}"),
+            Action::Reboot {} => "reboots (MINGEN_REBOOT=1)".into(),
+        })
+        .collect();
+    let mut unique: Vec<String> = Vec::new();
+    for t in text {
+        if !unique.contains(&t) {
+            unique.push(t);
+        }
+    }
+    unique.join("; ")
+}
+
+fn plan_text(plan: &Plan) -> String {
+    let mut out = String::new();
+    writeln!(out, "target {}: {}", plan.target.id, plan.target.summary).expect("write to String");
+    writeln!(out, "facts: {}", plan.facts).expect("write to String");
+    let mut stage = None;
+    for d in &plan.decisions {
+        if stage != Some(d.rule.stage) {
+            stage = Some(d.rule.stage);
+            writeln!(out, "\n{}", d.rule.stage).expect("write to String");
+        }
+        let state = if d.applied { "applied" } else { "skipped" };
+        let by = if d.decided_by.is_empty() { "always".to_string() } else { d.decided_by.clone() };
+        writeln!(out, "  {:<20} {state}  [{by}]", d.rule.id).expect("write to String");
+        writeln!(out, "  {:<20} {}", "", d.rule.summary).expect("write to String");
+        writeln!(out, "  {:<20} {}", "", changes(&d.rule.actions)).expect("write to String");
+    }
+    out
+}
+
+fn explain_text(target: &Target, id: &str) -> Result<String, Error> {
+    let rule = target.rule(id)?;
+    let when = if rule.when.is_empty() {
+        "always".to_string()
+    } else {
+        rule.when
+            .iter()
+            .map(|(k, v)| format!("{k} = {}", v.values().join(" | ")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Ok(format!(
+        "{id} ({stage}, target {target})\n{summary}\n\nApplies when: {when}\n\nWhat it does:\n{what}\n\nWhy:\n{why}\n\nRisk:\n{risk}\n\nUndo:\n{undo}\n",
+        stage = rule.stage,
+        target = target.id,
+        summary = rule.summary,
+        what = rule.what.trim(),
+        why = rule.why.trim(),
+        risk = rule.risk.trim(),
+        undo = rule.undo.trim(),
+    ))
+}

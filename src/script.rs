@@ -1,0 +1,287 @@
+//! Rendering: a plan into the self-contained ash script (with its undo.sh inside),
+//! and facts into an editable facts file. Values reach shell only through `sh`.
+
+use askama::Template;
+use std::collections::BTreeSet;
+
+use crate::error::Error;
+use crate::facts::{self, Facts, Ipv6, RootLogin, YesNo};
+use crate::plan::Plan;
+use crate::target::{Action, BootLoader, Check, Stage};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The heredoc delimiter of file contents; a content line equal to it would end the heredoc.
+const HEREDOC_END: &str = "MINGEN_EOF";
+
+mod filters {
+    /// Quote a value as one shell word.
+    #[askama::filter_fn]
+    pub fn sh(value: impl std::fmt::Display, _: &dyn askama::Values) -> askama::Result<String> {
+        super::quote(&value.to_string()).map_err(|e| askama::Error::custom(e))
+    }
+}
+
+/// One shell word for any string: plain when it is safe as is, else single-quoted.
+pub fn quote(value: &str) -> Result<String, String> {
+    shlex::try_quote(value).map(|q| q.into_owned()).map_err(|e| format!("cannot quote {value:?}: {e}"))
+}
+
+struct RuleView {
+    id: String,
+    func: String,
+    summary: String,
+    announce: String,
+    stage: Stage,
+    steps: Vec<Action<String>>,
+}
+
+#[derive(Template)]
+#[template(path = "minimise.sh")]
+struct MinimiseScript<'a> {
+    version: &'a str,
+    target: &'a crate::target::Target,
+    disk: String,
+    facts: Vec<(String, String)>,
+    applied: Vec<RuleView>,
+    skipped: Vec<(String, String)>,
+    needs: Vec<String>,
+    backup_paths: Vec<String>,
+    add_names: String,
+    add_if_installed: String,
+    remove_names: String,
+    remove_prefixes: String,
+    add_after: String,
+    remove_after: String,
+    dropbear_opts: String,
+    undo: String,
+}
+
+#[derive(Template)]
+#[template(path = "undo.sh")]
+struct UndoScript;
+
+struct FactView {
+    name: &'static str,
+    meaning: &'static str,
+    allowed: Vec<String>,
+    value: String,
+}
+
+#[derive(Template)]
+#[template(path = "facts.toml")]
+struct FactsFile<'a> {
+    version: &'a str,
+    facts: Vec<FactView>,
+}
+
+/// dropbear's options that carry sshd's port(s) and login policy.
+pub fn dropbear_opts(facts: &Facts) -> String {
+    let mut opts: Vec<String> = facts
+        .ssh_ports
+        .iter()
+        .map(|port| match facts.ipv6 {
+            // With IPv6 off, dropbear must be told to listen on IPv4 or it finds no port.
+            Ipv6::Unused => format!("-p 0.0.0.0:{port}"),
+            Ipv6::Used => format!("-p {port}"),
+        })
+        .collect();
+    if facts.ssh_password_auth == YesNo::No {
+        opts.push("-s".into());
+    }
+    match facts.ssh_root_login {
+        RootLogin::Yes => {}
+        RootLogin::ProhibitPassword => opts.push("-g".into()),
+        RootLogin::No => opts.push("-w".into()),
+    }
+    opts.join(" ")
+}
+
+/// A preflight line for one check of a rule.
+fn check_line(check: Check, facts: &Facts) -> Result<String, Error> {
+    Ok(match check {
+        Check::StaticNetwork => "check_static_network".into(),
+        Check::Ipv6Unused => "check_ipv6_unused".into(),
+        Check::SshdSettings => {
+            let mut ports = facts.ssh_ports.clone();
+            ports.sort_unstable();
+            let ports = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(" ");
+            format!(
+                "check_sshd_settings {} {} {}",
+                q(&ports)?,
+                q(&facts.get("ssh_password_auth").expect("known fact"))?,
+                q(&facts.get("ssh_root_login").expect("known fact"))?
+            )
+        }
+    })
+}
+
+fn q(value: &str) -> Result<String, Error> {
+    quote(value).map_err(Error::Internal)
+}
+
+/// The preflight lines that check the files a step edits have the shape it expects.
+fn step_needs(step: &Action<String>, boot_loader: BootLoader) -> Result<Vec<String>, Error> {
+    let parent = |path: &str| path.rsplit_once('/').map(|(dir, _)| dir.to_string()).unwrap_or_default();
+    Ok(match step {
+        Action::WriteFile { path, .. } => vec![format!("need_dir {}", q(&parent(path))?)],
+        Action::EditList { path, key, .. } => vec![format!("need_assignment {} {}", q(path)?, q(key)?)],
+        Action::Replace { path, find, replace } => {
+            vec![format!("need_text {} {} {}", q(path)?, q(find)?, q(replace)?)]
+        }
+        Action::KernelCmdline { .. } => match boot_loader {
+            BootLoader::Extlinux => vec![
+                "need_assignment /etc/update-extlinux.conf modules".into(),
+                "need_assignment /etc/update-extlinux.conf default_kernel_opts".into(),
+                "need_append_line /boot/extlinux.conf".into(),
+            ],
+        },
+        Action::Mkinitfs {} => vec!["need_cmd mkinitfs".into()],
+        Action::PackagesAdd { names, only_if_installed: false } if !names.is_empty() => {
+            let names = names.iter().map(|n| q(n)).collect::<Result<Vec<_>, _>>()?;
+            vec![format!("need_installable {}", names.join(" "))]
+        }
+        Action::ServiceOn { name, provided_by: None, .. } => vec![format!("need_init_script {}", q(name)?)],
+        Action::WriteValue { path, .. } => vec![format!("need_file {}", q(path)?)],
+        _ => Vec::new(),
+    })
+}
+
+/// The files a step may change, for the backup.
+fn step_files(step: &Action<String>, boot_loader: BootLoader) -> Vec<String> {
+    match step {
+        Action::WriteFile { path, .. }
+        | Action::EditList { path, .. }
+        | Action::Replace { path, .. }
+        | Action::WriteValue { path, .. } => vec![path.clone()],
+        Action::KernelCmdline { .. } => match boot_loader {
+            BootLoader::Extlinux => vec!["/etc/update-extlinux.conf".into(), "/boot/extlinux.conf".into()],
+        },
+        Action::SshSwitch {} => {
+            let mut files = vec!["/etc/conf.d/dropbear".to_string()];
+            files.extend(["rsa", "ecdsa", "ed25519"].map(|t| format!("/etc/dropbear/dropbear_{t}_host_key")));
+            files
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn push_new(list: &mut Vec<String>, items: Vec<String>) {
+    for item in items {
+        if !list.contains(&item) {
+            list.push(item);
+        }
+    }
+}
+
+/// Render the plan as the script to run on the host.
+pub fn render(plan: &Plan) -> Result<String, Error> {
+    let target = plan.target;
+    let mut needs = Vec::new();
+    let mut backup_paths = vec!["/etc/apk/world".to_string()];
+    let mut checks = BTreeSet::new();
+    for decision in plan.applied() {
+        checks.extend(decision.rule.requires.iter().copied());
+        for step in &decision.steps {
+            push_new(&mut needs, step_needs(step, target.boot_loader)?);
+            push_new(&mut backup_paths, step_files(step, target.boot_loader));
+            if let Action::WriteFile { path, content, .. } = step {
+                if content.lines().any(|line| line == HEREDOC_END) {
+                    return Err(Error::Internal(format!("content of {path} holds the line {HEREDOC_END}")));
+                }
+            }
+        }
+    }
+    for check in checks {
+        needs.push(check_line(check, &plan.facts)?);
+    }
+    let (add_after, remove_after) = plan.transaction_points();
+    let (remove_names, remove_prefixes) = plan.packages_to_remove();
+    let undo = UndoScript.render().map_err(|e| Error::Internal(e.to_string()))?;
+    if undo.lines().any(|line| line == "MINGEN_UNDO") {
+        return Err(Error::Internal("undo.sh holds its own heredoc delimiter".into()));
+    }
+    let script = MinimiseScript {
+        version: VERSION,
+        target,
+        disk: plan.facts.get("disk").expect("known fact"),
+        facts: facts::KEYS.iter().map(|k| (k.name.to_string(), plan.facts.toml_value(k.name))).collect(),
+        applied: plan
+            .applied()
+            .map(|d| RuleView {
+                id: d.rule.id.clone(),
+                func: d.rule.id.replace('-', "_"),
+                summary: d.rule.summary.clone(),
+                announce: format!("rule {}: {}", d.rule.id, d.rule.summary),
+                stage: d.rule.stage,
+                steps: d.steps.clone(),
+            })
+            .collect(),
+        skipped: plan
+            .decisions
+            .iter()
+            .filter(|d| !d.applied)
+            .map(|d| (d.rule.id.clone(), d.decided_by.clone()))
+            .collect(),
+        needs,
+        backup_paths,
+        add_names: plan.packages_to_add(false).join(" "),
+        add_if_installed: plan.packages_to_add(true).join(" "),
+        remove_names: remove_names.join(" "),
+        remove_prefixes: remove_prefixes.join(" "),
+        add_after: add_after.unwrap_or_default(),
+        remove_after: remove_after.unwrap_or_default(),
+        dropbear_opts: dropbear_opts(&plan.facts),
+        undo,
+    };
+    script.render().map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Render facts as a commented TOML file that `--facts` reads back.
+pub fn render_facts(facts: &Facts) -> Result<String, Error> {
+    let file = FactsFile {
+        version: VERSION,
+        facts: facts::KEYS
+            .iter()
+            .map(|k| FactView { name: k.name, meaning: k.meaning, allowed: (k.values)(), value: facts.toml_value(k.name) })
+            .collect(),
+    };
+    file.render().map_err(|e| Error::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::Ssh;
+
+    #[test]
+    fn quoting_keeps_plain_words_and_quotes_the_rest() {
+        assert_eq!(quote("vda").unwrap(), "vda");
+        assert_eq!(quote("-p 22").unwrap(), "'-p 22'");
+        assert_eq!(quote("it's").unwrap(), "\"it's\"");
+        assert_eq!(quote("").unwrap(), "''");
+        assert!(quote("a\0b").is_err());
+    }
+
+    #[test]
+    fn dropbear_carries_port_password_and_root_policy() {
+        let guide = Facts::default();
+        assert_eq!(dropbear_opts(&guide), "-p 0.0.0.0:22 -g");
+        let strict = Facts {
+            ssh_ports: vec![2222],
+            ssh_password_auth: YesNo::No,
+            ssh_root_login: RootLogin::No,
+            ipv6: Ipv6::Used,
+            ..Facts::default()
+        };
+        assert_eq!(dropbear_opts(&strict), "-p 2222 -s -w");
+    }
+
+    #[test]
+    fn facts_file_round_trips() {
+        let facts = Facts { ssh: Ssh::Openssh, ssh_ports: vec![22, 2222], ..Facts::default() };
+        let text = render_facts(&facts).unwrap();
+        assert_eq!(Facts::from_toml("facts.toml", &text).unwrap(), facts);
+        assert!(text.contains("# one of: vda, sda"), "{text}");
+    }
+}

@@ -1,0 +1,601 @@
+MINGEN_STATE=/var/lib/mingen
+MINGEN_BACKUP=$MINGEN_STATE/backup
+MINGEN_LOG=/var/log/mingen.log
+MINGEN_DRY_RUN=${MINGEN_DRY_RUN:-0}
+MINGEN_REBOOT=${MINGEN_REBOOT:-0}
+KERNEL_VERSION=
+INITRAMFS_STALE=0
+PREFLIGHT_FAILED=0
+WORK=
+
+# ---------------------------------------------------------------- vocabulary
+
+say() {
+	printf 'mingen: %s\n' "$*" >&2 || true
+}
+
+err() {
+	say "error: $*"
+	exit 1
+}
+
+dry_run() {
+	[ "$MINGEN_DRY_RUN" = 1 ]
+}
+
+need_cmd() {
+	command -v "$1" >/dev/null 2>&1 || err "\`$1\` is needed and is not installed"
+}
+
+# log TEXT: one line in the log of changes (never in a dry run).
+log() {
+	if ! dry_run; then
+		printf '%s %s\n' "$(date '+%Y-%m-%dT%H:%M:%S')" "$*" >>"$MINGEN_LOG" 2>/dev/null || true
+	fi
+}
+
+# change WHAT COMMAND [ARG...]: make one change and say so, or in a dry run say
+# what would change. Every change to the host goes through here.
+change() {
+	local what=$1
+	shift
+	if dry_run; then
+		say "would $what"
+		return 0
+	fi
+	say "$what"
+	log "$what"
+	: >"$MINGEN_STATE/reboot-pending"
+	"$@" || err "could not $what (\`$*\` failed)"
+}
+
+# ---------------------------------------------------------------- files
+
+# put_file PATH MODE NEW: give PATH the content of the file NEW, unless it has it.
+# An existing PATH keeps its mode and owner; the new content lands atomically.
+put_file() {
+	local path=$1 mode=$2 new=$3
+	if [ -f "$path" ] && cmp -s "$new" "$path"; then
+		return 0
+	fi
+	case $path in
+	/etc/mkinitfs/* | /etc/modprobe.d/*) INITRAMFS_STALE=1 ;;
+	esac
+	if dry_run; then
+		say "would write $path:"
+		if [ -f "$path" ]; then
+			diff -u "$path" "$new" >&2 || true
+		else
+			sed 's/^/+/' "$new" >&2
+		fi
+		return 0
+	fi
+	if [ "$INITRAMFS_STALE" = 1 ]; then
+		: >"$MINGEN_STATE/initramfs-stale"
+	fi
+	change "write $path" install_file "$path" "$mode" "$new"
+}
+
+install_file() {
+	local path=$1 mode=$2 new=$3
+	if [ -f "$path" ]; then
+		cp -p "$path" "$path.mingen-new" && cat "$new" >"$path.mingen-new"
+	else
+		cp "$new" "$path.mingen-new" && chmod "$mode" "$path.mingen-new"
+	fi && mv -f "$path.mingen-new" "$path"
+}
+
+# write_file PATH MODE: give PATH the content read from standard input.
+write_file() {
+	cat >"$WORK/new"
+	put_file "$1" "$2" "$WORK/new"
+}
+
+# edit_lists MODE < FILE: print FILE with lists edited. The lists to edit are
+# given in the environment: KEY, SEP, SET, ADD, REMOVE (items split on spaces).
+#   MODE=assign: the list in each `KEY=list` line (quoted or not) becomes SET, or
+#                loses REMOVE and gains ADD; it is quoted if it holds a space.
+#   MODE=append: in each `APPEND` line of extlinux.conf, `modules=` loses REMOVE
+#                and the options gain ADD.
+#   MODE=check:  exit 1 unless a `KEY=` line exists with a plain list value.
+edit_lists() {
+	MODE=$1 awk '
+	function join(a, b, sep) { return a == "" ? b : a sep b }
+	function edit(list, sep, set, add, remove,    n, i, m, items, extra, drop, have, out) {
+		out = ""
+		if (set != "") {
+			m = split(set, extra, " ")
+			for (i = 1; i <= m; i++) out = join(out, extra[i], sep)
+			return out
+		}
+		m = split(remove, extra, " ")
+		for (i = 1; i <= m; i++) drop[extra[i]] = 1
+		n = split(list, items, sep)
+		for (i = 1; i <= n; i++) {
+			if (items[i] == "" || items[i] in drop) continue
+			have[items[i]] = 1
+			out = join(out, items[i], sep)
+		}
+		m = split(add, extra, " ")
+		for (i = 1; i <= m; i++) {
+			if (extra[i] in have) continue
+			have[extra[i]] = 1
+			out = join(out, extra[i], sep)
+		}
+		return out
+	}
+	function unquote(v,    f) {
+		quote = ""
+		f = substr(v, 1, 1)
+		if (length(v) >= 2 && (f == "\"" || f == "\047") && substr(v, length(v)) == f) {
+			quote = f
+			v = substr(v, 2, length(v) - 2)
+		}
+		return v
+	}
+	BEGIN { mode = ENVIRON["MODE"]; key = ENVIRON["KEY"] "=" }
+	mode != "append" && index($0, key) == 1 {
+		v = unquote(substr($0, length(key) + 1))
+		if (mode == "check") {
+			found = 1
+			if (v ~ /["$`\\]/ || v ~ /\047/ || (quote == "" && v ~ /[ \t]/)) bad = 1
+			next
+		}
+		v = edit(v, ENVIRON["SEP"], ENVIRON["SET"], ENVIRON["ADD"], ENVIRON["REMOVE"])
+		if (quote == "" && index(v, " ")) quote = "\""
+		print key quote v quote
+		next
+	}
+	mode == "append" && $1 == "APPEND" {
+		out = "APPEND"
+		for (i = 2; i <= NF; i++) {
+			t = $i
+			if (index(t, "modules=") == 1) t = "modules=" edit(substr(t, 9), ",", "", "", ENVIRON["REMOVE"])
+			out = out " " t
+		}
+		opts = edit(substr(out, 8), " ", "", ENVIRON["ADD"], "")
+		print substr($0, 1, index($0, "APPEND") - 1) "APPEND " opts
+		next
+	}
+	mode != "check" { print }
+	END { if (mode == "check") exit !(found && !bad) }'
+}
+
+# edit_assignment PATH KEY SEP SET ADD REMOVE
+edit_assignment() {
+	KEY=$2 SEP=$3 SET=$4 ADD=$5 REMOVE=$6 edit_lists assign <"$1" >"$WORK/new" ||
+		err "could not read $1"
+	put_file "$1" 0644 "$WORK/new"
+}
+
+# edit_append_lines PATH REMOVE_MODULES ADD_OPTIONS
+edit_append_lines() {
+	REMOVE=$2 ADD=$3 edit_lists append <"$1" >"$WORK/new" || err "could not read $1"
+	put_file "$1" 0644 "$WORK/new"
+}
+
+# set_assignment PATH KEY VALUE: make PATH hold `KEY="VALUE"` (in place of the
+# first KEY= line, or added at the end).
+set_assignment() {
+	local path=$1 key=$2 value=$3
+	if [ -f "$path" ]; then
+		KEY=$key VALUE=$value awk '
+		index($0, ENVIRON["KEY"] "=") == 1 {
+			if (!done) print ENVIRON["KEY"] "=\"" ENVIRON["VALUE"] "\""
+			done = 1
+			next
+		}
+		{ print }
+		END { if (!done) print ENVIRON["KEY"] "=\"" ENVIRON["VALUE"] "\"" }' "$path" >"$WORK/new"
+	else
+		printf '%s="%s"\n' "$key" "$value" >"$WORK/new"
+	fi
+	put_file "$path" 0644 "$WORK/new"
+}
+
+# replace_text PATH FIND REPLACE: on each line holding FIND and not REPLACE, put
+# REPLACE in the place of the first FIND.
+replace_text() {
+	FIND=$2 REPL=$3 awk '
+	{
+		line = $0
+		i = index(line, ENVIRON["FIND"])
+		if (i && !index(line, ENVIRON["REPL"]))
+			line = substr(line, 1, i - 1) ENVIRON["REPL"] substr(line, i + length(ENVIRON["FIND"]))
+		print line
+	}' <"$1" >"$WORK/new" || err "could not read $1"
+	put_file "$1" 0644 "$WORK/new"
+}
+
+# write_value PATH VALUE: write a kernel setting (sysfs) now.
+write_value() {
+	if [ "$(cat "$1")" != "$2" ]; then
+		change "set $1 to $2" write_to "$1" "$2"
+	fi
+}
+
+write_to() {
+	printf '%s\n' "$2" >"$1"
+}
+
+# clear_dir PATH: delete everything under PATH.
+clear_dir() {
+	if [ -n "$(ls -A "$1" 2>/dev/null)" ]; then
+		change "empty $1" find "$1" -mindepth 1 -delete
+	fi
+}
+
+# ---------------------------------------------------------------- services
+
+service_started() {
+	rc-service "$1" status >/dev/null 2>&1
+}
+
+in_runlevel() {
+	[ -L "/etc/runlevels/$2/$1" ] || [ -e "/etc/runlevels/$2/$1" ]
+}
+
+# service_off NAME [RUNLEVEL] STOP: stop NAME (STOP=yes) and take it out of
+# RUNLEVEL, or of every runlevel it is in.
+service_off() {
+	local name=$1 only=$2 stop=$3 link level
+	if [ "$stop" = yes ] && service_started "$name"; then
+		change "stop $name" rc-service "$name" stop
+	fi
+	for link in /etc/runlevels/*/"$name"; do
+		if [ -L "$link" ] || [ -e "$link" ]; then
+			level=${link%/*}
+			level=${level##*/}
+			if [ -z "$only" ] || [ "$only" = "$level" ]; then
+				change "take $name out of runlevel $level" rc-update del "$name" "$level"
+			fi
+		fi
+	done
+}
+
+# service_on NAME RUNLEVEL START: put NAME in RUNLEVEL, and start it (START=yes).
+service_on() {
+	if ! in_runlevel "$1" "$2"; then
+		change "put $1 in runlevel $2" rc-update add "$1" "$2"
+	fi
+	if [ "$3" = yes ] && ! service_started "$1"; then
+		change "start $1" rc-service "$1" start
+	fi
+}
+
+# ---------------------------------------------------------------- packages
+
+# world_has NAME: NAME is in /etc/apk/world (with or without a version or tag).
+world_has() {
+	NAME=$1 awk '
+	{ n = $0; sub(/[<>=~@].*/, "", n); if (n == ENVIRON["NAME"]) found = 1 }
+	END { exit !found }' /etc/apk/world
+}
+
+# installed NAME...: print the NAMEs that are installed (apk info -e).
+installed() {
+	apk info -e "$@" 2>/dev/null || true
+}
+
+# removal_candidates NAMES PREFIXES: the installed packages among NAMES or
+# starting with one of PREFIXES, one a line.
+removal_candidates() {
+	# shellcheck disable=SC2086 # one word per package name
+	installed $1
+	apk info 2>/dev/null | PREFIXES=$2 awk '
+	BEGIN { n = split(ENVIRON["PREFIXES"], p, " ") }
+	{ for (i = 1; i <= n; i++) if (index($1, p[i]) == 1) { print $1; next } }'
+}
+
+# apk_install NAMES IF_INSTALLED: one `apk add` for NAMES, and for IF_INSTALLED
+# where installed, that are not yet in the world file.
+apk_install() {
+	local names="" name
+	# shellcheck disable=SC2086 # one word per package name
+	for name in $1 $(installed $2); do
+		world_has "$name" || names="$names $name"
+	done
+	if [ -n "$names" ]; then
+		# shellcheck disable=SC2086 # one word per package name
+		change "install$names" apk add --quiet $names
+	fi
+}
+
+# apk_remove NAMES PREFIXES: one `apk del` for the installed packages named, if
+# one of them is still in the world file (else apk would only say it keeps them).
+apk_remove() {
+	local candidates name in_world=no
+	candidates=$(removal_candidates "$1" "$2" | sort -u | tr '\n' ' ')
+	for name in $candidates; do
+		if world_has "$name"; then
+			in_world=yes
+		fi
+	done
+	if [ "$in_world" = yes ]; then
+		# shellcheck disable=SC2086 # one word per package name
+		change "remove ${candidates% }" apk del --quiet $candidates
+	fi
+}
+
+# ---------------------------------------------------------------- initramfs
+
+rebuild_initramfs() {
+	if [ "$INITRAMFS_STALE" = 1 ] || [ -e "$MINGEN_STATE/initramfs-stale" ]; then
+		change "rebuild the initramfs for kernel $KERNEL_VERSION" mkinitfs "$KERNEL_VERSION"
+		if ! dry_run; then
+			rm -f "$MINGEN_STATE/initramfs-stale"
+		fi
+	fi
+}
+
+# ---------------------------------------------------------------- ssh
+
+# sshd_config_lines FILE: FILE with its Include lines replaced by the files they name.
+sshd_config_lines() {
+	local line file
+	while IFS= read -r line || [ -n "$line" ]; do
+		case $line in
+		[Ii]nclude[[:space:]]*)
+			# shellcheck disable=SC2086 # the Include value is a glob to expand
+			for file in ${line#*[[:space:]]}; do
+				case $file in
+				/*) ;;
+				*) file=/etc/ssh/$file ;;
+				esac
+				if [ -f "$file" ]; then
+					cat "$file"
+				fi
+			done
+			;;
+		*) printf '%s\n' "$line" ;;
+		esac
+	done <"$1"
+}
+
+# sshd_settings: sshd's effective port, listenaddress, passwordauthentication and
+# permitrootlogin, one `keyword value` a line (first value wins, as in sshd).
+sshd_settings() {
+	sshd_config_lines /etc/ssh/sshd_config | awk '
+	{ sub(/^[ \t]+/, ""); sub(/=/, " ") }
+	/^#/ || NF < 2 { next }
+	{ k = tolower($1); v = $2 }
+	k == "match" { exit }
+	k == "port" || k == "listenaddress" { print k, v; next }
+	(k == "passwordauthentication" || k == "permitrootlogin") && !(k in seen) { seen[k] = 1; print k, tolower(v) }'
+}
+
+# check_sshd_settings PORTS PASSWORD ROOT_LOGIN: sshd's settings are the facts'
+# and dropbear can carry them.
+check_sshd_settings() {
+	local settings ports password root listen
+	if ! command -v sshd >/dev/null 2>&1; then
+		return 0 # OpenSSH is gone already: a run before this one carried its settings
+	fi
+	[ -f /etc/ssh/sshd_config ] || {
+		mismatch "fact \`ssh\` is dropbear, but /etc/ssh/sshd_config is missing, so sshd's settings cannot be carried"
+		return 0
+	}
+	settings=$(sshd_settings)
+	ports=$(printf '%s\n' "$settings" | awk '$1 == "port" { print $2 }' | sort -n | tr '\n' ' ')
+	ports=${ports% }
+	password=$(printf '%s\n' "$settings" | awk '$1 == "passwordauthentication" { print $2 }')
+	root=$(printf '%s\n' "$settings" | awk '$1 == "permitrootlogin" { print $2 }')
+	listen=$(printf '%s\n' "$settings" | awk '$1 == "listenaddress" && $2 != "0.0.0.0" && $2 != "::" { print $2 }' | tr '\n' ' ')
+	[ "$root" != without-password ] || root=prohibit-password
+	if [ "${ports:-22}" != "$1" ]; then
+		mismatch "fact \`ssh_ports\` is [$1], but sshd listens on port(s) ${ports:-22}"
+	fi
+	if [ "${password:-yes}" != "$2" ]; then
+		mismatch "fact \`ssh_password_auth\` is $2, but sshd has PasswordAuthentication ${password:-yes}"
+	fi
+	case ${root:-prohibit-password} in
+	yes | no | prohibit-password)
+		if [ "${root:-prohibit-password}" != "$3" ]; then
+			mismatch "fact \`ssh_root_login\` is $3, but sshd has PermitRootLogin ${root:-prohibit-password}"
+		fi
+		;;
+	*) mismatch "sshd has PermitRootLogin $root, which dropbear cannot carry: keep OpenSSH (ssh = \"openssh\")" ;;
+	esac
+	if [ -n "$listen" ]; then
+		mismatch "sshd has ListenAddress ${listen% }, which mingen does not carry to dropbear: keep OpenSSH (ssh = \"openssh\")"
+	fi
+}
+
+# ssh_switch DROPBEAR_OPTS: carry the host keys and settings to dropbear, then
+# stop sshd and start dropbear in one step that a hang-up cannot cut.
+ssh_switch() {
+	local type
+	if [ ! -d /etc/dropbear ]; then
+		change "create /etc/dropbear" mkdir -p -m 0700 /etc/dropbear
+	fi
+	for type in rsa ecdsa ed25519; do
+		if [ -f "/etc/ssh/ssh_host_${type}_key" ] && [ ! -f "/etc/dropbear/dropbear_${type}_host_key" ]; then
+			change "convert the OpenSSH $type host key for dropbear" dropbearconvert openssh dropbear \
+				"/etc/ssh/ssh_host_${type}_key" "/etc/dropbear/dropbear_${type}_host_key"
+		fi
+	done
+	set_assignment /etc/conf.d/dropbear DROPBEAR_OPTS "$1"
+	if service_started dropbear && ! service_started sshd; then
+		return 0
+	fi
+	if dry_run; then
+		say "would stop sshd and start dropbear in one step"
+		return 0
+	fi
+	say "stopping sshd and starting dropbear in one step (if the session drops, reconnect on the same port)"
+	log "switch from sshd to dropbear"
+	(
+		trap '' HUP INT TERM
+		rc-service sshd stop
+		rc-service dropbear start
+	) >>"$MINGEN_LOG" 2>&1 </dev/null || true
+	if ! service_started dropbear; then
+		rc-service sshd start >>"$MINGEN_LOG" 2>&1 </dev/null || true
+		err "dropbear did not start, so sshd was started again; see $MINGEN_LOG"
+	fi
+}
+
+# ---------------------------------------------------------------- preflight
+
+mismatch() {
+	say "preflight: $*"
+	PREFLIGHT_FAILED=1
+}
+
+# root_disk: the disk holding the root filesystem, without its partition.
+root_disk() {
+	local dev
+	dev=$(awk '$2 == "/" { d = $1 } END { print d }' /proc/mounts 2>/dev/null || :)
+	dev=${dev#/dev/}
+	case $dev in
+	nvme*p[0-9]*) dev=${dev%p*} ;;
+	nvme*) ;;
+	*) dev=${dev%%[0-9]*} ;;
+	esac
+	printf '%s\n' "$dev"
+}
+
+need_file() {
+	[ -f "$1" ] || mismatch "$1 is missing"
+}
+
+need_dir() {
+	[ -d "$1" ] || mismatch "directory $1 is missing"
+}
+
+# need_assignment PATH KEY: PATH has a `KEY=` line with a plain list.
+need_assignment() {
+	if [ ! -f "$1" ]; then
+		mismatch "$1 is missing"
+	elif ! KEY=$2 edit_lists check <"$1"; then
+		mismatch "$1 has no plain \`$2=\` line to edit"
+	fi
+}
+
+# need_text PATH FIND REPLACE: PATH holds FIND, or REPLACE from an earlier run.
+need_text() {
+	if [ ! -f "$1" ]; then
+		mismatch "$1 is missing"
+	elif ! grep -qF -e "$2" "$1" && ! grep -qF -e "$3" "$1"; then
+		mismatch "$1 does not hold \`$2\`"
+	fi
+}
+
+need_append_line() {
+	if [ ! -f "$1" ]; then
+		mismatch "$1 is missing"
+	elif ! grep -q '^[[:space:]]*APPEND[[:space:]]' "$1"; then
+		mismatch "$1 has no APPEND line"
+	fi
+}
+
+need_init_script() {
+	[ -f "/etc/init.d/$1" ] || mismatch "service $1 has no init script (/etc/init.d/$1)"
+}
+
+# need_installable NAME...: apk can resolve the packages (they are installed or
+# in a repository index it has).
+need_installable() {
+	local missing
+	missing=$(for name in "$@"; do apk info -e "$name" >/dev/null 2>&1 || printf ' %s' "$name"; done)
+	if [ -n "$missing" ] && ! apk add --simulate --quiet "$@" >/dev/null 2>&1; then
+		mismatch "apk cannot install$missing: is the repository reachable? (try \`apk update\`)"
+	fi
+}
+
+# check_static_network: /etc/network/interfaces holds a complete static stanza
+# for the interface with the default route, and no DHCP.
+check_static_network() {
+	local route_if found
+	route_if=$(awk 'NR > 1 && $2 == "00000000" { print $1; exit }' /proc/net/route 2>/dev/null || :)
+	if [ ! -f /etc/network/interfaces ]; then
+		mismatch "fact \`network\` is static, but /etc/network/interfaces is missing"
+		return 0
+	fi
+	found=$(ROUTE_IF=$route_if awk '
+	$1 == "iface" {
+		iface = $2; family = $3; method = $4
+		if (method == "dhcp" || (family == "inet6" && method == "auto")) dhcp = dhcp " " iface " " family " " method
+		if (family == "inet" && method == "static") static[iface] = 1
+		next
+	}
+	family == "inet" && method == "static" && $1 == "address" { addr[iface] = 1; if (index($2, "/")) mask[iface] = 1 }
+	family == "inet" && method == "static" && $1 == "netmask" { mask[iface] = 1 }
+	family == "inet" && method == "static" && $1 == "gateway" { gw[iface] = 1 }
+	END {
+		if (dhcp != "") { print "it configures DHCP (iface" dhcp ")"; exit }
+		want = ENVIRON["ROUTE_IF"]
+		for (i in static) if (addr[i] && mask[i] && gw[i] && (want == "" || want == i)) ok = 1
+		if (ok) exit
+		if (want != "") print "it has no complete static stanza (address, netmask or prefix, gateway) for " want ", the interface with the default route"
+		else print "it has no complete static stanza (address, netmask or prefix, gateway)"
+	}' /etc/network/interfaces)
+	if [ -n "$found" ]; then
+		mismatch "fact \`network\` is static, but in /etc/network/interfaces $found: keep dhcpcd (network = \"dhcp\")"
+	fi
+}
+
+# check_ipv6_unused: no global IPv6 address is in use or configured.
+check_ipv6_unused() {
+	local found
+	if [ -r /proc/net/if_inet6 ]; then
+		found=$(awk '$4 == "00" { print $1 " on " $6; exit }' /proc/net/if_inet6)
+		if [ -n "$found" ]; then
+			mismatch "fact \`ipv6\` is unused, but a global IPv6 address is in use ($found): set ipv6 = \"used\""
+		fi
+	fi
+	found=$(awk '$1 == "iface" && $3 == "inet6" && $4 != "loopback" { print $2 " inet6 " $4; exit }' /etc/network/interfaces 2>/dev/null || :)
+	if [ -n "$found" ]; then
+		mismatch "fact \`ipv6\` is unused, but /etc/network/interfaces configures IPv6 (iface $found): set ipv6 = \"used\""
+	fi
+}
+
+# ---------------------------------------------------------------- backup and undo
+
+# backup_file PATH: keep the first copy of PATH (mode and owner too), or note
+# that it did not exist, so undo.sh can put it back or delete it.
+backup_file() {
+	local copy=$MINGEN_BACKUP$1
+	if [ -e "$copy" ] || grep -qxF -e "$1" "$MINGEN_BACKUP/absent.list" 2>/dev/null; then
+		return 0
+	fi
+	if [ -e "$1" ]; then
+		mkdir -p "${copy%/*}"
+		cp -p "$1" "$copy.tmp" && mv -f "$copy.tmp" "$copy"
+	else
+		printf '%s\n' "$1" >>"$MINGEN_BACKUP/absent.list"
+	fi
+}
+
+list_runlevels() {
+	local link level
+	for link in /etc/runlevels/*/*; do
+		if [ -L "$link" ] || [ -e "$link" ]; then
+			level=${link%/*}
+			printf '%s %s\n' "${level##*/}" "${link##*/}"
+		fi
+	done
+}
+
+list_started() {
+	ls /run/openrc/started 2>/dev/null || :
+}
+
+# keep_once FILE COMMAND...: write COMMAND's output to FILE if FILE does not exist.
+keep_once() {
+	local file=$1
+	shift
+	if [ ! -e "$file" ]; then
+		"$@" >"$file.tmp" && mv -f "$file.tmp" "$file"
+	fi
+}
+
+figures() {
+	free -m
+	df -m /
+}
+
+figure_values() {
+	free -m | awk 'NR == 2 { print "ram_used_mb " $3 }'
+	df -m / | awk 'NR == 2 { print "disk_used_mb " $3 }'
+}

@@ -1,0 +1,135 @@
+#!/bin/sh
+# undo.sh: written by mingen's minimise.sh. Puts back what it changed: the
+# packages (as /etc/apk/world was), every file it changed or created, the
+# runlevels and the started services, sshd in place of dropbear, and the initramfs.
+# Run it as root; it needs the package repository (`apk update` first).
+set -eu
+
+STATE=/var/lib/mingen
+BACKUP=$STATE/backup
+
+say() {
+	printf 'mingen undo: %s\n' "$*" >&2 || true
+}
+
+err() {
+	say "error: $*"
+	exit 1
+}
+
+# words_missing FILE_A FILE_B: the lines of FILE_B that FILE_A lacks.
+words_missing() {
+	awk 'FNR == NR { have[$0] = 1; next } $0 != "" && !($0 in have) { print }' "$1" "$2" | tr '\n' ' '
+}
+
+started() {
+	rc-service "$1" status >/dev/null 2>&1
+}
+
+restore_files() {
+	local path copy
+	if [ -f "$BACKUP/absent.list" ]; then
+		while IFS= read -r path; do
+			if [ -e "$path" ] || [ -L "$path" ]; then
+				say "delete $path"
+				rm -f "$path"
+			fi
+		done <"$BACKUP/absent.list"
+	fi
+	(cd "$BACKUP" && find . -type f ! -name absent.list) | while IFS= read -r copy; do
+		path=${copy#.}
+		case $path in
+		/sys/* | /proc/*) cat "$BACKUP$path" >"$path" ;;
+		*)
+			if ! cmp -s "$BACKUP$path" "$path"; then
+				say "restore $path"
+				mkdir -p "${path%/*}"
+				cp -p "$BACKUP$path" "$path"
+			fi
+			;;
+		esac
+	done
+}
+
+restore_runlevels() {
+	local now level name
+	now=$(mktemp)
+	for link in /etc/runlevels/*/*; do
+		if [ -L "$link" ] || [ -e "$link" ]; then
+			level=${link%/*}
+			printf '%s %s\n' "${level##*/}" "${link##*/}"
+		fi
+	done >"$now"
+	awk 'FNR == NR { was[$0] = 1; next } !($0 in was)' "$STATE/runlevels.before" "$now" |
+		while read -r level name; do
+			say "take $name out of runlevel $level"
+			rc-update del "$name" "$level" >/dev/null
+		done
+	awk 'FNR == NR { is[$0] = 1; next } !($0 in is)' "$now" "$STATE/runlevels.before" |
+		while read -r level name; do
+			say "put $name in runlevel $level"
+			rc-update add "$name" "$level" >/dev/null
+		done
+	rm -f "$now"
+}
+
+# The reverse switch: start sshd in the same step that stops dropbear.
+restore_sshd() {
+	if grep -qx sshd "$STATE/started.before" && ! started sshd && started dropbear; then
+		say "stopping dropbear and starting sshd in one step"
+		(
+			trap '' HUP INT TERM
+			rc-service dropbear stop
+			rc-service sshd start
+		) >/dev/null 2>&1 </dev/null || true
+		if ! started sshd; then
+			rc-service dropbear start >/dev/null 2>&1 </dev/null || true
+			err "sshd did not start, so dropbear was started again"
+		fi
+	fi
+}
+
+restore_started() {
+	local name
+	for name in $(words_missing /dev/null "$STATE/started.before"); do
+		if ! started "$name"; then
+			say "start $name"
+			rc-service "$name" start >/dev/null 2>&1 || say "could not start $name"
+		fi
+	done
+	for name in $(ls /run/openrc/started 2>/dev/null); do
+		if ! grep -qx "$name" "$STATE/started.before"; then
+			say "stop $name"
+			rc-service "$name" stop >/dev/null 2>&1 || say "could not stop $name"
+		fi
+	done
+}
+
+main() {
+	local add del
+	[ "$(id -u)" = 0 ] || err "run this as root"
+	[ -f "$BACKUP/etc/apk/world" ] || err "no backup in $BACKUP: nothing to undo"
+	trap '' HUP
+	add=$(words_missing /etc/apk/world "$BACKUP/etc/apk/world")
+	del=$(words_missing "$BACKUP/etc/apk/world" /etc/apk/world)
+	if [ -n "$add" ]; then
+		say "install $add"
+		# shellcheck disable=SC2086 # one word per world entry
+		apk add --quiet $add
+	fi
+	restore_files
+	restore_runlevels
+	restore_sshd
+	restore_started
+	if [ -n "$del" ]; then
+		say "remove $del"
+		# shellcheck disable=SC2086 # one word per world entry
+		apk del --quiet $del
+	fi
+	say "rebuild the initramfs"
+	mkinitfs "$(cat "$STATE/kernel-version")"
+	rm -f "$STATE/reboot-pending"
+	say "done: reboot to boot the host as it was"
+}
+
+main "$@" || exit 1
