@@ -1,0 +1,600 @@
+//! A provisioned sandbox host ([`Host`]): building it from a profile (once
+//! per profile per process, then copied), running commands in it under
+//! `chroot` in a private network namespace, and reading its state back.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use super::profile::Profile;
+use super::tree::Tree;
+use super::{apk, check, extract_minirootfs, paths, work_dir};
+
+/// Paths that `tree()` and `du_kb()` leave out (with everything beneath):
+/// - `/.sandbox`: the harness's own directory: the stand-ins' call log
+///   (`calls.log`) and the local apk repository (`repo/`);
+/// - `/root/script.sh`: where `run_script` puts the script it runs.
+pub const EXCLUDED: &[&str] = &["/.sandbox", "/root/script.sh"];
+
+/// Where the stand-ins append their calls, one line each.
+pub const CALL_LOG: &str = "/.sandbox/calls.log";
+/// The local repository inside the host, the only line of /etc/apk/repositories.
+pub const REPO_PATH: &str = "/.sandbox/repo";
+
+/// Longest a single `run` may take before it is killed.
+const RUN_TIMEOUT_SECS: &str = "300";
+
+/// One recorded stand-in call: program name (`rc-update`) and its arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub program: String,
+    pub args: Vec<String>,
+}
+
+impl Call {
+    /// The call as one line, program and arguments joined by spaces.
+    pub fn line(&self) -> String {
+        std::iter::once(self.program.as_str())
+            .chain(self.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// A fake Alpine host in a temporary directory, removed on drop.
+pub struct Host {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    profile: Profile,
+}
+
+impl Host {
+    /// A fresh host for `tests/hosts/<profile>`: the first build of a profile
+    /// in this process provisions a template, later ones copy it (`cp -a`).
+    pub fn build(profile: &str) -> Host {
+        let started = Instant::now();
+        let template = template(profile);
+        let host = Host::empty(Profile::load(profile));
+        check(
+            Command::new("cp").arg("-a").arg(&template).arg(&host.root),
+            "copy the host template",
+        );
+        eprintln!(
+            "sandbox: host `{profile}` ready in {:.2?}",
+            started.elapsed()
+        );
+        host
+    }
+
+    /// A host provisioned from scratch, bypassing the per-process template
+    /// (to check that provisioning itself is deterministic).
+    pub fn build_fresh(profile: &str) -> Host {
+        let host = Host::empty(Profile::load(profile));
+        provision(&host.profile, &host.root);
+        host
+    }
+
+    fn empty(profile: Profile) -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("host-{}-", profile.name))
+            .tempdir_in(work_dir())
+            .expect("create host temp dir");
+        let root = dir.path().join("root");
+        Host {
+            _dir: dir,
+            root,
+            profile,
+        }
+    }
+
+    /// The host's root directory, as seen from outside.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// Runs `/bin/sh -c cmd` inside the host: `chroot` under `unshare --net`
+    /// (eth0 carries the profile's documentation-range addresses; nothing
+    /// leaves the namespace), with only PATH and `env` set, stdin empty.
+    pub fn run(&self, cmd: &str, env: &[(&str, &str)]) -> Output {
+        run_in(&self.root, &self.profile, cmd, env)
+    }
+
+    /// Copies `script` to /root/script.sh and runs `sh /root/script.sh`.
+    pub fn run_script(&self, script: &str, env: &[(&str, &str)]) -> Output {
+        self.write("/root/script.sh", script);
+        self.run("sh /root/script.sh", env)
+    }
+
+    /// Snapshot of every path, minus [`EXCLUDED`].
+    pub fn tree(&self) -> Tree {
+        Tree::scan(&self.root, EXCLUDED)
+    }
+
+    /// The path outside the host that `path` (absolute, inside) names,
+    /// following symlinks inside the host's root as the chroot would.
+    pub fn host_path(&self, path: &str) -> PathBuf {
+        resolve(&self.root, path)
+    }
+
+    /// Content of a file inside the host (symlinks followed inside the root).
+    pub fn read(&self, path: &str) -> String {
+        let p = self.host_path(path);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {path} in host: {e}"))
+    }
+
+    /// Like `test -e` inside the host.
+    pub fn exists(&self, path: &str) -> bool {
+        self.host_path(path).exists()
+    }
+
+    /// Writes a file inside the host (parents created), mode 0644.
+    pub fn write(&self, path: &str, content: &str) {
+        write_file(&self.root, path, content.as_bytes(), 0o644);
+    }
+
+    /// Every (runlevel, service) link under /etc/runlevels.
+    pub fn runlevels(&self) -> BTreeSet<(String, String)> {
+        let mut set = BTreeSet::new();
+        for level in list_dir(&self.root.join("etc/runlevels")) {
+            for svc in list_dir(&self.root.join("etc/runlevels").join(&level)) {
+                set.insert((level.clone(), svc));
+            }
+        }
+        set
+    }
+
+    /// Services marked started (/run/openrc/started).
+    pub fn started(&self) -> BTreeSet<String> {
+        list_dir(&self.root.join("run/openrc/started"))
+            .into_iter()
+            .collect()
+    }
+
+    /// The names in /etc/apk/world, in file order.
+    pub fn world(&self) -> Vec<String> {
+        self.read("/etc/apk/world")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Installed package names (`P:` lines of /lib/apk/db/installed).
+    pub fn installed(&self) -> BTreeSet<String> {
+        self.read("/lib/apk/db/installed")
+            .lines()
+            .filter_map(|l| l.strip_prefix("P:"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The stand-ins' calls since the host was built (or last cleared), in order.
+    pub fn calls(&self) -> Vec<Call> {
+        let log = self.root.join(CALL_LOG.trim_start_matches('/'));
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                let mut parts = l.split('\t').map(str::to_string);
+                let program = parts.next().unwrap_or_default();
+                Call {
+                    program,
+                    args: parts.collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Forgets the recorded calls.
+    pub fn clear_calls(&self) {
+        let log = self.root.join(CALL_LOG.trim_start_matches('/'));
+        let _ = std::fs::remove_file(log);
+    }
+
+    /// Disk blocks used by the tree (minus [`EXCLUDED`]), in KiB, hard links
+    /// counted once: what `du -sk` would say of the host's disk.
+    pub fn du_kb(&self) -> u64 {
+        let mut seen = HashSet::new();
+        du(&self.root, "", &mut seen) / 1024
+    }
+}
+
+/// The provisioned template of a profile, built once per process.
+fn template(name: &str) -> PathBuf {
+    static TEMPLATES: OnceLock<Mutex<HashMap<String, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
+    let cell = {
+        let mut map = TEMPLATES
+            .get_or_init(Default::default)
+            .lock()
+            .expect("template lock");
+        map.entry(name.to_string()).or_default().clone()
+    };
+    cell.get_or_init(|| {
+        let started = Instant::now();
+        let profile = Profile::load(name);
+        let root = work_dir().join(format!("template-{name}"));
+        let _ = std::fs::remove_dir_all(&root);
+        provision(&profile, &root);
+        eprintln!(
+            "sandbox: profile `{name}` provisioned in {:.2?}",
+            started.elapsed()
+        );
+        root
+    })
+    .clone()
+}
+
+/// Builds a host for `profile` at `root` (which must not exist yet).
+fn provision(profile: &Profile, root: &Path) {
+    extract_minirootfs(root);
+    let repo = apk::repo(profile.release);
+
+    // Release configuration files that no package ships (alpine-baselayout's).
+    let shipped: HashSet<&str> = repo.package_paths.iter().map(String::as_str).collect();
+    for rel in shared_config_files(profile) {
+        if !shipped.contains(format!("/{rel}").as_str()) {
+            let data =
+                std::fs::read(paths::shared_file(&rel, profile.release)).expect("read shared file");
+            write_file(root, &rel, &data, 0o644);
+        }
+    }
+    set_os_release(root, &profile.alpine_release);
+
+    // apk: the local signed repository is the only one.
+    std::fs::create_dir_all(root.join(".sandbox")).expect("create /.sandbox");
+    check(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&repo.dir)
+            .arg(root.join(REPO_PATH.trim_start_matches('/'))),
+        "copy the repository into the host",
+    );
+    std::fs::copy(
+        &repo.public_key,
+        root.join("etc/apk/keys").join(apk::KEY_NAME),
+    )
+    .expect("install apk key");
+    write_file(
+        root,
+        "/etc/apk/repositories",
+        format!("{REPO_PATH}\n").as_bytes(),
+        0o644,
+    );
+
+    // The device nodes scripts and apk use (no devtmpfs in the chroot).
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        check(
+            Command::new("mknod")
+                .args(["-m", "666"])
+                .arg(root.join("dev").join(name))
+                .args(["c", &major.to_string(), &minor.to_string()]),
+            "mknod",
+        );
+    }
+
+    let out = run_in(
+        root,
+        profile,
+        &format!("apk add --no-progress {}", profile.world.join(" ")),
+        &[],
+    );
+    if !out.status.success() {
+        panic!(
+            "profile `{}`: apk add failed:\n{}{}",
+            profile.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The profile: removals, files, keys, services, overlays, edits.
+    for path in &profile.remove {
+        let p = root.join(path.trim_start_matches('/'));
+        std::fs::remove_file(&p)
+            .unwrap_or_else(|e| panic!("profile `{}`: remove {path}: {e}", profile.name));
+    }
+    write_file(
+        root,
+        "/etc/alpine-release",
+        format!("{}\n", profile.alpine_release).as_bytes(),
+        0o644,
+    );
+    for (path, content) in &profile.files {
+        write_file(
+            root,
+            &path.replace("{disk}", &profile.disk),
+            content.replace("{disk}", &profile.disk).as_bytes(),
+            0o644,
+        );
+    }
+    if profile.ssh_host_keys {
+        for (name, data) in ssh_host_keys() {
+            let mode = if name.ends_with(".pub") { 0o644 } else { 0o600 };
+            write_file(root, &format!("/etc/ssh/{name}"), data, mode);
+        }
+    }
+    for (level, services) in &profile.runlevels {
+        let dir = root.join("etc/runlevels").join(level);
+        std::fs::create_dir_all(&dir).expect("create runlevel dir");
+        for svc in services {
+            assert!(
+                root.join("etc/init.d").join(svc).exists(),
+                "profile `{}`: runlevel {level} names `{svc}`, which has no /etc/init.d script",
+                profile.name
+            );
+            std::os::unix::fs::symlink(format!("/etc/init.d/{svc}"), dir.join(svc))
+                .expect("link service");
+        }
+    }
+    let started = root.join("run/openrc/started");
+    std::fs::create_dir_all(&started).expect("create /run/openrc/started");
+    for svc in &profile.started {
+        std::os::unix::fs::symlink(format!("/etc/init.d/{svc}"), started.join(svc))
+            .expect("mark started");
+    }
+    write_file(root, "/run/openrc/softlevel", b"default\n", 0o644);
+    for overlay in &profile.overlays {
+        check(
+            Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", overlay.display()))
+                .arg(root),
+            "copy the profile's files/ overlay",
+        );
+    }
+    for (path, edits) in &profile.edits {
+        let p = resolve(root, path);
+        let mut text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("edit {path}: {e}"));
+        for e in edits {
+            let n = text.matches(&e.find).count();
+            assert_eq!(
+                n, 1,
+                "profile `{}`: edit of {path}: `{}` matches {n} times",
+                profile.name, e.find
+            );
+            text = text.replace(&e.find, &e.replace);
+        }
+        std::fs::write(&p, text).expect("write edited file");
+    }
+    // busybox's reboot would act on the machine: the stand-in only records.
+    let reboot =
+        std::fs::read(paths::sandbox().join("standins/reboot")).expect("read reboot stand-in");
+    let _ = std::fs::remove_file(root.join("sbin/reboot"));
+    write_file(root, "/sbin/reboot", &reboot, 0o755);
+
+    // Boot files as the kernel's install leaves them.
+    let out = run_in(
+        root,
+        profile,
+        "set -e; if [ -x /sbin/update-extlinux ]; then update-extlinux; fi; \
+         if [ -x /sbin/mkinitfs ]; then mkinitfs \"$(cat /usr/share/kernel/virt/kernel.release)\" >/dev/null; fi",
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "boot files: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(root.join(CALL_LOG.trim_start_matches('/')));
+}
+
+/// Relative paths of the release's files under ../shared/alpine/files
+/// (`_*` variant directories and SOURCES.md left out; 3.22 adds `_3.22/`).
+fn shared_config_files(profile: &Profile) -> BTreeSet<String> {
+    let files = paths::alpine().join("files");
+    let mut set = BTreeSet::new();
+    collect_files(&files, "", &mut set);
+    if profile.release == super::Release::V3_22 {
+        collect_files(&files.join("_3.22"), "", &mut set);
+    }
+    set
+}
+
+fn collect_files(dir: &Path, prefix: &str, set: &mut BTreeSet<String>) {
+    for name in list_dir(dir) {
+        if prefix.is_empty() && (name.starts_with('_') || name == "SOURCES.md") {
+            continue;
+        }
+        let rel = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let full = dir.join(&name);
+        if full.is_dir() {
+            collect_files(&full, &rel, set);
+        } else {
+            set.insert(rel);
+        }
+    }
+}
+
+/// Rewrites VERSION_ID and PRETTY_NAME of /etc/os-release for the release.
+fn set_os_release(root: &Path, alpine_release: &str) {
+    let p = resolve(root, "/etc/os-release");
+    let text = std::fs::read_to_string(&p).expect("read os-release");
+    let branch: String = alpine_release
+        .split('.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".");
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("VERSION_ID=") {
+                format!("VERSION_ID={alpine_release}\n")
+            } else if l.starts_with("PRETTY_NAME=") {
+                format!("PRETTY_NAME=\"Alpine Linux v{branch}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&p, text).expect("write os-release");
+}
+
+/// Real OpenSSH host keys made by this machine's ssh-keygen, once per process.
+fn ssh_host_keys() -> &'static [(String, Vec<u8>)] {
+    static KEYS: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir = work_dir().join("ssh-host-keys");
+        std::fs::create_dir_all(&dir).expect("create ssh key dir");
+        let mut keys = Vec::new();
+        for kind in ["rsa", "ecdsa", "ed25519"] {
+            let name = format!("ssh_host_{kind}_key");
+            let path = dir.join(&name);
+            check(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", kind, "-N", "", "-C", "root@sandbox", "-f"])
+                    .arg(&path),
+                "ssh-keygen",
+            );
+            keys.push((name.clone(), std::fs::read(&path).expect("read key")));
+            keys.push((
+                format!("{name}.pub"),
+                std::fs::read(dir.join(format!("{name}.pub"))).expect("read key"),
+            ));
+        }
+        keys
+    })
+}
+
+fn run_in(root: &Path, profile: &Profile, cmd: &str, env: &[(&str, &str)]) -> Output {
+    let net = &profile.network;
+    let mut setup = format!(
+        "ip link set lo up && ip link add eth0 type veth peer name eth1 && ip addr add {} dev eth0",
+        net.ipv4
+    );
+    if let Some(v6) = &net.ipv6 {
+        setup.push_str(&format!(" && ip -6 addr add {v6} dev eth0 nodad"));
+    }
+    setup.push_str(&format!(
+        " && ip link set eth0 up && ip link set eth1 up && ip route add default via {} dev eth0 onlink",
+        net.gateway4
+    ));
+    // $1 = root, $2 = the command: the host's shell sets the namespace up,
+    // then the chroot's busybox sh runs the command.
+    let wrapper = format!("{{ {setup}; }} || exit 125; exec chroot \"$1\" /bin/sh -c \"$2\"");
+    let mut c = Command::new("timeout");
+    c.args([
+        "-k",
+        "5",
+        RUN_TIMEOUT_SECS,
+        "unshare",
+        "--net",
+        "--",
+        "/bin/sh",
+        "-c",
+        &wrapper,
+        "sandbox-run",
+    ])
+    .arg(root)
+    .arg(cmd)
+    .env_clear()
+    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run a command in the sandbox")
+}
+
+/// Resolves `path` inside `root` the way the chroot would (symlinks,
+/// absolute or relative, stay inside the root; `..` stops at the root).
+fn resolve(root: &Path, path: &str) -> PathBuf {
+    let mut todo: Vec<String> = path
+        .split('/')
+        .rev()
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    let mut done: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        match c.as_str() {
+            "." => continue,
+            ".." => {
+                done.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate = done
+            .iter()
+            .fold(root.to_path_buf(), |p, c| p.join(c))
+            .join(&c);
+        match std::fs::read_link(&candidate) {
+            Ok(target) if hops < 40 => {
+                hops += 1;
+                if target.is_absolute() {
+                    done.clear();
+                }
+                for comp in target.components().rev() {
+                    if let Component::Normal(s) = comp {
+                        todo.push(s.to_string_lossy().into_owned());
+                    } else if comp == Component::ParentDir {
+                        todo.push("..".to_string());
+                    }
+                }
+            }
+            _ => done.push(c),
+        }
+    }
+    done.iter().fold(root.to_path_buf(), |p, c| p.join(c))
+}
+
+fn write_file(root: &Path, path: &str, data: &[u8], mode: u32) {
+    let p = root.join(path.trim_start_matches('/'));
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("create parent of {path}: {e}"));
+    }
+    std::fs::write(&p, data).unwrap_or_else(|e| panic!("write {path}: {e}"));
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Sorted names in a directory; empty when it does not exist.
+fn list_dir(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+fn du(dir: &Path, prefix: &str, seen: &mut HashSet<(u64, u64)>) -> u64 {
+    let mut total = 0;
+    for name in list_dir(dir) {
+        let path = format!("{prefix}/{name}");
+        if EXCLUDED.contains(&path.as_str()) {
+            continue;
+        }
+        let full = dir.join(&name);
+        let Ok(meta) = std::fs::symlink_metadata(&full) else {
+            continue;
+        };
+        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        total += meta.blocks() * 512;
+        if meta.is_dir() {
+            total += du(&full, &path, seen);
+        }
+    }
+    total
+}

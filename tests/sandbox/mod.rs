@@ -1,0 +1,205 @@
+//! Sandbox hosts for integration tests: a realistic fake Alpine VPS in a
+//! chroot (real busybox and apk from the minirootfs, real config files from
+//! `../shared/alpine/files`, packages from a local signed repository, OpenRC
+//! and boot tools as logging stand-ins), to run generated scripts for real
+//! and read their effects back.
+//!
+//! ```ignore
+//! mod sandbox;
+//! #[test]
+//! fn example() {
+//!     if !sandbox::require() { return; }
+//!     let host = sandbox::Host::build("guide");
+//!     let out = host.run("rc-update del sshd default", &[]);
+//!     assert!(out.status.success());
+//! }
+//! ```
+//!
+//! Layout: `apk.rs` builds the repository from `packages.toml`,
+//! `profile.rs` reads `tests/hosts/<name>/host.toml`, `host.rs` provisions
+//! and drives a host, `tree.rs` snapshots and diffs a host's file tree, and
+//! `standins/` holds the shell stand-ins the packages ship.
+#![allow(dead_code)]
+
+mod apk;
+mod host;
+mod profile;
+mod tree;
+
+pub use host::{Call, Host};
+pub use profile::Profile;
+pub use tree::{Entry, Kind, Tree, TreeDiff};
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The Alpine release a host imitates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Release {
+    V3_22,
+    V3_23,
+}
+
+impl Release {
+    pub fn parse(s: &str) -> Release {
+        match s {
+            "3.22" => Release::V3_22,
+            "3.23" => Release::V3_23,
+            other => panic!("unknown release `{other}` (expected 3.22 or 3.23)"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Release::V3_22 => "3.22",
+            Release::V3_23 => "3.23",
+        }
+    }
+}
+
+/// Where the harness finds its inputs and puts its scratch files.
+pub mod paths {
+    use super::Release;
+    use std::path::PathBuf;
+
+    pub fn crate_root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+    /// `../shared/alpine` beside the crate: read-only facts, never copied in.
+    pub fn alpine() -> PathBuf {
+        crate_root().join("../shared/alpine")
+    }
+    pub fn minirootfs() -> PathBuf {
+        alpine().join("minirootfs/alpine-minirootfs-3.20.3-x86_64.tar.gz")
+    }
+    pub fn sandbox() -> PathBuf {
+        crate_root().join("tests/sandbox")
+    }
+    pub fn hosts() -> PathBuf {
+        crate_root().join("tests/hosts")
+    }
+    /// `files/<rel>`, or `files/_3.22/<rel>` when that exists on a 3.22 host.
+    /// `rel` may itself start with `_3.22/` or `_older/` to name a variant.
+    pub fn shared_file(rel: &str, release: Release) -> PathBuf {
+        let files = alpine().join("files");
+        if release == Release::V3_22 {
+            let older = files.join("_3.22").join(rel);
+            if older.exists() {
+                return older;
+            }
+        }
+        files.join(rel)
+    }
+}
+
+/// Whether sandbox tests can run here. If not, says why on stderr and
+/// returns false (the test then returns early), except under `CI=true`,
+/// where a missing prerequisite fails the test. The one place for this policy.
+pub fn require() -> bool {
+    static WHY_NOT: OnceLock<Option<String>> = OnceLock::new();
+    let why_not = WHY_NOT.get_or_init(|| {
+        // The effective uid is the second field of /proc/self/status's Uid: line.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let euid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1).map(str::to_string));
+        if euid.as_deref() != Some("0") {
+            return Some("not running as root (chroot needs it)".to_string());
+        }
+        if !paths::minirootfs().is_file() {
+            return Some(format!("{} is missing", paths::minirootfs().display()));
+        }
+        for tool in [
+            "chroot",
+            "unshare",
+            "openssl",
+            "ssh-keygen",
+            "tar",
+            "ip",
+            "timeout",
+            "cp",
+        ] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if !found {
+                return Some(format!("`{tool}` is not installed"));
+            }
+        }
+        let netns = Command::new("unshare").args(["--net", "true"]).status();
+        if !matches!(netns, Ok(s) if s.success()) {
+            return Some("`unshare --net` does not work here".to_string());
+        }
+        None
+    });
+    match why_not {
+        None => true,
+        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("sandbox tests cannot run under CI: {why}")
+        }
+        Some(why) => {
+            eprintln!("sandbox: skipping: {why}");
+            false
+        }
+    }
+}
+
+/// This process's scratch directory under target/tmp; directories left by
+/// earlier test processes that are no longer running are removed.
+pub fn work_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sandbox");
+        std::fs::create_dir_all(&base).expect("create target/tmp/sandbox");
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name
+                    .strip_prefix("proc-")
+                    .and_then(|p| p.parse::<u32>().ok());
+                if let Some(pid) = pid {
+                    if !Path::new(&format!("/proc/{pid}")).exists() {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        let dir = base.join(format!("proc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create sandbox work dir");
+        dir
+    })
+}
+
+/// Runs a command and panics with its output when it fails.
+pub(crate) fn check(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Extracts the Alpine minirootfs into `dest` (created), owners kept.
+pub(crate) fn extract_minirootfs(dest: &Path) {
+    std::fs::create_dir_all(dest).expect("create root dir");
+    check(
+        Command::new("tar")
+            .args(["-xzpf"])
+            .arg(paths::minirootfs())
+            .args(["--numeric-owner", "-C"])
+            .arg(dest),
+        "extract minirootfs",
+    );
+}
