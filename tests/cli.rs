@@ -1,0 +1,129 @@
+//! The command line, driven through the real binary: subcommands, facts from file
+//! and flags, and the errors bad input gets (nothing on stdout, exit status 1).
+
+mod common;
+
+use common::{mingen, script};
+use std::io::Write;
+
+fn facts_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp file");
+    file.write_all(text.as_bytes()).expect("write facts");
+    file
+}
+
+#[test]
+fn default_output_is_the_script_for_the_guide_host() {
+    let text = script(&[]);
+    assert!(text.starts_with("#!/bin/sh\n"));
+    assert!(text.trim_end().ends_with("main \"$@\" || exit 1"));
+    assert!(text.contains("#   disk = \"vda\""));
+    assert_eq!(text, script(&["script"]));
+}
+
+#[test]
+fn a_facts_file_feeds_the_script_and_flags_override_it() {
+    let file = facts_file("disk = \"sda\"\nntp = \"none\"\n");
+    let path = file.path().to_str().unwrap();
+    let text = script(&["--facts", path]);
+    assert!(text.contains("#   disk = \"sda\"") && text.contains("#   ntp = \"none\""));
+    let text = script(&["--facts", path, "--disk", "vda"]);
+    assert!(text.contains("#   disk = \"vda\"") && text.contains("#   ntp = \"none\""));
+}
+
+#[test]
+fn facts_prints_a_file_that_reads_back_to_the_same_script() {
+    let run = mingen(&["facts", "--disk", "sda", "--ipv6", "used", "--ssh-port", "2222"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("disk = \"sda\"") && run.stdout.contains("# one of: vda, sda"));
+    let file = facts_file(&run.stdout);
+    let from_file = script(&["--facts", file.path().to_str().unwrap()]);
+    assert_eq!(from_file, script(&["--disk", "sda", "--ipv6", "used", "--ssh-port", "2222"]));
+}
+
+#[test]
+fn a_bad_value_names_file_line_key_and_allowed_values() {
+    let file = facts_file("ipv6 = \"unused\"\ndisk = \"hda\"\n");
+    let path = file.path().to_str().unwrap();
+    let run = mingen(&["--facts", path]);
+    assert_eq!(run.status, 1);
+    assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
+    assert!(run.stderr.contains(&format!("{path}:2")), "{}", run.stderr);
+    assert!(run.stderr.contains("`disk`") && run.stderr.contains("`hda`") && run.stderr.contains("vda, sda"), "{}", run.stderr);
+}
+
+#[test]
+fn an_unknown_key_a_wrong_type_and_a_bad_file_are_errors() {
+    for (text, key, line) in [
+        ("disk = \"vda\"\n\ndsik = \"sda\"\n", "dsik", 3),
+        ("ssh_ports = 22\n", "ssh_ports", 1),
+        ("ssh_ports = [0]\n", "ssh_ports", 1),
+        ("network = \"dhcp\"\nssh = true\n", "ssh", 2),
+    ] {
+        let file = facts_file(text);
+        let path = file.path().to_str().unwrap();
+        let run = mingen(&["--facts", path]);
+        assert_eq!(run.status, 1, "{text}");
+        assert!(run.stdout.is_empty());
+        assert!(run.stderr.contains(&format!("{path}:{line}")) && run.stderr.contains(&format!("`{key}`")), "{text}: {}", run.stderr);
+    }
+    let file = facts_file("disk = \"vda\n");
+    let run = mingen(&["--facts", file.path().to_str().unwrap()]);
+    assert_eq!(run.status, 1);
+    assert!(run.stdout.is_empty() && run.stderr.contains(":1:"), "{}", run.stderr);
+    let run = mingen(&["--facts", "/nonexistent/host.toml"]);
+    assert_eq!(run.status, 1);
+    assert!(run.stderr.contains("/nonexistent/host.toml"), "{}", run.stderr);
+}
+
+#[test]
+fn a_bad_flag_or_target_is_an_error_with_nothing_on_stdout() {
+    let run = mingen(&["--disk", "hda"]);
+    assert_ne!(run.status, 0);
+    assert!(run.stdout.is_empty() && run.stderr.contains("hda"), "{}", run.stderr);
+    let run = mingen(&["--target", "alpine-9-kvm"]);
+    assert_eq!(run.status, 1);
+    assert!(run.stdout.is_empty() && run.stderr.contains("alpine-3.23-kvm"), "{}", run.stderr);
+}
+
+#[test]
+fn plan_lists_every_rule_with_its_decision() {
+    let run = mingen(&["plan", "--network", "dhcp"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let line = |id: &str| run.stdout.lines().find(|l| l.trim_start().starts_with(&format!("{id} "))).unwrap_or_else(|| panic!("{id} missing:\n{}", run.stdout)).to_string();
+    assert!(line("dhcpcd-remove").contains("skipped") && line("dhcpcd-remove").contains("network = dhcp"));
+    assert!(line("module-blacklist").contains("applied") && line("module-blacklist").contains("always"));
+    assert!(line("ntpd-on").contains("applied") && line("ntpd-on").contains("ntp = busybox"));
+    // every rule of the target appears, and in the script too
+    let script = script(&["--network", "dhcp"]);
+    for id in ["module-blacklist", "initramfs-features", "kernel-cmdline", "initramfs-rebuild", "dropbear-install", "ssh-switch",
+        "ssh-runlevels", "openssh-remove", "cloud-init-remove", "chrony-remove", "ntpd-on", "tools-remove", "guest-agent-remove",
+        "orphans-remove", "apk-cache-clear", "boot-services-off", "sysctl-ipv6-off", "sysfs-debug-off", "sysctl-tuning",
+        "syslog-ring-buffer", "read-ahead", "report-after-boot", "reboot"] {
+        assert!(line(id).contains("applied"), "{id}");
+        assert!(script.contains(&format!("rule_{}()", id.replace('-', "_"))), "{id} not in the script");
+    }
+}
+
+#[test]
+fn explain_gives_the_whole_explanation_or_names_the_unknown_rule() {
+    let run = mingen(&["explain", "boot-services-off"]);
+    assert_eq!(run.status, 0);
+    for section in ["What it does:", "Why:", "Risk:", "Undo:", "power button"] {
+        assert!(run.stdout.contains(section), "{section}: {}", run.stdout);
+    }
+    let run = mingen(&["explain", "no-such-rule"]);
+    assert_eq!(run.status, 1);
+    assert!(run.stdout.is_empty() && run.stderr.contains("no-such-rule"), "{}", run.stderr);
+}
+
+#[test]
+fn targets_lists_both_releases_and_help_has_examples() {
+    let run = mingen(&["targets"]);
+    assert!(run.stdout.contains("alpine-3.23-kvm") && run.stdout.contains("alpine-3.22-kvm"));
+    let run = mingen(&["--help"]);
+    assert_eq!(run.status, 0);
+    assert!(run.stdout.contains("Examples:") && run.stdout.contains("--facts"));
+    let run = mingen(&["--version"]);
+    assert!(run.stdout.contains(env!("CARGO_PKG_VERSION")));
+}
