@@ -92,6 +92,8 @@ pub struct Package {
     install_if: Vec<String>,
     provides: Vec<String>,
     provider_priority: Option<u32>,
+    /// Directories (absolute) filled whole from a `shared/` directory.
+    shared_dirs: Vec<String>,
     /// Path without the leading slash -> entry.
     entries: BTreeMap<String, Entry>,
 }
@@ -104,6 +106,9 @@ pub struct Repo {
     pub public_key: PathBuf,
     /// Every path (absolute) that some package of the catalog ships.
     pub package_paths: Vec<String>,
+    /// Directories (absolute) that a package ships whole from `shared/`:
+    /// the release's own copy, so nothing else may be laid into them.
+    pub shared_dirs: Vec<String>,
 }
 
 /// The repository for `release`, built on first use in this process.
@@ -134,6 +139,7 @@ fn resolve(raw: RawPackage, release: Release) -> Package {
         _ => raw.version,
     };
     let mut entries = BTreeMap::new();
+    let mut shared_dirs = Vec::new();
     for spec in &raw.initd {
         let (svc, command) = match spec.split_once(':') {
             Some((svc, cmd)) => (svc, Some(cmd)),
@@ -179,6 +185,7 @@ fn resolve(raw: RawPackage, release: Release) -> Package {
                 })
                 .collect();
             names.sort();
+            shared_dirs.push(f.path.clone());
             insert(&mut entries, &f.path, 0o755, Content::Dir);
             for name in names {
                 let content = Content::File(read(&dir.join(&name)));
@@ -204,6 +211,7 @@ fn resolve(raw: RawPackage, release: Release) -> Package {
         install_if: raw.install_if,
         provides: raw.provides,
         provider_priority: raw.provider_priority,
+        shared_dirs,
         entries,
     }
 }
@@ -381,9 +389,11 @@ fn build_repo(release: Release) -> Repo {
     let arch_dir = tools.join("repo").join(ARCH);
     std::fs::create_dir_all(&arch_dir).expect("create repo dir");
     let mut package_paths = Vec::new();
+    let mut shared_dirs = Vec::new();
     for p in &packages {
         std::fs::write(arch_dir.join(p.file_name()), p.build()).expect("write .apk");
         package_paths.extend(p.paths());
+        shared_dirs.extend(p.shared_dirs.iter().cloned());
     }
     super::check(
         Command::new("chroot").arg(&tools).args([
@@ -420,5 +430,6 @@ fn build_repo(release: Release) -> Repo {
         dir: tools.join("repo"),
         public_key: public.clone(),
         package_paths,
+        shared_dirs,
     }
 }

@@ -237,7 +237,12 @@ fn provision(profile: &Profile, root: &Path) {
     // Release configuration files that no package ships (alpine-baselayout's).
     let shipped: HashSet<&str> = repo.package_paths.iter().map(String::as_str).collect();
     for rel in shared_config_files(profile) {
-        if !shipped.contains(format!("/{rel}").as_str()) {
+        let abs = format!("/{rel}");
+        let in_shipped_dir = repo
+            .shared_dirs
+            .iter()
+            .any(|d| abs.starts_with(&format!("{d}/")));
+        if !shipped.contains(abs.as_str()) && !in_shipped_dir {
             let data =
                 std::fs::read(paths::shared_file(&rel, profile.release)).expect("read shared file");
             write_file(root, &rel, &data, 0o644);
@@ -374,12 +379,13 @@ fn provision(profile: &Profile, root: &Path) {
     let _ = std::fs::remove_file(root.join("sbin/reboot"));
     write_file(root, "/sbin/reboot", &reboot, 0o755);
 
-    // Boot files as the kernel's install leaves them.
+    // Boot files as the kernel's install leaves them: its trigger runs
+    // mkinitfs, whose new initramfs fires syslinux's update-extlinux.
     let out = run_in(
         root,
         profile,
-        "set -e; if [ -x /sbin/update-extlinux ]; then update-extlinux; fi; \
-         if [ -x /sbin/mkinitfs ]; then mkinitfs \"$(cat /usr/share/kernel/virt/kernel.release)\" >/dev/null; fi",
+        "set -e; if [ -x /sbin/mkinitfs ]; then mkinitfs \"$(cat /usr/share/kernel/virt/kernel.release)\" >/dev/null; fi; \
+         if [ -x /sbin/update-extlinux ]; then update-extlinux; fi",
         &[],
     );
     assert!(

@@ -26,8 +26,12 @@ mod host;
 mod profile;
 mod tree;
 
-pub use host::{Call, Host};
+// Each test crate uses its own subset of the API.
+#[allow(unused_imports)]
+pub use host::{CALL_LOG, Call, EXCLUDED, Host};
+#[allow(unused_imports)]
 pub use profile::Profile;
+#[allow(unused_imports)]
 pub use tree::{Entry, Kind, Tree, TreeDiff};
 
 use std::path::{Path, PathBuf};
