@@ -191,7 +191,17 @@ fn apk_add_dropbear_pulls_its_init_script_through_install_if() {
         &host,
         "for t in rsa ecdsa ed25519; do dropbearconvert openssh dropbear /etc/ssh/ssh_host_${t}_key /etc/dropbear/dropbear_${t}_host_key; done",
     );
+    ok(
+        &host,
+        r#"sed -i 's/^DROPBEAR_OPTS=.*/DROPBEAR_OPTS="-s -p 22"/' /etc/conf.d/dropbear"#,
+    );
     ok(&host, "rc-service sshd stop && rc-service dropbear start");
+    let started_with = host
+        .calls()
+        .into_iter()
+        .find(|c| c.program == "dropbear")
+        .expect("dropbear ran");
+    assert_eq!(started_with.args, ["-s", "-p", "22"]);
     assert!(host.started().contains("dropbear") && !host.started().contains("sshd"));
     let key = host.read("/etc/dropbear/dropbear_ed25519_host_key");
     assert!(

@@ -141,15 +141,17 @@ fn resolve(raw: RawPackage, release: Release) -> Package {
     let mut entries = BTreeMap::new();
     let mut shared_dirs = Vec::new();
     for spec in &raw.initd {
-        let (svc, command) = match spec.split_once(':') {
-            Some((svc, cmd)) => (svc, Some(cmd)),
-            None => (spec.as_str(), None),
-        };
+        let mut parts = spec.splitn(3, ':');
+        let svc = parts.next().unwrap_or_default();
+        let (command, args) = (parts.next(), parts.next());
         let mut script = format!(
             "#!/sbin/openrc-run\n# sandbox stub: the rc-service stand-in keeps this service's state\n\ndescription=\"{svc}\"\n"
         );
         if let Some(cmd) = command {
             script.push_str(&format!("command={cmd}\n"));
+        }
+        if let Some(args) = args {
+            script.push_str(&format!("command_args=\"{args}\"\n"));
         }
         insert(
             &mut entries,
