@@ -610,3 +610,28 @@ fn reboot_only_records() {
     assert_eq!(calls[0].program, "reboot");
     assert!(calls[0].args.is_empty());
 }
+
+#[test]
+fn stand_ins_pass_shellcheck() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sandbox/standins");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("read standins")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 12, "{files:?}");
+    let out = match std::process::Command::new("shellcheck")
+        .args(["-s", "sh"])
+        .args(&files)
+        .output()
+    {
+        Ok(out) => out,
+        Err(_) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("sandbox: skipping: shellcheck is not installed");
+            return;
+        }
+        Err(e) => panic!("shellcheck: {e}"),
+    };
+    assert!(out.status.success(), "{}", stdout(&out));
+}
