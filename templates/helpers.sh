@@ -58,9 +58,6 @@ put_file() {
 	if [ -f "$path" ] && cmp -s "$new" "$path"; then
 		return 0
 	fi
-	case $path in
-	/etc/mkinitfs/* | /etc/modprobe.d/*) INITRAMFS_STALE=1 ;;
-	esac
 	if dry_run; then
 		say "would write $path:"
 		if [ -f "$path" ]; then
@@ -68,10 +65,19 @@ put_file() {
 		else
 			sed 's/^/+/' "$new" >&2
 		fi
-		return 0
 	fi
-	if [ "$INITRAMFS_STALE" = 1 ]; then
-		: >"$MINGEN_STATE/initramfs-stale"
+	case $path in
+	/etc/mkinitfs/* | /etc/modprobe.d/*)
+		# The initramfs holds these: note that it must be rebuilt before the
+		# change, so a run cut short after it still rebuilds.
+		INITRAMFS_STALE=1
+		if ! dry_run; then
+			: >"$MINGEN_STATE/initramfs-stale"
+		fi
+		;;
+	esac
+	if dry_run; then
+		return 0
 	fi
 	change "write $path" install_file "$path" "$mode" "$new"
 }
@@ -322,6 +328,7 @@ apk_remove() {
 rebuild_initramfs() {
 	if [ "$INITRAMFS_STALE" = 1 ] || [ -e "$MINGEN_STATE/initramfs-stale" ]; then
 		change "rebuild the initramfs for kernel $KERNEL_VERSION" mkinitfs "$KERNEL_VERSION"
+		INITRAMFS_STALE=0
 		if ! dry_run; then
 			rm -f "$MINGEN_STATE/initramfs-stale"
 		fi

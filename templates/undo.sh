@@ -46,6 +46,10 @@ restore_files() {
 				mkdir -p "${path%/*}"
 				cp -p "$BACKUP$path" "$path"
 			fi
+			# apk leaves its own copy beside a changed config file it reinstalls.
+			if [ -e "$path.apk-new" ] && [ ! -e "$BACKUP$path.apk-new" ]; then
+				rm -f "$path.apk-new"
+			fi
 			;;
 		esac
 	done
@@ -63,12 +67,12 @@ restore_runlevels() {
 	awk 'FNR == NR { was[$0] = 1; next } !($0 in was)' "$STATE/runlevels.before" "$now" |
 		while read -r level name; do
 			say "take $name out of runlevel $level"
-			rc-update del "$name" "$level" >/dev/null
+			rc-update del "$name" "$level" >/dev/null </dev/null
 		done
 	awk 'FNR == NR { is[$0] = 1; next } !($0 in is)' "$now" "$STATE/runlevels.before" |
 		while read -r level name; do
 			say "put $name in runlevel $level"
-			rc-update add "$name" "$level" >/dev/null
+			rc-update add "$name" "$level" >/dev/null </dev/null
 		done
 	rm -f "$now"
 }
@@ -91,16 +95,16 @@ restore_sshd() {
 
 restore_started() {
 	local name
-	for name in $(words_missing /dev/null "$STATE/started.before"); do
+	while IFS= read -r name; do
 		if ! started "$name"; then
 			say "start $name"
-			rc-service "$name" start >/dev/null 2>&1 || say "could not start $name"
+			rc-service "$name" start >/dev/null 2>&1 </dev/null || say "could not start $name"
 		fi
-	done
+	done <"$STATE/started.before"
 	for name in $(ls /run/openrc/started 2>/dev/null); do
 		if ! grep -qx "$name" "$STATE/started.before"; then
 			say "stop $name"
-			rc-service "$name" stop >/dev/null 2>&1 || say "could not stop $name"
+			rc-service "$name" stop >/dev/null 2>&1 </dev/null || say "could not stop $name"
 		fi
 	done
 }

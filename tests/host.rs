@@ -1,0 +1,366 @@
+//! The generated scripts run for real: under Alpine's busybox ash, in a chroot
+//! built from the minirootfs, with the real apk (tests/sandbox/). Each scenario
+//! reads the resulting files, runlevels, world file and the stand-ins' calls.
+
+mod common;
+mod sandbox;
+
+use std::collections::BTreeSet;
+use std::process::Output;
+
+use sandbox::Host;
+
+/// A host profile with the mingen flags that describe it truthfully.
+struct Case {
+    profile: &'static str,
+    args: &'static [&'static str],
+}
+
+const GUIDE: Case = Case { profile: "guide", args: &[] };
+const SDA: Case = Case { profile: "sda", args: &["--disk", "sda"] };
+const ALPINE_322: Case = Case { profile: "alpine-3.22", args: &["--target", "alpine-3.22-kvm"] };
+const DHCP: Case = Case { profile: "dhcp", args: &["--network", "dhcp"] };
+const IPV6: Case = Case { profile: "ipv6", args: &["--ipv6", "used"] };
+const SSH_2222: Case = Case { profile: "ssh-2222", args: &["--ssh-port", "2222", "--ssh-password-auth", "no"] };
+
+/// The real apk, with each call recorded in the stand-ins' call log: a wrapper
+/// in /usr/sbin, which comes before /sbin in the script's PATH.
+const APK_RECORDER: &str = "#!/bin/sh\n\
+line=apk; for a in \"$@\"; do line=\"$line\t$a\"; done\n\
+printf '%s\\n' \"$line\" >> /.sandbox/calls.log\n\
+exec /sbin/apk \"$@\"\n";
+
+fn host(case: &Case) -> Host {
+    let host = Host::build(case.profile);
+    host.write("/usr/sbin/apk", APK_RECORDER);
+    let out = host.run("chmod 0755 /usr/sbin/apk", &[]);
+    assert!(out.status.success());
+    host.clear_calls();
+    host
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run(host: &Host, script: &str, env: &[(&str, &str)]) -> Output {
+    host.run_script(script, env)
+}
+
+fn assert_success(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} failed ({:?}):\n{}{}", out.status, text(&out.stdout), text(&out.stderr));
+}
+
+/// The calls that change state: everything but status queries and read-only apk.
+fn state_changing_calls(host: &Host) -> Vec<String> {
+    host.calls()
+        .into_iter()
+        .filter(|c| {
+            let read_only_apk = c.program == "apk" && matches!(c.args.first().map(String::as_str), Some("info"))
+                || c.program == "apk" && c.args.iter().any(|a| a == "--simulate");
+            let status = c.program == "rc-service" && c.args.get(1).is_some_and(|a| a == "status");
+            !(read_only_apk || status)
+        })
+        .map(|c| c.line())
+        .collect()
+}
+
+fn apk_transactions(host: &Host) -> Vec<String> {
+    host.calls()
+        .into_iter()
+        .filter(|c| c.program == "apk" && matches!(c.args.first().map(String::as_str), Some("add" | "del")))
+        .filter(|c| !c.args.iter().any(|a| a == "--simulate"))
+        .map(|c| c.line())
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// What the guide's end state is for a host described truthfully by `case`.
+fn assert_guide_end_state(host: &Host, case: &Case, runlevels_before: &BTreeSet<(String, String)>, world_before: &[String]) {
+    let disk = if case.profile == "sda" { "sda" } else { "vda" };
+    let ipv6_used = case.profile == "ipv6";
+    let dhcp = case.profile == "dhcp";
+
+    // Stage 1: the blacklist, the features, the command line in both places, one mkinitfs.
+    let blacklist = host.read("/etc/modprobe.d/blacklist-unnecessary.conf");
+    for line in ["blacklist drm\n", "install drm /bin/true\n", "blacklist gve\n", "install loop /bin/true\n", "blacklist qemu_fw_cfg\n"] {
+        assert!(blacklist.contains(line), "blacklist lacks {line:?}");
+    }
+    assert_eq!(host.read("/etc/modprobe.d/blacklist-balloon.conf").lines().last(), Some("blacklist virtio_balloon"));
+    let features = if disk == "sda" { "base ext4 scsi virtio" } else { "base ext4 virtio" };
+    assert_eq!(host.read("/etc/mkinitfs/mkinitfs.conf"), format!("features=\"{features}\"\n"));
+    let conf = host.read("/etc/update-extlinux.conf");
+    assert!(conf.contains("\nmodules=sd-mod,ext4\n"), "{conf}");
+    let opts = if ipv6_used { "console=ttyS0,115200n8 quiet audit=0 nowatchdog" } else { "console=ttyS0,115200n8 quiet ipv6.disable=1 audit=0 nowatchdog" };
+    assert!(conf.contains(&format!("\ndefault_kernel_opts=\"{opts}\"\n")), "{conf}");
+    let extlinux = host.read("/boot/extlinux.conf");
+    let append: Vec<&str> = extlinux.lines().filter(|l| l.trim_start().starts_with("APPEND ")).collect();
+    assert!(!append.is_empty());
+    for line in append {
+        assert!(line.contains(" modules=sd-mod,ext4 ") && line.ends_with(&format!(" {opts}")), "{line}");
+    }
+    let mkinitfs: Vec<_> = host.calls().into_iter().filter(|c| c.program == "mkinitfs").collect();
+    let kver = host.read("/usr/share/kernel/virt/kernel.release");
+    assert_eq!(mkinitfs.len(), 1, "mkinitfs runs exactly once");
+    assert_eq!(mkinitfs[0].args, vec![kver.trim().to_string()]);
+    let initramfs = host.read("/boot/initramfs-virt");
+    assert!(initramfs.contains(&format!("\nfeatures={features}\n")), "{initramfs}");
+    assert!(initramfs.contains("| blacklist virtio_balloon"), "the blacklist reaches the initramfs");
+
+    // Stage 2: dropbear in, OpenSSH out, keys carried.
+    let installed = host.installed();
+    for name in ["dropbear", "dropbear-openrc", "dropbear-convert"] {
+        assert!(installed.contains(name), "{name} is installed");
+    }
+    for key in ["rsa", "ecdsa", "ed25519"] {
+        assert!(host.exists(&format!("/etc/dropbear/dropbear_{key}_host_key")), "{key} key converted");
+    }
+    let opts = match (case.profile, ipv6_used) {
+        ("ssh-2222", _) => "-p 0.0.0.0:2222 -s -g",
+        (_, true) => "-p 22 -g",
+        _ => "-p 0.0.0.0:22 -g",
+    };
+    assert!(host.read("/etc/conf.d/dropbear").contains(&format!("\nDROPBEAR_OPTS=\"{opts}\"\n")), "{}", host.read("/etc/conf.d/dropbear"));
+    let started = host.started();
+    assert!(started.contains("dropbear") && !started.contains("sshd"));
+
+    // Stages 3 and 4: what is gone and what stays.
+    let removed = |p: &String| {
+        p.starts_with("openssh") || p.starts_with("cloud-") || p.starts_with("py3-") || p.starts_with("python3")
+            || ["chrony", "qemu-guest-agent", "bash", "sudo", "doas", "nvme-cli", "syslinux", "mtools", "numactl", "curl",
+                "e2fsprogs-extra", "partx", "tzdata", "shadow", "pyc"].contains(&p.as_str())
+            || (!dhcp && p.starts_with("dhcpcd"))
+    };
+    assert_eq!(installed.iter().filter(|p| removed(p)).collect::<Vec<_>>(), Vec::<&String>::new(), "removed packages are gone");
+    assert_eq!(installed.contains("dhcpcd"), dhcp, "dhcpcd stays exactly on a DHCP host");
+    assert!(installed.contains("busybox") && installed.contains("linux-virt") && installed.contains("mkinitfs"));
+    let world: BTreeSet<String> = host.world().into_iter().collect();
+    let mut expected_world: BTreeSet<String> = world_before.iter().filter(|p| !removed(p)).cloned().collect();
+    expected_world.extend(set(&["dropbear", "dropbear-convert"]));
+    assert_eq!(world, expected_world, "/etc/apk/world");
+    assert!(host.run("ls -A /var/cache/apk", &[]).stdout.is_empty(), "apk cache cleared");
+
+    // Stage 5 and the runlevel changes of the others.
+    let mut expected: BTreeSet<(String, String)> = runlevels_before
+        .iter()
+        .filter(|(level, name)| {
+            let off = ["sshd", "cloud-init-local", "cloud-init", "cloud-config", "cloud-final", "cloud-init-hotplugd", "chronyd", "qemu-guest-agent"]
+                .contains(&name.as_str())
+                || (level == "boot" && ["acpid", "hwclock", "swap"].contains(&name.as_str()))
+                || (!dhcp && name == "dhcpcd");
+            !off
+        })
+        .cloned()
+        .collect();
+    for name in ["dropbear", "ntpd", "local"] {
+        expected.insert(("default".into(), name.into()));
+    }
+    assert_eq!(host.runlevels(), expected, "runlevels");
+
+    // Stage 6.
+    let sysctl = host.read("/usr/lib/sysctl.d/00-alpine.conf");
+    for line in sysctl.lines().filter(|l| l.contains("net.ipv6")) {
+        assert_eq!(line.starts_with("# net.ipv6"), !ipv6_used, "{line}");
+    }
+    let sysfs = host.read("/etc/init.d/sysfs");
+    assert!(sysfs.contains("\t\t\t: #mount -n -t debugfs -o ${sysfs_opts} debugfs /sys/kernel/debug"), "{sysfs}");
+    assert!(!sysfs.lines().any(|l| l.trim_start().starts_with("mount -n -t debugfs") || l.trim_start().starts_with("mount -n -t tracefs")));
+    let syntax = host.run("sh -n /etc/init.d/sysfs", &[]);
+    assert_success(&syntax, "sh -n /etc/init.d/sysfs");
+    assert!(host.read("/etc/sysctl.d/10-minvps.conf").contains("\nkernel.pid_max = 4096\n"));
+    assert_eq!(host.read("/etc/conf.d/syslog"), "SYSLOGD_OPTS=\"-t -C64\"\n");
+    assert_eq!(host.read(&format!("/sys/block/{disk}/queue/read_ahead_kb")).trim(), "128");
+    assert!(host.read("/etc/local.d/readahead.start").contains(&format!("echo 128 > /sys/block/{disk}/queue/read_ahead_kb")));
+    assert!(host.exists("/var/lib/mingen/undo.sh") && host.exists("/var/lib/mingen/backup/etc/apk/world"));
+}
+
+/// A clean run, a second run, and the end state, for one truthfully described host.
+/// Returns the host and the first run's calls (as tab-separated lines).
+fn clean_then_again(case: &Case) -> (Host, Vec<String>) {
+    let script = common::script(case.args);
+    let host = host(case);
+    let (runlevels_before, world_before) = (host.runlevels(), host.world());
+    let out = run(&host, &script, &[]);
+    assert_success(&out, "the clean run");
+    assert_guide_end_state(&host, case, &runlevels_before, &world_before);
+    let transactions = apk_transactions(&host);
+    eprintln!("{}: apk transactions: {transactions:?}", case.profile);
+    assert_eq!(transactions.len(), 2, "one apk add and one apk del: {transactions:?}");
+    assert!(!host.calls().iter().any(|c| c.program == "reboot"), "no reboot unless asked");
+
+    let after_first = host.tree();
+    let first_calls: Vec<String> = host.calls().iter().map(|c| std::iter::once(c.program.clone()).chain(c.args.clone()).collect::<Vec<_>>().join("\t")).collect();
+    host.clear_calls();
+    let out = run(&host, &script, &[]);
+    assert_success(&out, "the second run");
+    let diff = after_first.diff(&host.tree());
+    assert!(diff.is_empty(), "the second run changed the tree: {diff:?}");
+    assert_eq!(state_changing_calls(&host), Vec::<String>::new(), "the second run changes nothing");
+    (host, first_calls)
+}
+
+#[test]
+fn guide_host_clean_run_second_run_and_footprint() {
+    if !sandbox::require() {
+        return;
+    }
+    let before = host(&GUIDE).du_kb();
+    let (host, _) = clean_then_again(&GUIDE);
+    let after = host.du_kb();
+    eprintln!("guide host disk footprint: {before} KiB before, {after} KiB after, {} KiB saved", before - after);
+    assert!(after < before);
+}
+
+#[test]
+fn sda_host_keeps_scsi_and_reads_ahead_on_sda() {
+    if sandbox::require() {
+        clean_then_again(&SDA);
+    }
+}
+
+#[test]
+fn alpine_322_host_without_tracefs() {
+    if sandbox::require() {
+        clean_then_again(&ALPINE_322);
+    }
+}
+
+#[test]
+fn dhcp_host_keeps_dhcpcd() {
+    if sandbox::require() {
+        clean_then_again(&DHCP);
+    }
+}
+
+#[test]
+fn ipv6_host_keeps_ipv6() {
+    if sandbox::require() {
+        clean_then_again(&IPV6);
+    }
+}
+
+#[test]
+fn ssh_on_2222_without_passwords_carries_over() {
+    if sandbox::require() {
+        let first_run = clean_then_again(&SSH_2222).1;
+        // Every host key is converted before dropbear starts, and sshd stops in the same step.
+        let position = |line: &str| first_run.iter().position(|c| c == line).unwrap_or_else(|| panic!("no call {line:?} in {first_run:#?}"));
+        let start = position("rc-service\tdropbear\tstart");
+        assert_eq!(position("rc-service\tsshd\tstop") + 1, start);
+        for key in ["rsa", "ecdsa", "ed25519"] {
+            assert!(position(&format!("dropbearconvert\topenssh\tdropbear\t/etc/ssh/ssh_host_{key}_key\t/etc/dropbear/dropbear_{key}_host_key")) < start);
+        }
+    }
+}
+
+#[test]
+fn dry_run_changes_nothing_and_says_what_it_would_do() {
+    if !sandbox::require() {
+        return;
+    }
+    let host = host(&GUIDE);
+    let before = host.tree();
+    let out = run(&host, &common::script(&[]), &[("MINGEN_DRY_RUN", "1")]);
+    assert_success(&out, "the dry run");
+    let diff = before.diff(&host.tree());
+    assert!(diff.is_empty(), "the dry run changed the tree: {diff:?}");
+    assert_eq!(state_changing_calls(&host), Vec::<String>::new());
+    let said = text(&out.stderr);
+    for line in ["would write /etc/mkinitfs/mkinitfs.conf", "would rebuild the initramfs", "would install dropbear dropbear-convert", "would stop sshd and start dropbear", "would take acpid out of runlevel boot", "+features=\"base ext4 virtio\""] {
+        assert!(said.contains(line), "dry run does not say {line:?}:\n{said}");
+    }
+}
+
+/// A host that does not match the facts: the script stops before its first
+/// change, naming the fact and what it found.
+fn assert_stops(case: &Case, args: &[&str], prepare: &str, expected: &[&str]) {
+    let host = host(case);
+    if !prepare.is_empty() {
+        assert_success(&host.run(prepare, &[]), prepare);
+    }
+    host.clear_calls();
+    let before = host.tree();
+    let out = run(&host, &common::script(args), &[]);
+    assert!(!out.status.success(), "the script went on:\n{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    for words in expected {
+        assert!(said.contains(words), "the message lacks {words:?}:\n{said}");
+    }
+    assert!(said.contains("nothing was changed"), "{said}");
+    let diff = before.diff(&host.tree());
+    assert!(diff.is_empty(), "a failed preflight changed the tree: {diff:?}");
+    assert_eq!(state_changing_calls(&host), Vec::<String>::new());
+}
+
+#[test]
+fn preflight_stops_on_the_wrong_disk() {
+    if sandbox::require() {
+        assert_stops(&GUIDE, &["--disk", "sda"], "", &["fact `disk` is sda", "on vda"]);
+    }
+}
+
+#[test]
+fn preflight_stops_on_the_wrong_release() {
+    if sandbox::require() {
+        assert_stops(&ALPINE_322, &[], "", &["for Alpine 3.23", "this host is 3.22"]);
+    }
+}
+
+#[test]
+fn preflight_stops_on_dhcp_when_static_is_claimed() {
+    if sandbox::require() {
+        assert_stops(&DHCP, &[], "", &["fact `network` is static", "DHCP", "eth0"]);
+    }
+}
+
+#[test]
+fn preflight_stops_on_ipv6_in_use_when_unused_is_claimed() {
+    if sandbox::require() {
+        assert_stops(&IPV6, &[], "", &["fact `ipv6` is unused", "global IPv6 address", "inet6"]);
+    }
+}
+
+#[test]
+fn preflight_stops_on_a_missing_file() {
+    if sandbox::require() {
+        assert_stops(&GUIDE, &[], "rm /etc/conf.d/syslog", &["/etc/conf.d/syslog is missing"]);
+    }
+}
+
+#[test]
+fn preflight_stops_when_sshd_settings_differ_from_the_facts() {
+    if sandbox::require() {
+        assert_stops(&SSH_2222, &[], "", &["fact `ssh_ports` is [22]", "port(s) 2222", "fact `ssh_password_auth` is yes"]);
+    }
+}
+
+#[test]
+fn undo_puts_files_packages_and_services_back() {
+    if !sandbox::require() {
+        return;
+    }
+    let host = host(&GUIDE);
+    let (runlevels, started, world, installed) = (host.runlevels(), host.started(), host.world(), host.installed());
+    let before = host.tree();
+    assert_success(&run(&host, &common::script(&[]), &[]), "the run");
+    // The run emptied the apk cache (the index); undo needs it, as on a real host
+    // after `apk update`.
+    assert_success(&host.run("apk update --quiet", &[]), "apk update");
+    let out = host.run("sh /var/lib/mingen/undo.sh", &[]);
+    assert_success(&out, "undo.sh");
+    assert_eq!(host.runlevels(), runlevels, "runlevels back");
+    assert_eq!(host.started(), started, "started services back");
+    assert_eq!(host.world(), world, "world back");
+    assert_eq!(host.installed(), installed, "packages back");
+    let diff = before.diff(&host.tree());
+    let unexpected = |path: &String| {
+        !(path.starts_with("/var/lib/mingen") || path == "/var/log/mingen.log" || path.starts_with("/var/cache/apk"))
+    };
+    let changed: Vec<&String> = diff.changed.iter().map(|(p, _, _)| p).filter(|p| unexpected(p)).collect();
+    let added: Vec<&String> = diff.added.iter().filter(|p| unexpected(p)).collect();
+    let removed: Vec<&String> = diff.removed.iter().filter(|p| unexpected(p)).collect();
+    assert!(changed.is_empty() && added.is_empty() && removed.is_empty(), "after undo: changed {changed:?} added {added:?} removed {removed:?}");
+}
