@@ -597,6 +597,16 @@ keep_once() {
 	fi
 }
 
+# forget_killed_runs: a run killed outright leaves its scratch directory behind.
+forget_killed_runs() {
+	local dir
+	for dir in /tmp/mingen.*; do
+		if [ -d "$dir" ] && [ "$dir" != "$WORK" ]; then
+			rm -rf "$dir"
+		fi
+	done
+}
+
 figures() {
 	free -m
 	df -m /

@@ -182,8 +182,11 @@ main() {
 	need_cmd rc-update
 	need_cmd rc-service
 	need_cmd awk
-	WORK=$(mktemp -d) || err "cannot make a temporary directory"
+	WORK=$(mktemp -d /tmp/mingen.XXXXXX) || err "cannot make a temporary directory"
 	trap 'rm -rf "$WORK"' EXIT
+	if ! dry_run; then
+		forget_killed_runs
+	fi
 	say "before:"
 	figures >&2 || true
 	preflight

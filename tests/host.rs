@@ -364,3 +364,54 @@ fn undo_puts_files_packages_and_services_back() {
     let removed: Vec<&String> = diff.removed.iter().filter(|p| unexpected(p)).collect();
     assert!(changed.is_empty() && added.is_empty() && removed.is_empty(), "after undo: changed {changed:?} added {added:?} removed {removed:?}");
 }
+
+/// The end state that matters, from one host: the tree without the files whose
+/// content depends on the moment (the log's timestamps, `free`'s figures).
+fn end_state(host: &Host) -> sandbox::Tree {
+    let mut tree = host.tree();
+    for volatile in ["/var/log/mingen.log", "/var/lib/mingen/before", "/var/lib/mingen/before.values"] {
+        assert!(tree.0.remove(volatile).is_some(), "{volatile} exists");
+    }
+    tree
+}
+
+/// Kill the run (SIGKILL) after each of its steps in turn, then run it again:
+/// the end state equals one clean run's.
+#[test]
+fn a_run_killed_after_any_step_ends_like_a_clean_run_when_run_again() {
+    if !sandbox::require() {
+        return;
+    }
+    let script = common::script(&[]);
+    let clean = host(&GUIDE);
+    assert_success(&run(&clean, &script, &[]), "the clean run");
+    let expected = end_state(&clean);
+
+    // The steps are the calls in main after the preflight.
+    let main_body = script.rsplit("\nmain() {\n").next().expect("main");
+    let steps: Vec<&str> = main_body
+        .lines()
+        .take_while(|l| *l != "}")
+        .skip_while(|l| l.trim() != "prepare")
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(steps.len() > 20, "{steps:?}");
+    let kill_points: Vec<usize> = (0..steps.len()).collect();
+    let check = |k: usize| {
+        let step = steps[k];
+        let cut = script.replacen(&format!("\n{step}\n"), &format!("\n{step}\n\tkill -9 $$\n"), 1);
+        assert_ne!(cut, script);
+        let host = host(&GUIDE);
+        let out = run(&host, &cut, &[]);
+        assert!(!out.status.success(), "the cut run after {step:?} was not killed");
+        let out = run(&host, &script, &[]);
+        assert_success(&out, &format!("the run after a kill after {step:?}"));
+        let diff = expected.diff(&end_state(&host));
+        assert!(diff.is_empty(), "killed after {step:?} and run again, the host differs from a clean run: {diff:?}");
+    };
+    std::thread::scope(|scope| {
+        for half in kill_points.chunks(kill_points.len().div_ceil(2)) {
+            scope.spawn(|| half.iter().for_each(|&k| check(k)));
+        }
+    });
+}
