@@ -18,6 +18,8 @@ Examples:
   mingen --facts host.toml > minimise.sh      a script for the host host.toml describes
   mingen --facts host.toml plan               which rules apply, and why
   mingen explain kernel-cmdline               what a rule does, risks, and how to undo it
+  mingen probe > probe.sh; ssh root@host sh -s < probe.sh > host.toml
+                                              read a host's facts from the host itself
 
 Then, on the host as root: MINGEN_DRY_RUN=1 sh minimise.sh, then sh minimise.sh.";
 
@@ -46,6 +48,8 @@ enum Command {
     },
     /// List the targets.
     Targets,
+    /// Print a probe script: run on a host, it prints the host's facts as TOML for --facts.
+    Probe,
 }
 
 /// Facts: read from --facts, each flag overriding the file.
@@ -119,6 +123,9 @@ impl FactArgs {
 
 /// Run the command line; the text for stdout, or the error for stderr.
 pub fn run(cli: Cli) -> Result<String, Error> {
+    if let Some(Command::Probe) = cli.command {
+        return script::render_probe();
+    }
     if let Some(Command::Targets) = cli.command {
         let mut out = String::new();
         for name in target::names() {
@@ -134,7 +141,7 @@ pub fn run(cli: Cli) -> Result<String, Error> {
         Some(Command::Facts) => script::render_facts(&facts),
         Some(Command::Plan) => Ok(plan_text(&Plan::new(&target, &facts))),
         Some(Command::Explain { rule }) => Ok(explain_text(&target, &rule)?),
-        Some(Command::Targets) => unreachable!("handled above"),
+        Some(Command::Targets | Command::Probe) => unreachable!("handled above"),
     }
 }
 

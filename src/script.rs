@@ -237,6 +237,23 @@ pub fn render(plan: &Plan) -> Result<String, Error> {
     script.render().map_err(|e| Error::Internal(e.to_string()))
 }
 
+#[derive(Template)]
+#[template(path = "probe.sh")]
+struct ProbeScript<'a> {
+    version: &'a str,
+    /// (target id, Alpine release) for each target, for the probe to name the target.
+    targets: Vec<(String, String)>,
+}
+
+/// Render the probe script, which prints a host's facts as TOML.
+pub fn render_probe() -> Result<String, Error> {
+    let targets = crate::target::names()
+        .into_iter()
+        .map(|name| crate::target::Target::load(&name).map(|t| (t.id, t.release)))
+        .collect::<Result<Vec<_>, _>>()?;
+    ProbeScript { version: VERSION, targets }.render().map_err(|e| Error::Internal(e.to_string()))
+}
+
 /// Render facts as a commented TOML file that `--facts` reads back.
 pub fn render_facts(facts: &Facts) -> Result<String, Error> {
     let file = FactsFile {
