@@ -6,12 +6,18 @@ MINGEN_REBOOT=${MINGEN_REBOOT:-0}
 KERNEL_VERSION=
 INITRAMFS_STALE=0
 PREFLIGHT_FAILED=0
+LOGGING=0
 WORK=
 
 # ---------------------------------------------------------------- vocabulary
 
+# say TEXT: tell the operator. Once the run logs (see start_log), the text goes
+# to the log and, while it is there, to the terminal (file descriptor 3).
 say() {
 	printf 'mingen: %s\n' "$*" >&2 || true
+	if [ "$LOGGING" = 1 ]; then
+		printf 'mingen: %s\n' "$*" >&3 2>/dev/null || true
+	fi
 }
 
 err() {
@@ -27,11 +33,15 @@ need_cmd() {
 	command -v "$1" >/dev/null 2>&1 || err "\`$1\` is needed and is not installed"
 }
 
-# log TEXT: one line in the log of changes (never in a dry run).
-log() {
-	if ! dry_run; then
-		printf '%s %s\n' "$(date '+%Y-%m-%dT%H:%M:%S')" "$*" >>"$MINGEN_LOG" 2>/dev/null || true
-	fi
+# start_log: from here on, every command's output goes to the log, and the run
+# carries on to its end when the terminal goes away: a hang-up is ignored (by
+# every command it starts, too), and writes to a closed terminal only fail.
+start_log() {
+	trap '' HUP
+	exec 3>&2 >>"$MINGEN_LOG" 2>&1 </dev/null
+	LOGGING=1
+	printf '\n' || true
+	say "run of $(date '+%Y-%m-%dT%H:%M:%S'); the full output goes to $MINGEN_LOG"
 }
 
 # change WHAT COMMAND [ARG...]: make one change and say so, or in a dry run say
@@ -44,7 +54,6 @@ change() {
 		return 0
 	fi
 	say "$what"
-	log "$what"
 	: >"$MINGEN_STATE/reboot-pending"
 	"$@" || err "could not $what (\`$*\` failed)"
 }
@@ -430,14 +439,14 @@ ssh_switch() {
 		return 0
 	fi
 	say "stopping sshd and starting dropbear in one step (if the session drops, reconnect on the same port)"
-	log "switch from sshd to dropbear"
+	: >"$MINGEN_STATE/reboot-pending"
 	(
 		trap '' HUP INT TERM
 		rc-service sshd stop
 		rc-service dropbear start
-	) >>"$MINGEN_LOG" 2>&1 </dev/null || true
+	) || true
 	if ! service_started dropbear; then
-		rc-service sshd start >>"$MINGEN_LOG" 2>&1 </dev/null || true
+		rc-service sshd start || true
 		err "dropbear did not start, so sshd was started again; see $MINGEN_LOG"
 	fi
 }

@@ -170,7 +170,6 @@ finish() {
 	say "after the next boot, $MINGEN_STATE/report shows RAM and disk used before and after"
 	if [ "$MINGEN_REBOOT" = 1 ]; then
 		say "rebooting now"
-		log "reboot"
 		reboot
 	else
 		say "next: reboot (or run with MINGEN_REBOOT=1 to reboot at the end)"
@@ -178,6 +177,8 @@ finish() {
 }
 
 main() {
+	# Output that cannot be written (a closed terminal) must not end the run.
+	trap '' PIPE
 	need_cmd apk
 	need_cmd rc-update
 	need_cmd rc-service
@@ -193,7 +194,7 @@ main() {
 	if dry_run; then
 		say "dry run: nothing will be changed"
 	else
-		trap '' HUP
+		start_log
 	fi
 	prepare
 {%- for rule in applied %}

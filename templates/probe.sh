@@ -1,14 +1,794 @@
 #!/bin/sh
 # probe.sh: read an Alpine host's facts for mingen {{ version }}, changing nothing.
-# Run it on the host (as root, for `sshd -T`):  ssh root@host sh -s < probe.sh > host.toml
-# It prints facts TOML that `mingen --facts host.toml` reads unchanged.
+#
+# Run it on the host, as root (`sshd -T` needs root):
+#   ssh root@host sh -s < probe.sh > host.toml
+# It prints the facts as TOML that `mingen --facts host.toml` reads unchanged.
+# What it cannot decide is a comment starting with `# CHECK:` that says what to
+# look at, never a guessed value; a fact left out takes mingen's default.
+#
+# It only reads: files under /etc, /boot, /proc and /sys, `apk info`,
+# `rc-service NAME status` and `sshd -T`. Everything else it would need is
+# optional: a missing tool makes it read files instead. Diagnostics go to stderr.
+
 set -eu
 
-main() {
-	printf '# Facts read from %s by mingen {{ version }} probe.sh\n' "$(hostname 2>/dev/null || echo this host)"
+# ---------------------------------------------------------------- vocabulary
+
+say() {
+	printf 'probe: %s\n' "$*" >&2 || true
+}
+
+err() {
+	say "error: $*"
+	exit 1
+}
+
+have() {
+	command -v "$1" >/dev/null 2>&1
+}
+
+# note TEXT: one TOML comment line (printable ASCII only, whatever the host holds).
+note() {
+	printf '# %s\n' "$(printf '%s' "$*" | tr '\n\t' '  ' | tr -cd ' -~')"
+}
+
+# check TEXT: a comment that asks for a decision.
+check() {
+	note "CHECK: $*"
+}
+
+# fact KEY VALUE: one fact; VALUE is one of the values mingen allows.
+fact() {
+	printf '%s = "%s"\n' "$1" "$2"
+}
+
+# first_line FILE: FILE's first line, or nothing if it cannot be read.
+first_line() {
+	head -n 1 "$1" 2>/dev/null || :
+}
+
+# ssh_note TEXT: a line for the ssh section (TEXT starting with `!` is a check).
+ssh_note() {
+	SSH_NOTES="$SSH_NOTES$1
+"
+}
+
+# notes TEXT: each line of TEXT as a comment (lines starting with `!` as checks).
+notes() {
+	local line
+	printf '%s' "$1" | while IFS= read -r line; do
+		case $line in
+		'!'*) check "${line#!}" ;;
+		?*) note "$line" ;;
+		esac
+	done
+}
+
+# started NAME: OpenRC says service NAME is started.
+started() {
+	if have rc-service; then
+		rc-service "$1" status >/dev/null 2>&1
+	else
+		[ -L "/run/openrc/started/$1" ] || [ -e "/run/openrc/started/$1" ]
+	fi
+}
+
+# runlevels_of NAME: the runlevels service NAME is in, separated by spaces.
+runlevels_of() {
+	local link level out=""
+	for link in /etc/runlevels/*/"$1"; do
+		if [ -L "$link" ] || [ -e "$link" ]; then
+			level=${link%/*}
+			out="$out ${level##*/}"
+		fi
+	done
+	printf '%s' "${out# }"
+}
+
+# service_state NAME: "started", "in runlevel(s) X" or "stopped and in no runlevel".
+service_state() {
+	local levels
+	levels=$(runlevels_of "$1")
+	if started "$1"; then
+		printf 'started%s' "${levels:+, in runlevel(s) $levels}"
+	elif [ -n "$levels" ]; then
+		printf 'stopped, in runlevel(s) %s' "$levels"
+	else
+		printf 'stopped and in no runlevel'
+	fi
+}
+
+# installed NAME: package NAME is installed (apk info -e, else apk's database).
+installed() {
+	if have apk; then
+		apk info -e "$1" >/dev/null 2>&1
+	else
+		grep -qxF -e "P:$1" /lib/apk/db/installed 2>/dev/null
+	fi
+}
+
+# world_names: the names in /etc/apk/world, without versions or tags.
+world_names() {
+	awk '{ for (i = 1; i <= NF; i++) { n = $i; sub(/[<>=~@].*/, "", n); print n } }' /etc/apk/world 2>/dev/null || :
+}
+
+# root_disk: the disk holding the root filesystem, without its partition
+# (the same reading as root_disk in the script's preflight).
+root_disk() {
+	local dev
+	dev=$(awk '$2 == "/" { d = $1 } END { print d }' /proc/mounts 2>/dev/null || :)
+	dev=${dev#/dev/}
+	case $dev in
+	nvme*p[0-9]*) dev=${dev%p*} ;;
+	nvme*) ;;
+	*) dev=${dev%%[0-9]*} ;;
+	esac
+	printf '%s\n' "$dev"
+}
+
+# ---------------------------------------------------------------- sshd, as the script reads it
+
+# sshd_config_lines FILE: FILE with its Include lines replaced by the files they
+# name (the same reading as the script's preflight).
+sshd_config_lines() {
+	local line file
+	while IFS= read -r line || [ -n "$line" ]; do
+		case $line in
+		[Ii]nclude[[:space:]]*)
+			# shellcheck disable=SC2086 # the Include value is a glob to expand
+			for file in ${line#*[[:space:]]}; do
+				case $file in
+				/*) ;;
+				*) file=/etc/ssh/$file ;;
+				esac
+				if [ -f "$file" ]; then
+					cat "$file"
+				fi
+			done
+			;;
+		*) printf '%s\n' "$line" ;;
+		esac
+	done <"$1"
+}
+
+# sshd_settings: port, listenaddress, passwordauthentication and permitrootlogin
+# from /etc/ssh/sshd_config, one `keyword value` a line, read as the script's
+# preflight reads them (first value wins, as in sshd; nothing after Match).
+sshd_settings() {
+	sshd_config_lines /etc/ssh/sshd_config | awk '
+	{ sub(/^[ \t]+/, ""); sub(/=/, " ") }
+	/^#/ || NF < 2 { next }
+	{ k = tolower($1); v = $2 }
+	k == "match" { exit }
+	k == "port" || k == "listenaddress" { print k, v; next }
+	(k == "passwordauthentication" || k == "permitrootlogin") && !(k in seen) { seen[k] = 1; print k, tolower(v) }'
+}
+
+# sshd_effective: the same four settings as sshd itself has them (`sshd -T`).
+sshd_effective() {
+	local out
+	out=$(sshd -T 2>/dev/null) || return 1
+	printf '%s\n' "$out" | awk '
+	{ k = tolower($1) }
+	k == "port" || k == "listenaddress" { print k, $2 }
+	(k == "passwordauthentication" || k == "permitrootlogin") && !(k in seen) { seen[k] = 1; print k, tolower($2) }'
+}
+
+# setting SETTINGS KEYWORD DEFAULT: the first value of KEYWORD, or DEFAULT.
+setting() {
+	local value
+	value=$(printf '%s\n' "$1" | awk -v k="$2" '$1 == k { print $2; exit }')
+	[ "$value" != without-password ] || value=prohibit-password
+	printf '%s' "${value:-$3}"
+}
+
+# setting_ports SETTINGS SORT_FLAGS: the port values, sorted, separated by spaces (default 22).
+setting_ports() {
+	local ports
+	ports=$(printf '%s\n' "$1" | awk '$1 == "port" { print $2 }' | sort "$2" | tr '\n' ' ')
+	ports=${ports% }
+	printf '%s' "${ports:-22}"
+}
+
+# listen_hosts SETTINGS: the listenaddress values without their port
+# (0.0.0.0:22 -> 0.0.0.0, [::]:22 -> ::), one a line.
+listen_hosts() {
+	printf '%s\n' "$1" | awk '
+	$1 != "listenaddress" { next }
+	{
+		a = $2
+		if (substr(a, 1, 1) == "[") { a = substr(a, 2); sub(/\].*/, "", a) }
+		else if (gsub(/:/, ":", a) == 1) sub(/:[0-9]*$/, "", a)
+		print a
+	}'
+}
+
+# ---------------------------------------------------------------- what the probe finds
+
+HYPERVISOR=none
+HYPERVISOR_TEXT=
+SSH_FROM=
+SSH_SERVER=dropbear
+SSH_PORTS=22
+SSH_PASSWORD=yes
+SSH_ROOT=prohibit-password
+SSH_LISTEN6=
+SSH_NOTES=
+
+detect_hypervisor() {
+	local type vendor product clock flag=no seen=""
+	type=$(first_line /sys/hypervisor/type)
+	vendor=$(first_line /sys/class/dmi/id/sys_vendor)
+	product=$(first_line /sys/class/dmi/id/product_name)
+	clock=$(first_line /sys/devices/system/clocksource/clocksource0/current_clocksource)
+	if awk '$1 == "flags" && / hypervisor( |$)/ { found = 1 } END { exit !found }' /proc/cpuinfo 2>/dev/null; then
+		flag=yes
+	fi
+	[ -z "$type" ] || seen="$seen, /sys/hypervisor/type $type"
+	[ -z "$vendor" ] || seen="$seen, DMI vendor $vendor"
+	[ -z "$product" ] || seen="$seen, DMI product $product"
+	[ -z "$clock" ] || seen="$seen, clocksource $clock"
+	[ "$flag" = no ] || seen="$seen, cpuinfo flag hypervisor"
+	HYPERVISOR_TEXT=${seen#, }
+	case "$type|$vendor|$product|$clock" in
+	xen\|* | *Xen* | *"HVM domU"* | *\|xen) HYPERVISOR=xen ;;
+	*QEMU* | *KVM* | *\|kvm-clock) HYPERVISOR=kvm ;;
+	*)
+		if [ "$flag" = yes ] || [ -n "$vendor$clock" ]; then
+			HYPERVISOR=other
+		fi
+		;;
+	esac
+}
+
+# read_ssh: the SSH server's settings, from sshd (sshd -T, else its config) or,
+# on a host where dropbear runs instead, from DROPBEAR_OPTS.
+read_ssh() {
+	local sshd_up=no dropbear_up=no
+	if started sshd; then
+		sshd_up=yes
+	fi
+	if started dropbear; then
+		dropbear_up=yes
+	fi
+	if have sshd && { [ "$sshd_up" = yes ] || [ "$dropbear_up" = no ]; }; then
+		read_sshd "$sshd_up"
+	elif [ -f /etc/conf.d/dropbear ] && { [ "$dropbear_up" = yes ] || installed dropbear; }; then
+		read_dropbear "$dropbear_up"
+	else
+		SSH_FROM=
+	fi
+}
+
+read_sshd() {
+	local config="" effective="" cfg_ports cfg_password cfg_root cfg_listen listen host opts
+	if [ "$1" = no ]; then
+		ssh_note "sshd is installed but not started"
+	fi
+	if [ ! -f /etc/ssh/sshd_config ]; then
+		SSH_FROM="sshd (no /etc/ssh/sshd_config)"
+		SSH_SERVER=openssh
+		ssh_note "!/etc/ssh/sshd_config is missing: its settings cannot be carried to dropbear (the script's preflight stops on that), so OpenSSH stays"
+		if [ "$(id -u)" = 0 ] && effective=$(sshd_effective) && [ -n "$effective" ]; then
+			SSH_FROM="sshd -T"
+		else
+			return 0
+		fi
+	else
+		config=$(sshd_settings)
+		if [ "$(id -u)" = 0 ] && effective=$(sshd_effective) && [ -n "$effective" ]; then
+			SSH_FROM="sshd -T"
+		else
+			if [ "$(id -u)" != 0 ]; then
+				say "not root: reading /etc/ssh/sshd_config instead of \`sshd -T\`"
+			else
+				say "\`sshd -T\` failed: reading /etc/ssh/sshd_config instead"
+			fi
+			SSH_FROM=/etc/ssh/sshd_config
+			effective=$config
+		fi
+	fi
+	SSH_PORTS=$(setting_ports "$effective" -nu)
+	SSH_PASSWORD=$(setting "$effective" passwordauthentication yes)
+	SSH_ROOT=$(setting "$effective" permitrootlogin prohibit-password)
+	listen=""
+	for host in $(listen_hosts "$effective"); do
+		case $host in
+		0.0.0.0) ;;
+		::) SSH_LISTEN6="$SSH_LISTEN6 [::]" ;;
+		*:*) SSH_LISTEN6="$SSH_LISTEN6 $host" && listen="$listen $host" ;;
+		*) listen="$listen $host" ;;
+		esac
+	done
+	SSH_LISTEN6=${SSH_LISTEN6# }
+
+	case $SSH_PASSWORD in
+	yes | no) ;;
+	*)
+		SSH_SERVER=openssh
+		ssh_note "!sshd has PasswordAuthentication $SSH_PASSWORD, which mingen does not know: OpenSSH stays"
+		;;
+	esac
+	case $SSH_ROOT in
+	yes | no | prohibit-password) ;;
+	*)
+		SSH_SERVER=openssh
+		ssh_note "!sshd has PermitRootLogin $SSH_ROOT, which dropbear cannot carry: OpenSSH stays"
+		;;
+	esac
+	if [ -n "$listen" ]; then
+		SSH_SERVER=openssh
+		ssh_note "!sshd listens only on${listen} (ListenAddress), which mingen does not carry to dropbear: OpenSSH stays"
+	fi
+	opts=$(sed -n 's/^[[:space:]]*SSHD_OPTS=//p' /etc/conf.d/sshd 2>/dev/null | tail -n 1 | tr -d "\"'")
+	case " $opts" in
+	*" -"[opf]*)
+		SSH_SERVER=openssh
+		ssh_note "!/etc/conf.d/sshd passes SSHD_OPTS=$opts, which neither \`sshd -T\` nor the script reads: OpenSSH stays"
+		;;
+	esac
+	[ -n "$config" ] || return 0
+
+	# The script's preflight reads sshd_config, not sshd -T: where the two
+	# disagree it would stop, so OpenSSH stays.
+	cfg_ports=$(setting_ports "$config" -n)
+	cfg_password=$(setting "$config" passwordauthentication yes)
+	cfg_root=$(setting "$config" permitrootlogin prohibit-password)
+	cfg_listen=$(printf '%s\n' "$config" | awk '$1 == "listenaddress" && $2 != "0.0.0.0" && $2 != "::" { printf " %s", $2 }')
+	if [ -n "$cfg_listen" ] && [ -z "$listen" ]; then
+		SSH_SERVER=openssh
+		ssh_note "!/etc/ssh/sshd_config has ListenAddress${cfg_listen}; the script carries only 0.0.0.0 and :: (written so) to dropbear and its preflight stops on anything else: OpenSSH stays"
+	fi
+	if [ "$cfg_ports|$cfg_password|$cfg_root" != "$SSH_PORTS|$SSH_PASSWORD|$SSH_ROOT" ]; then
+		SSH_SERVER=openssh
+		ssh_note "!sshd -T says port(s) $SSH_PORTS, PasswordAuthentication $SSH_PASSWORD, PermitRootLogin $SSH_ROOT, but /etc/ssh/sshd_config read the way the script reads it says port(s) $cfg_ports, $cfg_password, $cfg_root (Match blocks, nested Include?): the script's preflight would stop, so OpenSSH stays until they agree"
+	fi
+}
+
+read_dropbear() {
+	local opts found word
+	SSH_FROM=/etc/conf.d/dropbear
+	ssh_note "dropbear runs, not sshd (a host the script already ran on?): the settings are read back from DROPBEAR_OPTS in /etc/conf.d/dropbear"
+	if [ "$1" = no ]; then
+		ssh_note "!dropbear is installed but not started, and there is no sshd: check how you log in"
+	fi
+	opts=$(sed -n 's/^[[:space:]]*DROPBEAR_OPTS=//p' /etc/conf.d/dropbear | tail -n 1 | tr -d "\"'")
+	# One finding a line: `port [ADDR:]PORT`, `flag s|g|w`, `other OPTION`.
+	found=$(printf '%s\n' "$opts" | awk '
+	{
+		for (i = 1; i <= NF; i++) {
+			w = $i
+			if (substr(w, 1, 1) != "-") { print "other", w; continue }
+			for (j = 2; j <= length(w); j++) {
+				c = substr(w, j, 1)
+				if (c == "p" || index("brPWKITc", c)) {
+					v = substr(w, j + 1)
+					if (v == "") v = $(++i)
+					if (c == "p") print "port", v
+					else print "other", "-" c " " v
+					break
+				}
+				if (c == "s" || c == "g" || c == "w") print "flag", c
+				else print "other", "-" c
+			}
+		}
+	}')
+	SSH_PORTS=$(printf '%s\n' "$found" | awk '$1 == "port" { n = $2; sub(/.*:/, "", n); print n }' | sort -nu | tr '\n' ' ')
+	SSH_PORTS=${SSH_PORTS% }
+	SSH_PORTS=${SSH_PORTS:-22}
+	SSH_PASSWORD=yes
+	SSH_ROOT=yes
+	for word in $(printf '%s\n' "$found" | awk '$1 == "flag" { print $2 }'); do
+		case $word in
+		s) SSH_PASSWORD=no ;;
+		g) [ "$SSH_ROOT" = no ] || SSH_ROOT=prohibit-password ;;
+		w) SSH_ROOT=no ;;
+		esac
+	done
+	word=$(printf '%s\n' "$found" | awk '$1 == "port" && index($2, ":") { a = $2; sub(/:[^:]*$/, "", a); if (a != "0.0.0.0") printf " %s", $2 }')
+	if [ -n "$word" ]; then
+		ssh_note "!dropbear listens on${word}: the facts carry ports only"
+	fi
+	word=$(printf '%s\n' "$found" | awk '$1 == "other" { $1 = ""; printf "%s", $0 }')
+	if [ -n "$word" ]; then
+		ssh_note "DROPBEAR_OPTS also holds${word}, which the facts do not carry"
+	fi
+}
+
+# ---------------------------------------------------------------- one section per fact
+
+header() {
+	local name
+	name=$(first_line /etc/hostname)
+	note "Facts of ${name:-this host}, read by mingen {{ version }} probe.sh."
+	note "Read every comment, decide each CHECK, then: mingen --facts FILE > minimise.sh"
+	note "The targets: $(known_targets | tr '\n' ',' | sed 's/,$//; s/,/, /g')"
+}
+
+# known_targets: each target with its Alpine release, one a line.
+known_targets() {
 {%- for (id, release) in targets %}
-	# target {{ id }} is Alpine {{ release }}
+	printf '%s (Alpine %s)\n' {{ id|sh }} {{ release|sh }}
 {%- endfor %}
+}
+
+# targets_for RELEASE: the targets for Alpine RELEASE (3.23.1 is 3.23), one a line.
+targets_for() {
+{%- for (id, release) in targets %}
+	case $1 in {{ release|sh }} | {{ release|sh }}.*) printf '%s\n' {{ id|sh }} ;; esac
+{%- endfor %}
+}
+
+host_section() {
+	local gettys consoles loaders=""
+	printf '\n'
+	case $HYPERVISOR in
+	kvm) note "hypervisor: KVM ($HYPERVISOR_TEXT)" ;;
+	xen) check "hypervisor: Xen ($HYPERVISOR_TEXT): no target supports Xen yet" ;;
+	other) check "hypervisor: not KVM or not recognised ($HYPERVISOR_TEXT): the targets are for KVM guests" ;;
+	*) note "hypervisor: none recognised (no /sys/hypervisor/type, DMI vendor, clocksource or cpuinfo flag); the targets are for KVM guests" ;;
+	esac
+
+	if [ -f /etc/update-extlinux.conf ] && [ -f /boot/extlinux.conf ]; then
+		loaders=extlinux
+		note "boot loader: extlinux (/etc/update-extlinux.conf, /boot/extlinux.conf), the one the targets edit"
+	elif [ -f /etc/update-extlinux.conf ] || [ -f /boot/extlinux.conf ]; then
+		loaders=extlinux
+		check "boot loader: extlinux, but only one of /etc/update-extlinux.conf and /boot/extlinux.conf exists; the script's preflight needs both"
+	fi
+	if [ -f /boot/grub/grub.cfg ] || [ -f /etc/default/grub ]; then
+		loaders="$loaders GRUB"
+		check "boot loader: GRUB files found (/boot/grub/grub.cfg or /etc/default/grub): no target edits GRUB yet"
+	fi
+	if [ -f /boot/startup.nsh ]; then
+		loaders="$loaders EFI-stub"
+		check "boot loader: EFI stub (/boot/startup.nsh): no target edits it yet"
+	fi
+	case $loaders in
+	'') check "boot loader: none found (no extlinux, GRUB or EFI stub files): the script's preflight stops without /etc/update-extlinux.conf and /boot/extlinux.conf" ;;
+	extlinux?*) check "more than one boot loader is configured ($loaders): the targets edit extlinux only; check which one boots" ;;
+	*) ;;
+	esac
+
+	gettys=$(awk -F: '
+	/^[ \t]*#/ { next }
+	$3 == "respawn" && $4 ~ /getty/ { t = $1; if (t == "") { n = split($4, w, " "); t = w[n] } printf " %s", t }' /etc/inittab 2>/dev/null || :)
+	consoles=$(tr ' ' '\n' </proc/cmdline 2>/dev/null | sed -n 's/^console=//p' | tr '\n' ' ' || :)
+	note "consoles with a getty (/etc/inittab):${gettys:- none}; kernel console= (/proc/cmdline): ${consoles:-none}"
+}
+
+target_section() {
+	local release ids count
+	printf '\n'
+	release=$(first_line /etc/alpine-release)
+	if [ -z "$release" ]; then
+		check "no /etc/alpine-release: is this Alpine? target is left out"
+		return 0
+	fi
+	ids=$(targets_for "$release")
+	count=$(printf '%s' "$ids" | grep -c . || :)
+	if [ "$count" = 0 ]; then
+		check "Alpine $release (/etc/alpine-release): no target is for this release; target is left out, and the script's preflight will stop"
+	elif [ "$count" != 1 ]; then
+		check "Alpine $release: several targets are for it ($(printf '%s' "$ids" | tr '\n' ' ')); set target to one"
+	elif [ "$HYPERVISOR" = xen ]; then
+		check "Alpine $release, but on Xen: target $ids is for KVM and no target supports Xen yet; target is left out"
+	else
+		note "Alpine $release (/etc/alpine-release)"
+		fact target "$ids"
+	fi
+}
+
+disk_section() {
+	local dev disk path scsi=no
+	printf '\n'
+	dev=$(awk '$2 == "/" { d = $1 } END { print d }' /proc/mounts 2>/dev/null || :)
+	disk=$(root_disk)
+	path=$(readlink -f "/sys/block/$disk" 2>/dev/null || :)
+	if grep -q '^virtio_scsi ' /proc/modules 2>/dev/null || [ -d /sys/bus/virtio/drivers/virtio_scsi ]; then
+		scsi=yes
+	fi
+	case $disk in
+	vda)
+		note "the root filesystem is on $dev: vda, a virtio-blk disk"
+		fact disk vda
+		;;
+	sda)
+		case "$scsi|$path" in
+		*/virtio*)
+			note "the root filesystem is on $dev: sda, on virtio-scsi ($path)"
+			fact disk sda
+			;;
+		*/ata[0-9]* | */usb* | */vmbus* | */VMBUS*)
+			check "the root filesystem is on $dev: sda, but its controller is not virtio-scsi ($path): the sda target keeps only scsi and virtio in the initramfs; no target supports this disk yet, so disk is left out and the script's preflight will stop"
+			;;
+		yes\|*)
+			note "the root filesystem is on $dev: sda, virtio-scsi (virtio_scsi is loaded)"
+			fact disk sda
+			;;
+		*)
+			check "the root filesystem is on $dev: sda, but nothing confirms virtio-scsi (no virtio_scsi in /proc/modules, /sys/block/sda is no device link): make sure it is not SATA (ahci), which the sda target's initramfs would lack"
+			fact disk sda
+			;;
+		esac
+		;;
+	xvd*) check "the root filesystem is on $dev: $disk, a Xen disk (xen-blkfront): no target supports it yet; disk is left out and the script's preflight will stop" ;;
+	nvme*) check "the root filesystem is on $dev: $disk, an NVMe disk: no target supports it yet; disk is left out and the script's preflight will stop" ;;
+	'') check "no root filesystem in /proc/mounts: disk is left out; the script's preflight reads /proc/mounts and will stop" ;;
+	*) check "the root filesystem is on $dev ($disk): only vda (virtio-blk) and sda (virtio-scsi) are supported; disk is left out and the script's preflight will stop" ;;
+	esac
+}
+
+ipv6_section() {
+	local global stanzas
+	printf '\n'
+	if [ -r /proc/net/if_inet6 ]; then
+		global=$(awk '$4 == "00" {
+			a = ""
+			for (i = 1; i <= 29; i += 4) a = a (i > 1 ? ":" : "") substr($1, i, 4)
+			printf " %s on %s", a, $6
+		}' /proc/net/if_inet6)
+	else
+		global=""
+		note "no /proc/net/if_inet6: IPv6 is off in the kernel (ipv6.disable=1?)"
+	fi
+	stanzas=$(awk '$1 == "iface" && $3 == "inet6" && $4 != "loopback" { printf " iface %s inet6 %s;", $2, $4 }' /etc/network/interfaces 2>/dev/null || :)
+	if [ -n "$global$stanzas" ]; then
+		[ -z "$global" ] || note "global IPv6 address(es) in use:$global"
+		[ -z "$stanzas" ] || note "/etc/network/interfaces configures IPv6:${stanzas%;}"
+		note "IPv6 stays on"
+		fact ipv6 used
+	else
+		note "no global IPv6 address and no inet6 stanza: IPv6 is switched off (ipv6.disable=1)"
+		if [ -n "$SSH_LISTEN6" ]; then
+			note "sshd listens on IPv6 too ($SSH_LISTEN6); dropbear will listen on 0.0.0.0 only, which is all that reaches it without a global IPv6 address"
+		fi
+		fact ipv6 unused
+	fi
+}
+
+guest_agent_section() {
+	printf '\n'
+	if ! installed qemu-guest-agent; then
+		note "qemu-guest-agent is not installed: nothing to remove"
+		fact guest_agent remove
+	elif started qemu-guest-agent; then
+		note "qemu-guest-agent is installed and started: kept because it runs; set \"remove\" if the provider does not use QEMU guest operations (snapshots, freeze, password reset)"
+		if [ ! -e /dev/virtio-ports/org.qemu.guest_agent.0 ]; then
+			check "/dev/virtio-ports/org.qemu.guest_agent.0 is absent: the hypervisor may offer no agent channel, in which case the agent serves nothing"
+		fi
+		fact guest_agent keep
+	else
+		note "qemu-guest-agent is installed but $(service_state qemu-guest-agent): removed; set \"keep\" if the provider uses QEMU guest operations"
+		fact guest_agent remove
+	fi
+}
+
+balloon_section() {
+	local inflated
+	printf '\n'
+	if grep -q '^virtio_balloon ' /proc/modules 2>/dev/null || [ -d /sys/bus/virtio/drivers/virtio_balloon ]; then
+		inflated=$(awk '$1 == "balloon_inflate" { print $2 }' /proc/vmstat 2>/dev/null || :)
+		case $inflated in
+		'' | 0)
+			note "virtio_balloon is loaded, but the balloon has not inflated since boot (${inflated:-no balloon_inflate in /proc/vmstat}): blacklisted, the guide's choice; set \"keep\" if the provider reclaims memory by ballooning"
+			fact balloon remove
+			;;
+		*)
+			note "virtio_balloon is loaded and the balloon has inflated since boot (balloon_inflate $inflated in /proc/vmstat): the provider reclaims memory by ballooning, so it stays"
+			fact balloon keep
+			;;
+		esac
+	else
+		note "virtio_balloon is not loaded: blacklisting it costs nothing"
+		fact balloon remove
+	fi
+}
+
+ntp_section() {
+	local chrony ntpd refclocks servers
+	printf '\n'
+	chrony=$(service_state chronyd)
+	ntpd=$(service_state ntpd)
+	case $chrony in
+	stopped\ and*)
+		case $ntpd in
+		stopped\ and*) note "no NTP client runs (chronyd and ntpd are stopped and in no runlevel): busybox ntpd is added at boot, the guide's choice; \"none\" leaves time to kvm-clock" ;;
+		*) note "busybox ntpd is in use ($ntpd): it stays, the guide's choice; \"none\" would leave time to kvm-clock" ;;
+		esac
+		fact ntp busybox
+		return 0
+		;;
+	esac
+	refclocks=$(cat /etc/chrony/chrony.conf /etc/chrony/conf.d/*.conf 2>/dev/null | awk '$1 == "refclock" { printf " %s", $2 }' || :)
+	servers=$(cat /etc/chrony/chrony.conf /etc/chrony/conf.d/*.conf /etc/chrony/sources.d/*.sources 2>/dev/null |
+		awk '($1 == "server" || $1 == "pool" || $1 == "peer") && $2 != "pool.ntp.org" { printf " %s", $2 }' || :)
+	if [ -n "$refclocks" ]; then
+		note "chronyd is in use ($chrony) with a reference clock (refclock$refclocks), which busybox ntpd cannot read: chrony stays; \"busybox\" (the guide's choice) or \"none\" would drop it"
+		fact ntp chrony
+		return 0
+	fi
+	note "chronyd is in use ($chrony): busybox ntpd replaces it, the guide's choice; \"chrony\" keeps it, \"none\" leaves time to kvm-clock"
+	if [ -n "$servers" ]; then
+		check "chrony uses server(s)$servers; busybox ntpd will use /etc/conf.d/ntpd (-p pool.ntp.org): put them there after the run, or set \"chrony\""
+	fi
+	fact ntp busybox
+}
+
+python_section() {
+	local kept
+	printf '\n'
+	kept=$(world_names | awk '$1 == "python3" || $1 ~ /^python3-/ || $1 ~ /^py3-/ { printf " %s", $1 }')
+	if [ -n "$kept" ]; then
+		note "/etc/apk/world asks for Python (${kept# }): python3 stays when cloud-init goes"
+		fact python keep
+	elif installed python3; then
+		note "python3 is installed only as a dependency (it is not in /etc/apk/world): it goes with cloud-init; set \"keep\" if you use it"
+		fact python remove
+	else
+		note "python3 is not installed"
+		fact python remove
+	fi
+}
+
+# interfaces_summary: /etc/network/interfaces read the way the script's
+# preflight reads it, one finding a line:
+#   dhcp IFACE HOW           a DHCP stanza (inet6 auto and `use dhcp` count)
+#   static IFACE LACKS ADDR  an inet static stanza; LACKS is - when complete
+#   source PATH              a source line (the script does not follow it)
+interfaces_summary() {
+	awk '
+	$1 == "iface" {
+		iface = $2; family = $3; method = $4
+		if (method == "dhcp" || (family == "inet6" && method == "auto")) print "dhcp", iface, family "/" method
+		if (family == "inet" && method == "static") static[iface] = 1
+		next
+	}
+	$1 == "use" && $2 == "dhcp" { print "dhcp", iface, "use/dhcp"; next }
+	$1 == "source" || $1 == "source-directory" { print "source", $2; next }
+	family == "inet" && method == "static" && $1 == "address" { addr[iface] = $2; if (index($2, "/")) mask[iface] = 1 }
+	family == "inet" && method == "static" && $1 == "netmask" { mask[iface] = 1 }
+	family == "inet" && method == "static" && $1 == "gateway" { gw[iface] = 1 }
+	END {
+		for (i in static) {
+			lacks = ""
+			if (!(i in addr)) lacks = lacks ",address"
+			if (!mask[i]) lacks = lacks ",netmask"
+			if (!gw[i]) lacks = lacks ",gateway"
+			print "static", i, (lacks == "" ? "-" : substr(lacks, 2)), (i in addr ? addr[i] : "-")
+		}
+	}' /etc/network/interfaces
+}
+
+network_section() {
+	local route_if summary dhcp chosen lacks address in_use sources dhcpcd
+	printf '\n'
+	route_if=$(awk 'NR > 1 && $2 == "00000000" { print $1; exit }' /proc/net/route 2>/dev/null || :)
+	if [ ! -f /etc/network/interfaces ]; then
+		check "there is no /etc/network/interfaces: the network is set up some other way; dhcp keeps dhcpcd (the safe value)"
+		fact network dhcp
+		return 0
+	fi
+	summary=$(interfaces_summary)
+	sources=$(printf '%s\n' "$summary" | awk '$1 == "source" { printf " %s", $2 }')
+	if [ -n "$sources" ]; then
+		check "/etc/network/interfaces sources$sources, which the script does not read: check no DHCP is configured there"
+	fi
+	dhcp=$(printf '%s\n' "$summary" | awk '$1 == "dhcp" { printf " iface %s %s;", $2, $3 }')
+	if [ -n "$dhcp" ]; then
+		note "/etc/network/interfaces configures DHCP (${dhcp# }): dhcpcd stays"
+		fact network dhcp
+		return 0
+	fi
+	if [ -n "$route_if" ]; then
+		chosen=$route_if
+	else
+		note "no default route in /proc/net/route (unreadable?): reading every inet static stanza"
+		chosen=$(printf '%s\n' "$summary" | awk '$1 == "static" { print $2 }')
+		if [ "$(printf '%s\n' "$chosen" | grep -c .)" != 1 ]; then
+			check "no default route found and not exactly one inet static stanza (${chosen:-none}): which interface reaches the gateway? dhcp keeps dhcpcd (the safe value); set static once a complete stanza (address, netmask or prefix, gateway) is there"
+			fact network dhcp
+			return 0
+		fi
+	fi
+	lacks=$(printf '%s\n' "$summary" | awk -v i="$chosen" '$1 == "static" && $2 == i { print $3 }')
+	address=$(printf '%s\n' "$summary" | awk -v i="$chosen" '$1 == "static" && $2 == i { a = $4; sub(/\/.*/, "", a); print a }')
+	if [ -z "$lacks" ]; then
+		check "$chosen has the default route but no inet static stanza in /etc/network/interfaces (and no DHCP stanza): how does it get its address? dhcp keeps dhcpcd (the safe value)"
+		fact network dhcp
+		return 0
+	fi
+	if [ "$lacks" != - ]; then
+		check "the inet static stanza of $chosen lacks: $lacks; the script's preflight needs address, netmask or prefix, and gateway. dhcp keeps dhcpcd (the safe value); set static once it is complete"
+		fact network dhcp
+		return 0
+	fi
+	in_use=""
+	if have ip; then
+		in_use=$(ip -o -4 addr show dev "$chosen" 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "inet") { a = $(i + 1); sub(/\/.*/, "", a); printf " %s", a } }' || :)
+	fi
+	case "$in_use " in
+	" ")
+		note "$chosen: complete inet static stanza ($address), not compared with the address in use (\`ip\` shows none)"
+		;;
+	*" $address "*)
+		note "$chosen has the default route and a complete inet static stanza; its address $address is the one in use"
+		;;
+	*)
+		check "the inet static stanza of $chosen says $address, but $chosen has${in_use} now: is the address from DHCP? dhcp keeps dhcpcd (the safe value)"
+		fact network dhcp
+		return 0
+		;;
+	esac
+	dhcpcd=$(service_state dhcpcd)
+	case $dhcpcd in
+	stopped\ and*) ;;
+	*) check "dhcpcd is $dhcpcd although the address is static; it goes with network = static: make sure it does not set any address" ;;
+	esac
+	note "static: dhcpcd goes"
+	fact network static
+}
+
+ssh_section() {
+	local ports port
+	printf '\n'
+	if [ -z "$SSH_FROM" ]; then
+		check "no SSH server found (no sshd, and no dropbear with /etc/conf.d/dropbear): ssh and its settings are left out, so mingen's defaults apply (dropbear on port 22); check how you log in"
+		return 0
+	fi
+	note "SSH settings from $SSH_FROM: port(s) $SSH_PORTS, password logins $SSH_PASSWORD, root logins $SSH_ROOT"
+	notes "$SSH_NOTES"
+	if [ "$SSH_SERVER" = dropbear ] && [ "$SSH_FROM" != /etc/conf.d/dropbear ]; then
+		note "dropbear replaces OpenSSH, the guide's choice, carrying the host keys and these settings"
+	fi
+	fact ssh "$SSH_SERVER"
+	ports=""
+	for port in $SSH_PORTS; do
+		case $port in
+		'' | *[!0-9]*) ports=bad ;;
+		*) if [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then ports=bad; fi ;;
+		esac
+		[ "$ports" = bad ] || ports="$ports, $port"
+	done
+	if [ "$ports" = bad ] || [ -z "$ports" ]; then
+		check "the port(s) \"$SSH_PORTS\" are not all ports: ssh_ports is left out"
+	else
+		printf 'ssh_ports = [%s]\n' "${ports#, }"
+	fi
+	case $SSH_PASSWORD in
+	yes | no) fact ssh_password_auth "$SSH_PASSWORD" ;;
+	*) note "ssh_password_auth is left out (see above)" ;;
+	esac
+	case $SSH_ROOT in
+	yes | no | prohibit-password) fact ssh_root_login "$SSH_ROOT" ;;
+	*) note "ssh_root_login is left out (see above)" ;;
+	esac
+}
+
+probe() {
+	detect_hypervisor
+	read_ssh
+	header
+	host_section
+	target_section
+	disk_section
+	ipv6_section
+	guest_agent_section
+	balloon_section
+	ntp_section
+	python_section
+	network_section
+	ssh_section
+}
+
+main() {
+	local report checks
+	have awk || err "\`awk\` is needed and is not installed"
+	report=$(probe) || err "the probe failed; nothing was printed"
+	printf '%s\n' "$report"
+	checks=$(printf '%s\n' "$report" | grep -c '^# CHECK:' || :)
+	say "done: $checks finding(s) to check (lines starting with \`# CHECK:\`)"
 }
 
 main "$@" || exit 1

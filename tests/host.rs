@@ -191,13 +191,25 @@ fn clean_then_again(case: &Case) -> (Host, Vec<String>) {
     assert_eq!(transactions.len(), 2, "one apk add and one apk del: {transactions:?}");
     assert!(!host.calls().iter().any(|c| c.program == "reboot"), "no reboot unless asked");
 
-    let after_first = host.tree();
+    let log_after_first = host.read("/var/log/mingen.log");
+    let mut after_first = host.tree();
     let first_calls: Vec<String> = host.calls().iter().map(|c| std::iter::once(c.program.clone()).chain(c.args.clone()).collect::<Vec<_>>().join("\t")).collect();
     host.clear_calls();
     let out = run(&host, &script, &[]);
     assert_success(&out, "the second run");
-    let diff = after_first.diff(&host.tree());
+    // Every run appends to its log; nothing else may change.
+    let mut after_second = host.tree();
+    after_first.0.remove("/var/log/mingen.log");
+    after_second.0.remove("/var/log/mingen.log");
+    let diff = after_first.diff(&after_second);
     assert!(diff.is_empty(), "the second run changed the tree: {diff:?}");
+    let second_log = host.read("/var/log/mingen.log");
+    let second_log = second_log.strip_prefix(&log_after_first).expect("the log is appended to");
+    let verbs = ["write", "take", "put", "install", "remove", "stop", "start", "rebuild", "convert", "create", "empty", "set", "stopping"];
+    for line in second_log.lines() {
+        assert!(!verbs.iter().any(|v| line.starts_with(&format!("mingen: {v} "))), "the second run made a change: {line}");
+    }
+    assert!(second_log.contains("mingen: next: reboot"), "{second_log}");
     assert_eq!(state_changing_calls(&host), Vec::<String>::new(), "the second run changes nothing");
     (host, first_calls)
 }
@@ -414,4 +426,34 @@ fn a_run_killed_after_any_step_ends_like_a_clean_run_when_run_again() {
             scope.spawn(|| half.iter().for_each(|&k| check(k)));
         }
     });
+}
+
+/// The terminal goes away mid-run: hang-ups reach the whole process group (in
+/// the middle of the sshd -> dropbear switch too) and the terminal is closed.
+/// The run carries on to its end, logging to /var/log/mingen.log.
+#[test]
+fn a_run_survives_hang_ups_and_a_closed_terminal() {
+    if !sandbox::require() {
+        return;
+    }
+    let script = common::script(&[]);
+    let clean = host(&GUIDE);
+    assert_success(&run(&clean, &script, &[]), "the clean run");
+    let hup_after = |text: &str, after: &str| text.replacen(after, &format!("{after}\n\tkill -HUP 0"), 1);
+    let mut cut = hup_after(&script, "\n\trule_initramfs_rebuild");
+    cut = hup_after(&cut, "\n\t\trc-service sshd stop");
+    cut = hup_after(&cut, "\n\trule_openssh_remove");
+    assert_eq!(cut.matches("kill -HUP 0").count(), 3);
+    let host = host(&GUIDE);
+    host.write("/root/script.sh", &cut);
+    // The script gets a session of its own, as a login shell's would be, so the
+    // hang-ups reach it and what it starts; `head` closes the "terminal" a few
+    // rules into the run, so later writes to it fail.
+    let out = host.run("setsid sh /root/script.sh 2>&1 | head -c 1500 >/dev/null; echo pipeline ended", &[]);
+    assert!(text(&out.stdout).contains("pipeline ended"), "{}", text(&out.stderr));
+    let diff = end_state(&clean).diff(&end_state(&host));
+    assert!(diff.is_empty(), "after hang-ups the host differs from a clean run: {diff:?}");
+    let log = host.read("/var/log/mingen.log");
+    assert!(log.contains("next: reboot"), "the log has the run to its end:\n{log}");
+    assert!(host.started().contains("dropbear"));
 }
