@@ -454,7 +454,8 @@ host_section() {
 	gettys=$(awk -F: '
 	/^[ \t]*#/ { next }
 	$3 == "respawn" && $4 ~ /getty/ { t = $1; if (t == "") { n = split($4, w, " "); t = w[n] } printf " %s", t }' /etc/inittab 2>/dev/null || :)
-	consoles=$(tr ' ' '\n' </proc/cmdline 2>/dev/null | sed -n 's/^console=//p' | tr '\n' ' ' || :)
+	consoles=$(cat /proc/cmdline 2>/dev/null | tr ' ' '\n' | sed -n 's/^console=//p' | tr '\n' ' ' || :)
+	consoles=${consoles% }
 	note "consoles with a getty (/etc/inittab):${gettys:- none}; kernel console= (/proc/cmdline): ${consoles:-none}"
 }
 
@@ -526,21 +527,25 @@ ipv6_section() {
 	if [ -r /proc/net/if_inet6 ]; then
 		global=$(awk '$4 == "00" {
 			a = ""
-			for (i = 1; i <= 29; i += 4) a = a (i > 1 ? ":" : "") substr($1, i, 4)
+			for (i = 1; i <= 29; i += 4) {
+				g = substr($1, i, 4)
+				sub(/^0+/, "", g)
+				a = a (i > 1 ? ":" : "") (g == "" ? "0" : g)
+			}
 			printf " %s on %s", a, $6
 		}' /proc/net/if_inet6)
 	else
 		global=""
 		note "no /proc/net/if_inet6: IPv6 is off in the kernel (ipv6.disable=1?)"
 	fi
-	stanzas=$(awk '$1 == "iface" && $3 == "inet6" && $4 != "loopback" { printf " iface %s inet6 %s;", $2, $4 }' /etc/network/interfaces 2>/dev/null || :)
+	stanzas=$(awk '$1 == "iface" && $3 == "inet6" && $4 != "loopback" { printf "; iface %s inet6 %s", $2, $4 }' /etc/network/interfaces 2>/dev/null || :)
 	if [ -n "$global$stanzas" ]; then
 		[ -z "$global" ] || note "global IPv6 address(es) in use:$global"
-		[ -z "$stanzas" ] || note "/etc/network/interfaces configures IPv6:${stanzas%;}"
+		[ -z "$stanzas" ] || note "/etc/network/interfaces configures IPv6: ${stanzas#; }"
 		note "IPv6 stays on"
 		fact ipv6 used
 	else
-		note "no global IPv6 address and no inet6 stanza: IPv6 is switched off (ipv6.disable=1)"
+		note "no global IPv6 address and no inet6 stanza: the script switches IPv6 off (ipv6.disable=1)"
 		if [ -n "$SSH_LISTEN6" ]; then
 			note "sshd listens on IPv6 too ($SSH_LISTEN6); dropbear will listen on 0.0.0.0 only, which is all that reaches it without a global IPv6 address"
 		fi
@@ -595,7 +600,7 @@ ntp_section() {
 	stopped\ and*)
 		case $ntpd in
 		stopped\ and*) note "no NTP client runs (chronyd and ntpd are stopped and in no runlevel): busybox ntpd is added at boot, the guide's choice; \"none\" leaves time to kvm-clock" ;;
-		*) note "busybox ntpd is in use ($ntpd): it stays, the guide's choice; \"none\" would leave time to kvm-clock" ;;
+		*) note "busybox ntpd is set up ($ntpd): it stays, the guide's choice; \"none\" would leave time to kvm-clock" ;;
 		esac
 		fact ntp busybox
 		return 0
@@ -634,18 +639,18 @@ python_section() {
 
 # interfaces_summary: /etc/network/interfaces read the way the script's
 # preflight reads it, one finding a line:
-#   dhcp IFACE HOW           a DHCP stanza (inet6 auto and `use dhcp` count)
+#   dhcp IFACE FAMILY METHOD a DHCP stanza (inet6 auto and `use dhcp` count)
 #   static IFACE LACKS ADDR  an inet static stanza; LACKS is - when complete
 #   source PATH              a source line (the script does not follow it)
 interfaces_summary() {
 	awk '
 	$1 == "iface" {
 		iface = $2; family = $3; method = $4
-		if (method == "dhcp" || (family == "inet6" && method == "auto")) print "dhcp", iface, family "/" method
+		if (method == "dhcp" || (family == "inet6" && method == "auto")) print "dhcp", iface, family, method
 		if (family == "inet" && method == "static") static[iface] = 1
 		next
 	}
-	$1 == "use" && $2 == "dhcp" { print "dhcp", iface, "use/dhcp"; next }
+	$1 == "use" && $2 == "dhcp" { print "dhcp", iface, "use", "dhcp"; next }
 	$1 == "source" || $1 == "source-directory" { print "source", $2; next }
 	family == "inet" && method == "static" && $1 == "address" { addr[iface] = $2; if (index($2, "/")) mask[iface] = 1 }
 	family == "inet" && method == "static" && $1 == "netmask" { mask[iface] = 1 }
@@ -675,9 +680,9 @@ network_section() {
 	if [ -n "$sources" ]; then
 		check "/etc/network/interfaces sources$sources, which the script does not read: check no DHCP is configured there"
 	fi
-	dhcp=$(printf '%s\n' "$summary" | awk '$1 == "dhcp" { printf " iface %s %s;", $2, $3 }')
+	dhcp=$(printf '%s\n' "$summary" | awk '$1 == "dhcp" { printf "; iface %s %s %s", $2, $3, $4 }')
 	if [ -n "$dhcp" ]; then
-		note "/etc/network/interfaces configures DHCP (${dhcp# }): dhcpcd stays"
+		note "/etc/network/interfaces configures DHCP (${dhcp#; }): dhcpcd stays"
 		fact network dhcp
 		return 0
 	fi
