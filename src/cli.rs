@@ -14,6 +14,7 @@ const EXAMPLES: &str = "\
 Examples:
   mingen > minimise.sh                        the guide's host: Alpine 3.23, vda, static IPv4
   mingen --disk sda --ipv6 used > minimise.sh a virtio-scsi host that uses IPv6
+  mingen --format user-data > user-data.sh    to attach as user-data: cloud-init runs it
   mingen facts > host.toml                    write the facts to edit
   mingen --facts host.toml > minimise.sh      a script for the host host.toml describes
   mingen --facts host.toml plan               which rules apply, and why
@@ -29,6 +30,9 @@ Then, on the host as root: MINGEN_DRY_RUN=1 sh minimise.sh, then sh minimise.sh.
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// How the script will be run: by an operator, or by cloud-init as user-data.
+    #[arg(long, value_enum, default_value = "script")]
+    format: script::Format,
     #[command(flatten)]
     facts: FactArgs,
 }
@@ -137,7 +141,7 @@ pub fn run(cli: Cli) -> Result<String, Error> {
     let facts = cli.facts.resolve()?;
     let target = Target::load(&facts.target)?;
     match cli.command {
-        None | Some(Command::Script) => script::render(&Plan::new(&target, &facts)),
+        None | Some(Command::Script) => script::render(&Plan::new(&target, &facts), cli.format),
         Some(Command::Facts) => script::render_facts(&facts),
         Some(Command::Plan) => Ok(plan_text(&Plan::new(&target, &facts))),
         Some(Command::Explain { rule }) => Ok(explain_text(&target, &rule)?),

@@ -143,8 +143,17 @@ impl<'t> Plan<'t> {
 
     /// All packages to remove: exact names, and name prefixes matched on the host.
     pub fn packages_to_remove(&self) -> (Vec<String>, Vec<String>) {
+        self.packages_removed_by(|_| true)
+    }
+
+    /// The packages to remove while cloud-init runs the script (user-data form).
+    pub fn packages_to_remove_under_cloud_init(&self) -> (Vec<String>, Vec<String>) {
+        self.packages_removed_by(|d| !d.rule.defer_under_cloud_init)
+    }
+
+    fn packages_removed_by(&self, rule: impl Fn(&Decision) -> bool) -> (Vec<String>, Vec<String>) {
         let (mut names, mut prefixes) = (Vec::new(), Vec::new());
-        for step in self.applied().flat_map(|d| &d.steps) {
+        for step in self.applied().filter(|d| rule(d)).flat_map(|d| &d.steps) {
             if let Action::PackagesRemove { names: n, prefixes: p } = step {
                 push_new(&mut names, n);
                 push_new(&mut prefixes, p);

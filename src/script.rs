@@ -11,6 +11,16 @@ use crate::target::{Action, BootLoader, Check, Stage};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// How the script will be run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Run by an operator: pasted into a console or copied over and run.
+    Script,
+    /// Run by cloud-init (or tiny-cloud) as user-data: removing cloud-init and
+    /// the reboot wait until cloud-init has finished; a second run is a no-op.
+    UserData,
+}
+
 /// The heredoc delimiter of file contents; a content line equal to it would end the heredoc.
 const HEREDOC_END: &str = "MINGEN_EOF";
 
@@ -29,6 +39,7 @@ pub fn quote(value: &str) -> Result<String, String> {
 
 struct RuleView {
     id: String,
+    deferred: bool,
     func: String,
     summary: String,
     announce: String,
@@ -40,6 +51,7 @@ struct RuleView {
 #[template(path = "minimise.sh")]
 struct MinimiseScript<'a> {
     version: &'a str,
+    format: &'static str,
     target: &'a crate::target::Target,
     disk: String,
     facts: Vec<(String, String)>,
@@ -51,9 +63,12 @@ struct MinimiseScript<'a> {
     add_if_installed: String,
     remove_names: String,
     remove_prefixes: String,
+    remove_names_under_cloud_init: String,
+    remove_prefixes_under_cloud_init: String,
     add_after: String,
     remove_after: String,
     dropbear_opts: String,
+    deferred_one_shot: &'static str,
     undo: String,
 }
 
@@ -174,11 +189,18 @@ fn push_new(list: &mut Vec<String>, items: Vec<String>) {
     }
 }
 
+/// The one-shot that finishes a user-data run at boot, if nothing finished it before.
+pub const DEFERRED_ONE_SHOT: &str = "/etc/local.d/mingen-deferred.start";
+
 /// Render the plan as the script to run on the host.
-pub fn render(plan: &Plan) -> Result<String, Error> {
+pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
     let target = plan.target;
+    let user_data = format == Format::UserData;
     let mut needs = Vec::new();
     let mut backup_paths = vec!["/etc/apk/world".to_string()];
+    if user_data {
+        backup_paths.push(DEFERRED_ONE_SHOT.to_string());
+    }
     let mut checks = BTreeSet::new();
     for decision in plan.applied() {
         checks.extend(decision.rule.requires.iter().copied());
@@ -197,12 +219,14 @@ pub fn render(plan: &Plan) -> Result<String, Error> {
     }
     let (add_after, remove_after) = plan.transaction_points();
     let (remove_names, remove_prefixes) = plan.packages_to_remove();
+    let (remove_names_now, remove_prefixes_now) = plan.packages_to_remove_under_cloud_init();
     let undo = UndoScript.render().map_err(|e| Error::Internal(e.to_string()))?;
     if undo.lines().any(|line| line == "MINGEN_UNDO") {
         return Err(Error::Internal("undo.sh holds its own heredoc delimiter".into()));
     }
     let script = MinimiseScript {
         version: VERSION,
+        format: if user_data { "user-data" } else { "script" },
         target,
         disk: plan.facts.get("disk").expect("known fact"),
         facts: facts::KEYS.iter().map(|k| (k.name.to_string(), plan.facts.toml_value(k.name))).collect(),
@@ -210,6 +234,7 @@ pub fn render(plan: &Plan) -> Result<String, Error> {
             .applied()
             .map(|d| RuleView {
                 id: d.rule.id.clone(),
+                deferred: user_data && d.rule.defer_under_cloud_init,
                 func: d.rule.id.replace('-', "_"),
                 summary: d.rule.summary.clone(),
                 announce: format!("rule {}: {}", d.rule.id, d.rule.summary),
@@ -229,9 +254,12 @@ pub fn render(plan: &Plan) -> Result<String, Error> {
         add_if_installed: plan.packages_to_add(true).join(" "),
         remove_names: remove_names.join(" "),
         remove_prefixes: remove_prefixes.join(" "),
+        remove_names_under_cloud_init: remove_names_now.join(" "),
+        remove_prefixes_under_cloud_init: remove_prefixes_now.join(" "),
         add_after: add_after.unwrap_or_default(),
         remove_after: remove_after.unwrap_or_default(),
         dropbear_opts: dropbear_opts(&plan.facts),
+        deferred_one_shot: DEFERRED_ONE_SHOT,
         undo,
     };
     script.render().map_err(|e| Error::Internal(e.to_string()))

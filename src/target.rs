@@ -172,6 +172,7 @@ struct RawRule {
     undo: Option<String>,
     when: Option<Condition>,
     requires: Option<Vec<Check>>,
+    defer_under_cloud_init: Option<bool>,
     action: Option<Vec<Action>>,
 }
 
@@ -215,6 +216,8 @@ pub struct Rule {
     pub undo: String,
     pub when: Condition,
     pub requires: Vec<Check>,
+    /// In user-data form, wait until cloud-init has finished (it would stop cloud-init).
+    pub defer_under_cloud_init: bool,
     pub actions: Vec<Action>,
 }
 
@@ -313,6 +316,7 @@ impl Rule {
             undo: raw.undo.clone().ok_or_else(|| missing("undo"))?,
             when: raw.when.unwrap_or_default(),
             requires: raw.requires.unwrap_or_default(),
+            defer_under_cloud_init: raw.defer_under_cloud_init.unwrap_or(false),
             actions: raw.action.ok_or_else(|| missing("action"))?,
             id: raw.id,
         })
@@ -328,6 +332,7 @@ impl Rule {
         if let Some(v) = raw.undo { self.undo = v; }
         if let Some(v) = raw.when { self.when = v; }
         if let Some(v) = raw.requires { self.requires = v; }
+        if let Some(v) = raw.defer_under_cloud_init { self.defer_under_cloud_init = v; }
         if let Some(v) = raw.action { self.actions = v; }
     }
 

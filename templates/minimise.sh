@@ -21,6 +21,13 @@
 #   none
 {%- endfor %}
 #
+{%- if format == "user-data" %}
+# This is the user-data form: attach it as the instance's user-data and cloud-init
+# runs it at first boot. Removing cloud-init and the reboot wait until cloud-init
+# has finished (or, failing that, until the next boot), the whole run is logged to
+# /var/log/mingen.log, and once it is done (/var/lib/mingen/done) a run changes nothing.
+#
+{%- endif %}
 # Run it as root on the host:
 #   sh minimise.sh                    check the host, then make the changes
 #   MINGEN_DRY_RUN=1 sh minimise.sh   check the host and say what would change
@@ -33,7 +40,10 @@
 # `mingen explain RULE-ID` tells what a rule does, why, what it risks and how to undo it.
 
 set -eu
-
+{% if format == "user-data" %}
+# 1 in the run that finishes the job after cloud-init (see finish_after_cloud_init).
+MINGEN_DEFERRED=${MINGEN_DEFERRED:-0}
+{%- endif %}
 {% include "helpers.sh" %}
 
 # ---------------------------------------------------------------- this host
@@ -61,6 +71,11 @@ preflight() {
 {%- for need in needs %}
 	{{ need }}
 {%- endfor %}
+{%- if format == "user-data" %}
+	if under_cloud_init && [ ! -f "$0" ]; then
+		mismatch "as user-data the script must run from a file ($0 is not one), to finish after cloud-init"
+	fi
+{%- endif %}
 	if [ "$PREFLIGHT_FAILED" = 1 ]; then
 		err "this host does not match the facts; nothing was changed"
 	fi
@@ -154,14 +169,70 @@ apk_install_all() {
 
 apk_remove_all() {
 	say "packages: remove what is installed of the packages the rules above name"
+{%- if format == "user-data" %}
+	if under_cloud_init; then
+		apk_remove {{ remove_names_under_cloud_init|sh }} {{ remove_prefixes_under_cloud_init|sh }}
+		return 0
+	fi
+{%- endif %}
 	apk_remove {{ remove_names|sh }} {{ remove_prefixes|sh }}
 }
+{%- if format == "user-data" %}
+
+# under_cloud_init: this is the user-data form's first run, by cloud-init itself.
+under_cloud_init() {
+	[ "$MINGEN_DEFERRED" != 1 ]
+}
+
+# finish_after_cloud_init: what would stop cloud-init (removing it, rebooting)
+# waits: a detached run starts once cloud-init has written its result, and a
+# one-shot at the next boot finishes the job if that run never did.
+finish_after_cloud_init() {
+	local copy=$MINGEN_STATE/minimise.sh
+	if dry_run; then
+		say "would finish the run once cloud-init has finished"
+		return 0
+	fi
+	if ! cmp -s "$0" "$copy"; then
+		cp "$0" "$copy"
+	fi
+	write_file {{ deferred_one_shot|sh }} 0755 <<'MINGEN_EOF'
+#!/bin/sh
+# Written by mingen (user-data): finish the run cloud-init started, at boot.
+MINGEN_DEFERRED=1 MINGEN_REBOOT=1 sh /var/lib/mingen/minimise.sh
+MINGEN_EOF
+	service_on local default no
+	say "cloud-init is running this script: removing cloud-init and the reboot wait until it has finished"
+	# shellcheck disable=SC2016 # expanded by the detached shell, not here
+	setsid sh -c '
+		waited=0
+		until [ -e /run/cloud-init/result.json ] || [ "$waited" -ge 3600 ]; do
+			sleep 2
+			waited=$((waited + 2))
+		done
+		if [ -e /run/cloud-init/result.json ]; then
+			MINGEN_DEFERRED=1 MINGEN_REBOOT=1 exec sh /var/lib/mingen/minimise.sh
+		fi' </dev/null >/dev/null 2>&1 &
+}
+{%- endif %}
 
 finish() {
+{%- if format == "user-data" %}
+	if under_cloud_init; then
+		finish_after_cloud_init
+		return 0
+	fi
+{%- endif %}
 	if dry_run; then
 		say "dry run: nothing was changed"
 		return 0
 	fi
+{%- if format == "user-data" %}
+	: >"$MINGEN_STATE/done"
+	if [ -e {{ deferred_one_shot|sh }} ]; then
+		change "delete the one-shot {{ deferred_one_shot }}" rm -f {{ deferred_one_shot|sh }}
+	fi
+{%- endif %}
 	if [ ! -e "$MINGEN_STATE/reboot-pending" ]; then
 		say "nothing to do: this host is minimised and has booted since"
 		return 0
@@ -179,6 +250,12 @@ finish() {
 main() {
 	# Output that cannot be written (a closed terminal) must not end the run.
 	trap '' PIPE
+{%- if format == "user-data" %}
+	if [ -e "$MINGEN_STATE/done" ]; then
+		say "this host was minimised already ($MINGEN_STATE/done): nothing to do"
+		return 0
+	fi
+{%- endif %}
 	need_cmd apk
 	need_cmd rc-update
 	need_cmd rc-service
@@ -198,7 +275,15 @@ main() {
 	fi
 	prepare
 {%- for rule in applied %}
+{%- if rule.deferred %}
+	if under_cloud_init; then
+		say "rule {{ rule.id }}: waits until cloud-init has finished"
+	else
+		rule_{{ rule.func }}
+	fi
+{%- else %}
 	rule_{{ rule.func }}
+{%- endif %}
 {%- if rule.id == add_after %}
 	apk_install_all
 {%- endif %}

@@ -457,3 +457,61 @@ fn a_run_survives_hang_ups_and_a_closed_terminal() {
     assert!(log.contains("next: reboot"), "the log has the run to its end:\n{log}");
     assert!(host.started().contains("dropbear"));
 }
+
+/// cloud-init's final stage, as far as user-data goes: it runs the user-data
+/// script, notes what the host looks like when the script returns (cloud-init is
+/// still running then), and only then writes its result.
+const CLOUD_INIT_FINAL: &str = r#"#!/bin/sh
+sh /var/lib/cloud/instance/scripts/part-001 >>/var/log/cloud-init-output.log 2>&1
+echo "user-data exit status: $?" >/var/log/standin-cloud-init
+apk info -e cloud-init >>/var/log/standin-cloud-init 2>&1
+grep -c '^reboot' /.sandbox/calls.log >>/var/log/standin-cloud-init
+sleep 3
+mkdir -p /run/cloud-init
+echo '{"v1": {"datasource": null, "errors": []}}' >/run/cloud-init/result.json
+"#;
+
+#[test]
+fn user_data_waits_for_cloud_init_then_finishes_once() {
+    if !sandbox::require() {
+        return;
+    }
+    let script = common::script(&["--format", "user-data"]);
+    let host = host(&GUIDE);
+    let (runlevels_before, world_before) = (host.runlevels(), host.world());
+    host.write("/var/lib/cloud/instance/scripts/part-001", &script);
+    host.write("/root/cloud-init-final", CLOUD_INIT_FINAL);
+    assert!(!host.exists("/run/cloud-init/result.json"));
+    let out = host.run("sh /root/cloud-init-final", &[]);
+    assert_success(&out, "the stand-in cloud-init");
+    // While cloud-init ran it: the script succeeded, cloud-init was still there, no reboot.
+    assert_eq!(host.read("/var/log/standin-cloud-init"), "user-data exit status: 0\ncloud-init\n0\n");
+    // Then the detached run finishes the job.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !host.exists("/var/lib/mingen/done") {
+        assert!(std::time::Instant::now() < deadline, "the run after cloud-init did not finish:\n{}", host.read("/var/log/mingen.log"));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // The marker is written just before the reboot: wait for that too.
+    while !host.calls().iter().any(|c| c.program == "reboot") {
+        assert!(std::time::Instant::now() < deadline, "no reboot after the run:\n{}", host.read("/var/log/mingen.log"));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!host.installed().contains("cloud-init"), "cloud-init is removed after it finished");
+    assert!(!host.exists("/etc/local.d/mingen-deferred.start"), "the one-shot is gone once the job is done");
+    assert_eq!(host.calls().iter().filter(|c| c.program == "reboot").count(), 1);
+    assert_guide_end_state(&host, &GUIDE, &runlevels_before, &world_before);
+    let log = host.read("/var/log/mingen.log");
+    assert!(log.contains("waits until cloud-init has finished") && log.contains("rebooting now"), "{log}");
+
+    // Run again (as a re-run of user-data would): nothing changes.
+    host.clear_calls();
+    let before = host.tree();
+    let out = host.run("sh /var/lib/cloud/instance/scripts/part-001", &[]);
+    assert_success(&out, "the second user-data run");
+    assert!(text(&out.stderr).contains("nothing to do"), "{}", text(&out.stderr));
+    let diff = before.diff(&host.tree());
+    assert!(diff.is_empty(), "the second user-data run changed the tree: {diff:?}");
+    assert_eq!(state_changing_calls(&host), Vec::<String>::new());
+}

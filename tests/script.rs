@@ -67,6 +67,11 @@ fn ssh_2222_no_password() {
 }
 
 #[test]
+fn user_data() {
+    check("user_data", &["--format", "user-data"]);
+}
+
+#[test]
 fn python_kept() {
     check("python_kept", &["--python", "keep", "--balloon", "keep"]);
 }
