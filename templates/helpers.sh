@@ -417,9 +417,9 @@ check_sshd_settings() {
 	fi
 }
 
-# ssh_switch DROPBEAR_OPTS: carry the host keys and settings to dropbear, then
-# stop sshd and start dropbear in one step that a hang-up cannot cut.
-ssh_switch() {
+# carry_host_keys: convert each OpenSSH host key for dropbear, so clients see
+# the same host keys after the switch.
+carry_host_keys() {
 	local type
 	if [ ! -d /etc/dropbear ]; then
 		change "create /etc/dropbear" mkdir -p -m 0700 /etc/dropbear
@@ -430,6 +430,12 @@ ssh_switch() {
 				"/etc/ssh/ssh_host_${type}_key" "/etc/dropbear/dropbear_${type}_host_key"
 		fi
 	done
+}
+
+# ssh_switch DROPBEAR_OPTS: carry the host keys and settings to dropbear, then
+# stop sshd and start dropbear in one step that a hang-up cannot cut.
+ssh_switch() {
+	carry_host_keys
 	set_assignment /etc/conf.d/dropbear DROPBEAR_OPTS "$1"
 	if service_started dropbear && ! service_started sshd; then
 		return 0
