@@ -570,6 +570,12 @@ check_ipv6_unused() {
 	if [ -n "$found" ]; then
 		mismatch "fact \`ipv6\` is unused, but /etc/network/interfaces configures IPv6 (iface $found): set ipv6 = \"used\""
 	fi
+	if [ -f /etc/ssh/sshd_config ] && command -v sshd >/dev/null 2>&1; then
+		found=$(sshd_settings | awk '$1 == "listenaddress" && index($2, ":") { print $2; exit }')
+		if [ -n "$found" ]; then
+			mismatch "fact \`ipv6\` is unused, but sshd listens on the IPv6 address $found: set ipv6 = \"used\""
+		fi
+	fi
 }
 
 # ---------------------------------------------------------------- backup and undo

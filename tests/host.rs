@@ -224,6 +224,33 @@ fn guide_host_clean_run_second_run_and_footprint() {
     let after = host.du_kb();
     eprintln!("guide host disk footprint: {before} KiB before, {after} KiB after, {} KiB saved", before - after);
     assert!(after < before);
+
+    // The next boot: local runs the one-shot, which writes the report once.
+    let out = host.run("sh /etc/local.d/mingen-report.start && sh /etc/local.d/readahead.start", &[]);
+    assert_success(&out, "the boot scripts");
+    let report = host.read("/var/lib/mingen/report");
+    assert!(report.starts_with("before:\n") && report.contains("after the first boot:\n"), "{report}");
+    assert!(report.contains("ram_used_mb: ") && report.contains("disk_used_mb: ") && report.contains("(saved "), "{report}");
+    assert!(!host.exists("/var/lib/mingen/reboot-pending"), "the boot clears the pending reboot");
+    assert_success(&host.run("sh /etc/local.d/mingen-report.start", &[]), "a later boot");
+    assert_eq!(host.read("/var/lib/mingen/report"), report, "later boots leave the report alone");
+    // After that boot a run has nothing to do, and says so.
+    let out = run(&host, &common::script(&[]), &[("MINGEN_REBOOT", "1")]);
+    assert_success(&out, "a run after the boot");
+    assert!(host.read("/var/log/mingen.log").contains("nothing to do: this host is minimised and has booted since"));
+    assert!(!host.calls().iter().any(|c| c.program == "reboot"), "nothing to reboot for");
+}
+
+#[test]
+fn reboot_when_asked_exactly_once_at_the_end() {
+    if !sandbox::require() {
+        return;
+    }
+    let host = host(&GUIDE);
+    assert_success(&run(&host, &common::script(&[]), &[("MINGEN_REBOOT", "1")]), "the run");
+    let calls = host.calls();
+    assert_eq!(calls.iter().filter(|c| c.program == "reboot").count(), 1);
+    assert_eq!(calls.last().map(|c| c.program.as_str()), Some("reboot"), "the reboot is the last call");
 }
 
 #[test]
@@ -339,6 +366,34 @@ fn preflight_stops_on_ipv6_in_use_when_unused_is_claimed() {
 fn preflight_stops_on_a_missing_file() {
     if sandbox::require() {
         assert_stops(&GUIDE, &[], "rm /etc/conf.d/syslog", &["/etc/conf.d/syslog is missing"]);
+    }
+}
+
+#[test]
+fn preflight_stops_when_the_default_route_has_no_complete_static_stanza() {
+    if !sandbox::require() {
+        return;
+    }
+    // The static stanza is for eth1, but the default route leaves by eth0.
+    assert_stops(
+        &GUIDE,
+        &[],
+        "sed -i 's/eth0/eth1/g' /etc/network/interfaces",
+        &["fact `network` is static", "no complete static stanza", "for eth0, the interface with the default route"],
+    );
+    // A stanza without a gateway is not complete.
+    assert_stops(&GUIDE, &[], "sed -i '/gateway/d' /etc/network/interfaces", &["fact `network` is static", "no complete static stanza"]);
+}
+
+#[test]
+fn preflight_stops_when_sshd_listens_on_ipv6_and_ipv6_is_to_go() {
+    if sandbox::require() {
+        assert_stops(
+            &GUIDE,
+            &["--ssh", "openssh"],
+            "echo 'ListenAddress 2001:db8::5' >> /etc/ssh/sshd_config",
+            &["fact `ipv6` is unused, but sshd listens on the IPv6 address 2001:db8::5"],
+        );
     }
 }
 
