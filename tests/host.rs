@@ -570,3 +570,30 @@ fn user_data_waits_for_cloud_init_then_finishes_once() {
     assert!(diff.is_empty(), "the second user-data run changed the tree: {diff:?}");
     assert_eq!(state_changing_calls(&host), Vec::<String>::new());
 }
+
+#[test]
+fn what_the_facts_keep_stays_installed_enabled_and_running() {
+    if !sandbox::require() {
+        return;
+    }
+    let script = common::script(&["--python", "keep", "--guest-agent", "keep", "--ntp", "chrony", "--balloon", "keep"]);
+    let host = host(&GUIDE);
+    assert_success(&run(&host, &script, &[]), "the run");
+    let installed = host.installed();
+    for name in ["python3", "qemu-guest-agent", "chrony"] {
+        assert!(installed.contains(name), "{name} stays installed");
+    }
+    assert!(!installed.contains("cloud-init"), "cloud-init still goes");
+    assert!(host.world().contains(&"python3".to_string()), "python3 is now in the world file, so it stays");
+    let runlevels = host.runlevels();
+    for name in ["qemu-guest-agent", "chronyd"] {
+        assert!(runlevels.contains(&("default".to_string(), name.to_string())), "{name} stays in default");
+        assert!(host.started().contains(name), "{name} keeps running");
+    }
+    assert!(!runlevels.contains(&("default".to_string(), "ntpd".to_string())), "no ntpd beside chrony");
+    assert!(!host.exists("/etc/modprobe.d/blacklist-balloon.conf"));
+    assert!(!host.read("/boot/initramfs-virt").contains("blacklist virtio_balloon"));
+    let transactions = apk_transactions(&host);
+    assert_eq!(transactions.len(), 2, "{transactions:?}");
+    assert!(transactions[0].contains("python3"), "{transactions:?}");
+}
