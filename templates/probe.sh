@@ -28,6 +28,22 @@ have() {
 	command -v "$1" >/dev/null 2>&1
 }
 
+# tool NAME: the path of command NAME, on PATH or in /sbin or /usr/sbin (a
+# user's PATH may lack them); nothing if it is not installed.
+tool() {
+	local dir
+	if command -v "$1" 2>/dev/null; then
+		return 0
+	fi
+	for dir in /sbin /usr/sbin; do
+		if [ -x "$dir/$1" ]; then
+			printf '%s\n' "$dir/$1"
+			return 0
+		fi
+	done
+	return 0
+}
+
 # note TEXT: one TOML comment line (printable ASCII only, whatever the host holds).
 note() {
 	printf '# %s\n' "$(printf '%s' "$*" | tr '\n\t' '  ' | tr -cd ' -~')"
@@ -67,8 +83,8 @@ notes() {
 
 # started NAME: OpenRC says service NAME is started.
 started() {
-	if have rc-service; then
-		rc-service "$1" status >/dev/null 2>&1
+	if [ -n "$RC_SERVICE" ]; then
+		"$RC_SERVICE" "$1" status >/dev/null 2>&1
 	else
 		[ -L "/run/openrc/started/$1" ] || [ -e "/run/openrc/started/$1" ]
 	fi
@@ -101,8 +117,8 @@ service_state() {
 
 # installed NAME: package NAME is installed (apk info -e, else apk's database).
 installed() {
-	if have apk; then
-		apk info -e "$1" >/dev/null 2>&1
+	if [ -n "$APK" ]; then
+		"$APK" info -e "$1" >/dev/null 2>&1
 	else
 		grep -qxF -e "P:$1" /lib/apk/db/installed 2>/dev/null
 	fi
@@ -168,7 +184,7 @@ sshd_settings() {
 # sshd_effective: the same four settings as sshd itself has them (`sshd -T`).
 sshd_effective() {
 	local out
-	out=$(sshd -T 2>/dev/null) || return 1
+	out=$("$SSHD" -T 2>/dev/null) || return 1
 	printf '%s\n' "$out" | awk '
 	{ k = tolower($1) }
 	k == "port" || k == "listenaddress" { print k, $2 }
@@ -206,6 +222,10 @@ listen_hosts() {
 
 # ---------------------------------------------------------------- what the probe finds
 
+APK=
+RC_SERVICE=
+SSHD=
+IP=
 HYPERVISOR=none
 HYPERVISOR_TEXT=
 SSH_FROM=
@@ -252,7 +272,7 @@ read_ssh() {
 	if started dropbear; then
 		dropbear_up=yes
 	fi
-	if have sshd && { [ "$sshd_up" = yes ] || [ "$dropbear_up" = no ]; }; then
+	if [ -n "$SSHD" ] && { [ "$sshd_up" = yes ] || [ "$dropbear_up" = no ]; }; then
 		read_sshd "$sshd_up"
 	elif [ -f /etc/conf.d/dropbear ] && { [ "$dropbear_up" = yes ] || installed dropbear; }; then
 		read_dropbear "$dropbear_up"
@@ -592,12 +612,21 @@ balloon_section() {
 }
 
 ntp_section() {
-	local chrony ntpd refclocks servers
+	local chrony ntpd openntpd refclocks servers
 	printf '\n'
 	chrony=$(service_state chronyd)
 	ntpd=$(service_state ntpd)
+	openntpd=$(service_state openntpd)
 	case $chrony in
 	stopped\ and*)
+		case $openntpd in
+		stopped\ and*) ;;
+		*)
+			note "openntpd is in use ($openntpd): the script leaves it alone, and \"none\" adds no second NTP client; \"busybox\" would add busybox ntpd at boot beside it"
+			fact ntp none
+			return 0
+			;;
+		esac
 		case $ntpd in
 		stopped\ and*) note "no NTP client runs (chronyd and ntpd are stopped and in no runlevel): busybox ntpd is added at boot, the guide's choice; \"none\" leaves time to kvm-clock" ;;
 		*) note "busybox ntpd is set up ($ntpd): it stays, the guide's choice; \"none\" would leave time to kvm-clock" ;;
@@ -710,8 +739,8 @@ network_section() {
 		return 0
 	fi
 	in_use=""
-	if have ip; then
-		in_use=$(ip -o -4 addr show dev "$chosen" 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "inet") { a = $(i + 1); sub(/\/.*/, "", a); printf " %s", a } }' || :)
+	if [ -n "$IP" ]; then
+		in_use=$("$IP" -o -4 addr show dev "$chosen" 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "inet") { a = $(i + 1); sub(/\/.*/, "", a); printf " %s", a } }' || :)
 	fi
 	case "$in_use " in
 	" ")
@@ -772,6 +801,12 @@ ssh_section() {
 }
 
 probe() {
+	APK=$(tool apk)
+	RC_SERVICE=$(tool rc-service)
+	SSHD=$(tool sshd)
+	IP=$(tool ip)
+	[ -n "$APK" ] || say "no \`apk\`: reading /lib/apk/db/installed instead"
+	[ -n "$RC_SERVICE" ] || say "no \`rc-service\`: reading /run/openrc/started instead"
 	detect_hypervisor
 	read_ssh
 	header

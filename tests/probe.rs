@@ -8,6 +8,7 @@ mod common;
 mod sandbox;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Output;
 
 use sandbox::Host;
@@ -55,15 +56,60 @@ fn state_changing_calls(host: &Host) -> Vec<String> {
         .collect()
 }
 
-/// Runs the probe on `host`, asserts it changed nothing and that mingen reads
-/// its output; returns the output and the facts file's path (kept in `dir`).
-fn probe(host: &Host, dir: &tempfile::TempDir) -> (String, String) {
+/// Every path under the host's root (minus the harness's own, [`sandbox::EXCLUDED`])
+/// with its size, mode, owner, mtime and ctime: any write, chmod, creation or
+/// removal shows, and it is quick to take (no content hashing).
+fn stat_tree(host: &Host) -> BTreeMap<String, [i64; 8]> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(dir: &Path, prefix: &str, map: &mut BTreeMap<String, [i64; 8]>) {
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+            let entry = entry.expect("dir entry");
+            let path = format!("{prefix}/{}", entry.file_name().to_string_lossy());
+            if sandbox::EXCLUDED.contains(&path.as_str()) {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(entry.path()).expect("lstat");
+            map.insert(
+                path.clone(),
+                [m.size() as i64, m.mode() as i64, m.uid() as i64, m.gid() as i64, m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()],
+            );
+            if m.is_dir() {
+                walk(&entry.path(), &path, map);
+            }
+        }
+    }
+    let mut map = BTreeMap::new();
+    walk(host.root(), "", &mut map);
+    map
+}
+
+/// How two stat trees differ, one line a path.
+fn stat_diff(before: &BTreeMap<String, [i64; 8]>, after: &BTreeMap<String, [i64; 8]>) -> Vec<String> {
+    let mut diff: Vec<String> = before
+        .iter()
+        .filter(|(path, stat)| after.get(*path) != Some(stat))
+        .map(|(path, _)| format!("{path} {}", if after.contains_key(path) { "changed" } else { "removed" }))
+        .collect();
+    diff.extend(after.keys().filter(|p| !before.contains_key(*p)).map(|p| format!("{p} added")));
+    diff
+}
+
+/// Runs the probe on `host` and asserts that it changed nothing (no path
+/// written, created, removed or chmod-ed; with `hash`, the harness's content
+/// tree is compared too) and made no state-changing call, and that mingen
+/// reads its output. Returns the output and the facts file's path (in `dir`).
+fn probe(host: &Host, dir: &tempfile::TempDir, hash: bool) -> (String, String) {
+    host.write("/root/script.sh", &probe_script());
     host.clear_calls();
-    let before = host.tree();
-    let out: Output = host.run_script(&probe_script(), &[]);
+    let tree = hash.then(|| host.tree());
+    let before = stat_tree(host);
+    let out: Output = host.run("sh /root/script.sh", &[]);
     assert!(out.status.success(), "the probe failed:\n{}{}", text(&out.stdout), text(&out.stderr));
-    let diff = before.diff(&host.tree());
-    assert!(diff.is_empty(), "the probe changed the host:\n{diff}");
+    assert_eq!(stat_diff(&before, &stat_tree(host)), Vec::<String>::new(), "the probe changed the host");
+    if let Some(tree) = tree {
+        let diff = tree.diff(&host.tree());
+        assert!(diff.is_empty(), "the probe changed the host:\n{diff}");
+    }
     assert_eq!(state_changing_calls(host), Vec::<String>::new(), "the probe made state-changing calls");
     let output = text(&out.stdout);
     let file = dir.path().join("host.toml");
@@ -119,7 +165,7 @@ fn expected(changes: &[(&str, &str)]) -> BTreeMap<String, String> {
 fn round_trip(profile: &str, changes: &[(&str, &str)]) {
     let host = host(profile);
     let dir = tempfile::tempdir().expect("temp dir");
-    let (output, file) = probe(&host, &dir);
+    let (output, file) = probe(&host, &dir, true);
     eprintln!("{profile}: the probe says:\n{output}");
     let want = expected(changes);
     assert_eq!(facts(&output), want, "{profile}: facts\n{output}");
@@ -135,7 +181,7 @@ fn round_trip(profile: &str, changes: &[(&str, &str)]) {
     assert!(text(&out.stderr).contains("preflight: the host matches the facts"));
 
     let dir_after = tempfile::tempdir().expect("temp dir");
-    let (after, _) = probe(&host, &dir_after);
+    let (after, _) = probe(&host, &dir_after, false);
     eprintln!("{profile}: after the run, the probe says:\n{after}");
     assert!(after.contains("DROPBEAR_OPTS"), "{profile}: read back from dropbear:\n{after}");
     assert_eq!(facts(&after), want, "{profile}: facts read back after the run\n{after}");
@@ -206,7 +252,7 @@ fn xen_disk_is_a_comment_not_a_guess() {
     let mounts = host.read("/proc/mounts").replace("/dev/vda ", "/dev/xvda1 ");
     host.write("/proc/mounts", &mounts);
     let dir = tempfile::tempdir().expect("temp dir");
-    let (output, _) = probe(&host, &dir);
+    let (output, _) = probe(&host, &dir, false);
     eprintln!("{output}");
     let facts = facts(&output);
     assert!(!facts.contains_key("disk"), "{output}");
@@ -216,6 +262,123 @@ fn xen_disk_is_a_comment_not_a_guess() {
         .unwrap_or_else(|| panic!("no comment about xvda:\n{output}"));
     assert!(comment.contains("no target supports it") && comment.contains("preflight will stop"), "{comment}");
     assert_eq!(facts.get("target").map(String::as_str), Some("\"alpine-3.23-kvm\""));
+}
+
+/// One change to the guide's host: files to write, then a command to run; the
+/// facts that change, the ones left out, and what the comments must say.
+struct Variation {
+    name: &'static str,
+    files: &'static [(&'static str, &'static str)],
+    prepare: &'static str,
+    changes: &'static [(&'static str, &'static str)],
+    absent: &'static [&'static str],
+    says: &'static [&'static str],
+}
+
+const VARIATIONS: &[Variation] = &[
+    Variation {
+        name: "sshd -T as OpenSSH prints it: listenaddress with ports, without-password",
+        files: &[(
+            "/usr/sbin/sshd",
+            "#!/bin/sh\nprintf 'port 22\\nlistenaddress [::]:22\\nlistenaddress 0.0.0.0:22\\n\
+             passwordauthentication yes\\npermitrootlogin without-password\\n'\n",
+        )],
+        prepare: "chmod 0755 /usr/sbin/sshd",
+        changes: &[],
+        absent: &[],
+        says: &["# SSH settings from sshd -T: port(s) 22,", "sshd listens on IPv6 too ([::])"],
+    },
+    Variation {
+        name: "tools missing: no rc-service, apk or ip",
+        files: &[],
+        prepare: "rm /sbin/rc-service /sbin/apk /usr/sbin/apk /sbin/ip",
+        changes: &[],
+        absent: &[],
+        says: &["not compared with the address in use"],
+    },
+    Variation {
+        name: "the agent stopped",
+        files: &[],
+        prepare: "rm /run/openrc/started/qemu-guest-agent",
+        changes: &[("guest_agent", "\"remove\"")],
+        absent: &[],
+        says: &["qemu-guest-agent is installed but stopped, in runlevel(s) default: removed"],
+    },
+    Variation {
+        name: "python3 asked for, chrony on a PTP clock, the balloon inflated",
+        files: &[("/proc/vmstat", "nr_free_pages 1000\nballoon_inflate 5120\nballoon_deflate 0\n")],
+        prepare: "echo python3 >>/etc/apk/world && echo 'refclock PHC /dev/ptp0 poll 2' >>/etc/chrony/chrony.conf",
+        changes: &[("python", "\"keep\""), ("ntp", "\"chrony\""), ("balloon", "\"keep\"")],
+        absent: &[],
+        says: &["/etc/apk/world asks for Python (python3)", "reference clock (refclock PHC)", "balloon_inflate 5120"],
+    },
+    Variation {
+        name: "a Xen guest on xvda, with GRUB files too",
+        files: &[
+            ("/sys/hypervisor/type", "xen\n"),
+            ("/sys/class/dmi/id/sys_vendor", "Xen\n"),
+            ("/sys/class/dmi/id/product_name", "HVM domU\n"),
+            ("/sys/devices/system/clocksource/clocksource0/current_clocksource", "xen\n"),
+            ("/boot/grub/grub.cfg", ""),
+        ],
+        prepare: "sed -i 's|^/dev/vda |/dev/xvda1 |' /proc/mounts",
+        changes: &[],
+        absent: &["target", "disk"],
+        says: &[
+            "# CHECK: hypervisor: Xen",
+            "# CHECK: Alpine 3.23.0, but on Xen: target alpine-3.23-kvm is for KVM and no target supports Xen yet",
+            "# CHECK: the root filesystem is on /dev/xvda1: xvda, a Xen disk (xen-blkfront): no target supports it yet",
+            "# CHECK: more than one boot loader is configured (extlinux GRUB)",
+        ],
+    },
+    Variation {
+        name: "no default route readable, DHCP for a second interface the ifupdown-ng way",
+        files: &[],
+        prepare: "rm /proc/net/route && printf '\\nauto eth1\\niface eth1\\n\\tuse dhcp\\n' >>/etc/network/interfaces",
+        changes: &[("network", "\"dhcp\"")],
+        absent: &[],
+        says: &["configures DHCP (iface eth1 use dhcp): dhcpcd stays"],
+    },
+    Variation {
+        name: "dropbear already runs, with options the facts carry and some they do not",
+        files: &[],
+        prepare: "apk add --quiet dropbear && rc-service sshd stop >/dev/null && rc-service dropbear start >/dev/null \
+            && echo 'DROPBEAR_OPTS=\"-w -p [2001:db8::5]:2200 -p 22 -W 65536 -s\"' >>/etc/conf.d/dropbear",
+        changes: &[("ssh_ports", "[22, 2200]"), ("ssh_password_auth", "\"no\""), ("ssh_root_login", "\"no\"")],
+        absent: &[],
+        says: &[
+            "# SSH settings from /etc/conf.d/dropbear: port(s) 22 2200,",
+            "# CHECK: dropbear listens on [2001:db8::5]:2200: the facts carry ports only",
+            "DROPBEAR_OPTS also holds -W 65536",
+        ],
+    },
+];
+
+/// Each variation of the guide's host, probed: the facts that change, the
+/// ones left out, and the comments that say why.
+#[test]
+fn variations_of_the_guide_host() {
+    if !sandbox::require() {
+        return;
+    }
+    for v in VARIATIONS {
+        let host = host("guide");
+        for (path, content) in v.files {
+            host.write(path, content);
+        }
+        let out = host.run(v.prepare, &[]);
+        assert!(out.status.success(), "{}: prepare: {}", v.name, text(&out.stderr));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (output, _) = probe(&host, &dir, false);
+        let mut want = expected(v.changes);
+        for key in v.absent {
+            want.remove(*key);
+        }
+        assert_eq!(facts(&output), want, "{}: facts\n{output}", v.name);
+        for words in v.says {
+            assert!(output.contains(words), "{}: no {words:?} in\n{output}", v.name);
+        }
+    }
 }
 
 /// An sda on a SATA controller: the sda target's initramfs (scsi, virtio, no
@@ -233,7 +396,7 @@ fn sata_disk_is_a_comment_not_a_guess() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let dir = tempfile::tempdir().expect("temp dir");
-    let (output, _) = probe(&host, &dir);
+    let (output, _) = probe(&host, &dir, false);
     assert!(!facts(&output).contains_key("disk"), "{output}");
     assert!(output.contains("# CHECK: the root filesystem is on /dev/sda: sda, but its controller is not virtio-scsi"), "{output}");
 }
@@ -255,7 +418,7 @@ fn what_cannot_be_carried_keeps_the_safe_value() {
     let interfaces = host.read("/etc/network/interfaces").replace("\tgateway 203.0.113.1\n", "");
     host.write("/etc/network/interfaces", &interfaces);
     let dir = tempfile::tempdir().expect("temp dir");
-    let (output, file) = probe(&host, &dir);
+    let (output, file) = probe(&host, &dir, false);
     eprintln!("{output}");
     let facts = facts(&output);
     assert_eq!(facts.get("ssh").map(String::as_str), Some("\"openssh\""), "{output}");
