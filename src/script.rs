@@ -131,6 +131,16 @@ fn check_line(check: Check, facts: &Facts) -> Result<String, Error> {
     })
 }
 
+/// A rendered text, ending in a newline (askama drops a template's last one): a
+/// script pasted into a console must end its last line.
+fn finished(rendered: askama::Result<String>) -> Result<String, Error> {
+    let mut text = rendered.map_err(|e| Error::Internal(e.to_string()))?;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(text)
+}
+
 fn q(value: &str) -> Result<String, Error> {
     quote(value).map_err(Error::Internal)
 }
@@ -220,7 +230,7 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
     let (add_after, remove_after) = plan.transaction_points();
     let (remove_names, remove_prefixes) = plan.packages_to_remove();
     let (remove_names_now, remove_prefixes_now) = plan.packages_to_remove_under_cloud_init();
-    let undo = UndoScript.render().map_err(|e| Error::Internal(e.to_string()))?;
+    let undo = finished(UndoScript.render())?;
     if undo.lines().any(|line| line == "MINGEN_UNDO") {
         return Err(Error::Internal("undo.sh holds its own heredoc delimiter".into()));
     }
@@ -262,7 +272,7 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
         deferred_one_shot: DEFERRED_ONE_SHOT,
         undo,
     };
-    script.render().map_err(|e| Error::Internal(e.to_string()))
+    finished(script.render())
 }
 
 #[derive(Template)]
@@ -279,7 +289,7 @@ pub fn render_probe() -> Result<String, Error> {
         .into_iter()
         .map(|name| crate::target::Target::load(&name).map(|t| (t.id, t.release)))
         .collect::<Result<Vec<_>, _>>()?;
-    ProbeScript { version: VERSION, targets }.render().map_err(|e| Error::Internal(e.to_string()))
+    finished(ProbeScript { version: VERSION, targets }.render())
 }
 
 /// Render facts as a commented TOML file that `--facts` reads back.
@@ -291,7 +301,7 @@ pub fn render_facts(facts: &Facts) -> Result<String, Error> {
             .map(|k| FactView { name: k.name, meaning: k.meaning, allowed: (k.values)(), value: facts.toml_value(k.name) })
             .collect(),
     };
-    file.render().map_err(|e| Error::Internal(e.to_string()))
+    finished(file.render())
 }
 
 #[cfg(test)]

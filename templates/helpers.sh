@@ -54,7 +54,7 @@ change() {
 		return 0
 	fi
 	say "$what"
-	: >"$MINGEN_STATE/reboot-pending"
+	: >"$MINGEN_STATE/reboot-pending" || err "cannot write to $MINGEN_STATE"
 	"$@" || err "could not $what (\`$*\` failed)"
 }
 
@@ -81,7 +81,7 @@ put_file() {
 		# change, so a run cut short after it still rebuilds.
 		INITRAMFS_STALE=1
 		if ! dry_run; then
-			: >"$MINGEN_STATE/initramfs-stale"
+			: >"$MINGEN_STATE/initramfs-stale" || err "cannot write to $MINGEN_STATE"
 		fi
 		;;
 	esac
@@ -102,7 +102,7 @@ install_file() {
 
 # write_file PATH MODE: give PATH the content read from standard input.
 write_file() {
-	cat >"$WORK/new"
+	cat >"$WORK/new" || err "cannot write to $WORK"
 	put_file "$1" "$2" "$WORK/new"
 }
 
@@ -201,9 +201,10 @@ set_assignment() {
 			next
 		}
 		{ print }
-		END { if (!done) print ENVIRON["KEY"] "=\"" ENVIRON["VALUE"] "\"" }' "$path" >"$WORK/new"
+		END { if (!done) print ENVIRON["KEY"] "=\"" ENVIRON["VALUE"] "\"" }' "$path" >"$WORK/new" ||
+			err "could not read $path"
 	else
-		printf '%s="%s"\n' "$key" "$value" >"$WORK/new"
+		printf '%s="%s"\n' "$key" "$value" >"$WORK/new" || err "cannot write to $WORK"
 	fi
 	put_file "$path" 0644 "$WORK/new"
 }
@@ -346,44 +347,12 @@ rebuild_initramfs() {
 
 # ---------------------------------------------------------------- ssh
 
-# sshd_config_lines FILE: FILE with its Include lines replaced by the files they name.
-sshd_config_lines() {
-	local line file
-	while IFS= read -r line || [ -n "$line" ]; do
-		case $line in
-		[Ii]nclude[[:space:]]*)
-			# shellcheck disable=SC2086 # the Include value is a glob to expand
-			for file in ${line#*[[:space:]]}; do
-				case $file in
-				/*) ;;
-				*) file=/etc/ssh/$file ;;
-				esac
-				if [ -f "$file" ]; then
-					cat "$file"
-				fi
-			done
-			;;
-		*) printf '%s\n' "$line" ;;
-		esac
-	done <"$1"
-}
-
-# sshd_settings: sshd's effective port, listenaddress, passwordauthentication and
-# permitrootlogin, one `keyword value` a line (first value wins, as in sshd).
-sshd_settings() {
-	sshd_config_lines /etc/ssh/sshd_config | awk '
-	{ sub(/^[ \t]+/, ""); sub(/=/, " ") }
-	/^#/ || NF < 2 { next }
-	{ k = tolower($1); v = $2 }
-	k == "match" { exit }
-	k == "port" || k == "listenaddress" { print k, v; next }
-	(k == "passwordauthentication" || k == "permitrootlogin") && !(k in seen) { seen[k] = 1; print k, tolower(v) }'
-}
+{% include "host_reading.sh" %}
 
 # check_sshd_settings PORTS PASSWORD ROOT_LOGIN: sshd's settings are the facts'
 # and dropbear can carry them.
 check_sshd_settings() {
-	local settings ports password root listen
+	local settings ports password root listen opts
 	if ! command -v sshd >/dev/null 2>&1; then
 		return 0 # OpenSSH is gone already: a run before this one carried its settings
 	fi
@@ -392,7 +361,7 @@ check_sshd_settings() {
 		return 0
 	}
 	settings=$(sshd_settings)
-	ports=$(printf '%s\n' "$settings" | awk '$1 == "port" { print $2 }' | sort -n | tr '\n' ' ')
+	ports=$(printf '%s\n' "$settings" | awk '$1 == "port" { print $2 }' | sort -nu | tr '\n' ' ')
 	ports=${ports% }
 	password=$(printf '%s\n' "$settings" | awk '$1 == "passwordauthentication" { print $2 }')
 	root=$(printf '%s\n' "$settings" | awk '$1 == "permitrootlogin" { print $2 }')
@@ -414,6 +383,11 @@ check_sshd_settings() {
 	esac
 	if [ -n "$listen" ]; then
 		mismatch "sshd has ListenAddress ${listen% }, which mingen does not carry to dropbear: keep OpenSSH (ssh = \"openssh\")"
+	fi
+	# Options on sshd's command line override its configuration file.
+	opts=$(awk -F= '$1 == "SSHD_OPTS" { v = $2; gsub(/["\047[:space:]]/, "", v); print v }' /etc/conf.d/sshd 2>/dev/null || :)
+	if [ -n "$opts" ]; then
+		mismatch "sshd is started with SSHD_OPTS in /etc/conf.d/sshd, which mingen does not carry to dropbear: keep OpenSSH (ssh = \"openssh\")"
 	fi
 }
 
@@ -445,7 +419,7 @@ ssh_switch() {
 		return 0
 	fi
 	say "stopping sshd and starting dropbear in one step (if the session drops, reconnect on the same port)"
-	: >"$MINGEN_STATE/reboot-pending"
+	: >"$MINGEN_STATE/reboot-pending" || err "cannot write to $MINGEN_STATE"
 	(
 		trap '' HUP INT TERM
 		rc-service sshd stop
@@ -462,19 +436,6 @@ ssh_switch() {
 mismatch() {
 	say "preflight: $*"
 	PREFLIGHT_FAILED=1
-}
-
-# root_disk: the disk holding the root filesystem, without its partition.
-root_disk() {
-	local dev
-	dev=$(awk '$2 == "/" { d = $1 } END { print d }' /proc/mounts 2>/dev/null || :)
-	dev=${dev#/dev/}
-	case $dev in
-	nvme*p[0-9]*) dev=${dev%p*} ;;
-	nvme*) ;;
-	*) dev=${dev%%[0-9]*} ;;
-	esac
-	printf '%s\n' "$dev"
 }
 
 need_file() {
@@ -534,13 +495,14 @@ check_static_network() {
 		mismatch "fact \`network\` is static, but /etc/network/interfaces is missing"
 		return 0
 	fi
-	found=$(ROUTE_IF=$route_if awk '
+	found=$(interfaces_lines | ROUTE_IF=$route_if awk '
 	$1 == "iface" {
 		iface = $2; family = $3; method = $4
 		if (method == "dhcp" || (family == "inet6" && method == "auto")) dhcp = dhcp " " iface " " family " " method
 		if (family == "inet" && method == "static") static[iface] = 1
 		next
 	}
+	$1 == "use" && $2 == "dhcp" { dhcp = dhcp " " iface " use dhcp" }
 	family == "inet" && method == "static" && $1 == "address" { addr[iface] = 1; if (index($2, "/")) mask[iface] = 1 }
 	family == "inet" && method == "static" && $1 == "netmask" { mask[iface] = 1 }
 	family == "inet" && method == "static" && $1 == "gateway" { gw[iface] = 1 }
@@ -551,7 +513,7 @@ check_static_network() {
 		if (ok) exit
 		if (want != "") print "it has no complete static stanza (address, netmask or prefix, gateway) for " want ", the interface with the default route"
 		else print "it has no complete static stanza (address, netmask or prefix, gateway)"
-	}' /etc/network/interfaces)
+	}')
 	if [ -n "$found" ]; then
 		mismatch "fact \`network\` is static, but in /etc/network/interfaces $found: keep dhcpcd (network = \"dhcp\")"
 	fi
@@ -566,7 +528,7 @@ check_ipv6_unused() {
 			mismatch "fact \`ipv6\` is unused, but a global IPv6 address is in use ($found): set ipv6 = \"used\""
 		fi
 	fi
-	found=$(awk '$1 == "iface" && $3 == "inet6" && $4 != "loopback" { print $2 " inet6 " $4; exit }' /etc/network/interfaces 2>/dev/null || :)
+	found=$(interfaces_lines 2>/dev/null | awk '$1 == "iface" && $3 == "inet6" && $4 != "loopback" { print $2 " inet6 " $4; exit }')
 	if [ -n "$found" ]; then
 		mismatch "fact \`ipv6\` is unused, but /etc/network/interfaces configures IPv6 (iface $found): set ipv6 = \"used\""
 	fi
@@ -588,10 +550,11 @@ backup_file() {
 		return 0
 	fi
 	if [ -e "$1" ]; then
-		mkdir -p "${copy%/*}"
-		cp -p "$1" "$copy.tmp" && mv -f "$copy.tmp" "$copy"
+		if ! { mkdir -p "${copy%/*}" && cp -p "$1" "$copy.tmp" && mv -f "$copy.tmp" "$copy"; }; then
+			err "cannot back up $1 to $copy"
+		fi
 	else
-		printf '%s\n' "$1" >>"$MINGEN_BACKUP/absent.list"
+		printf '%s\n' "$1" >>"$MINGEN_BACKUP/absent.list" || err "cannot write to $MINGEN_BACKUP"
 	fi
 }
 
@@ -614,7 +577,9 @@ keep_once() {
 	local file=$1
 	shift
 	if [ ! -e "$file" ]; then
-		"$@" >"$file.tmp" && mv -f "$file.tmp" "$file"
+		if ! { "$@" >"$file.tmp" && mv -f "$file.tmp" "$file"; }; then
+			err "cannot write $file"
+		fi
 	fi
 }
 

@@ -39,6 +39,8 @@
 #
 # `mingen explain RULE-ID` tells what a rule does, why, what it risks and how to undo it.
 
+# `main` runs as `main "$@" || exit 1`, which turns `set -e` off inside it (POSIX):
+# every command that can fail is checked where it runs (`change`, `|| err`).
 set -eu
 {% if format == "user-data" %}
 # 1 in the run that finishes the job after cloud-init (see finish_after_cloud_init).
@@ -89,7 +91,7 @@ prepare() {
 		say "would keep a copy of each file it changes under $MINGEN_BACKUP and write $MINGEN_STATE/undo.sh"
 		return 0
 	fi
-	mkdir -p "$MINGEN_BACKUP"
+	mkdir -p "$MINGEN_BACKUP" || err "cannot make $MINGEN_BACKUP"
 	for path in \
 {%- for path in backup_paths %}
 		{{ path|sh }} \
@@ -101,24 +103,23 @@ prepare() {
 	keep_once "$MINGEN_STATE/started.before" list_started
 	keep_once "$MINGEN_STATE/before" figures
 	keep_once "$MINGEN_STATE/before.values" figure_values
-	printf '%s\n' "$KERNEL_VERSION" >"$WORK/kernel-version"
+	printf '%s\n' "$KERNEL_VERSION" >"$WORK/kernel-version" || err "cannot write to $WORK"
 	put_state "$MINGEN_STATE/kernel-version" "$WORK/kernel-version"
-	write_undo >"$WORK/undo.sh"
+	write_undo >"$WORK/undo.sh" || err "cannot write to $WORK"
 	put_state "$MINGEN_STATE/undo.sh" "$WORK/undo.sh"
-	chmod 0700 "$MINGEN_STATE/undo.sh"
+	chmod 0700 "$MINGEN_STATE/undo.sh" || err "cannot make $MINGEN_STATE/undo.sh executable"
 }
 
 # put_state PATH NEW: mingen's own files are written without ceremony.
 put_state() {
 	if ! cmp -s "$2" "$1"; then
-		cp "$2" "$1"
+		cp "$2" "$1" || err "cannot write $1"
 	fi
 }
 
 write_undo() {
 	cat <<'MINGEN_UNDO'
-{{ undo }}
-MINGEN_UNDO
+{{ undo }}MINGEN_UNDO
 }
 
 # ---------------------------------------------------------------- the rules
@@ -194,7 +195,7 @@ finish_after_cloud_init() {
 		return 0
 	fi
 	if ! cmp -s "$0" "$copy"; then
-		cp "$0" "$copy"
+		cp "$0" "$copy" || err "cannot copy this script to $copy"
 	fi
 	write_file {{ deferred_one_shot|sh }} 0755 <<'MINGEN_EOF'
 #!/bin/sh
@@ -228,7 +229,7 @@ finish() {
 		return 0
 	fi
 {%- if format == "user-data" %}
-	: >"$MINGEN_STATE/done"
+	: >"$MINGEN_STATE/done" || err "cannot write $MINGEN_STATE/done"
 	if [ -e {{ deferred_one_shot|sh }} ]; then
 		change "delete the one-shot {{ deferred_one_shot }}" rm -f {{ deferred_one_shot|sh }}
 	fi

@@ -129,57 +129,9 @@ world_names() {
 	awk '{ for (i = 1; i <= NF; i++) { n = $i; sub(/[<>=~@].*/, "", n); print n } }' /etc/apk/world 2>/dev/null || :
 }
 
-# root_disk: the disk holding the root filesystem, without its partition
-# (the same reading as root_disk in the script's preflight).
-root_disk() {
-	local dev
-	dev=$(awk '$2 == "/" { d = $1 } END { print d }' /proc/mounts 2>/dev/null || :)
-	dev=${dev#/dev/}
-	case $dev in
-	nvme*p[0-9]*) dev=${dev%p*} ;;
-	nvme*) ;;
-	*) dev=${dev%%[0-9]*} ;;
-	esac
-	printf '%s\n' "$dev"
-}
+# ---------------------------------------------------------------- the disk and sshd, as the script reads them
 
-# ---------------------------------------------------------------- sshd, as the script reads it
-
-# sshd_config_lines FILE: FILE with its Include lines replaced by the files they
-# name (the same reading as the script's preflight).
-sshd_config_lines() {
-	local line file
-	while IFS= read -r line || [ -n "$line" ]; do
-		case $line in
-		[Ii]nclude[[:space:]]*)
-			# shellcheck disable=SC2086 # the Include value is a glob to expand
-			for file in ${line#*[[:space:]]}; do
-				case $file in
-				/*) ;;
-				*) file=/etc/ssh/$file ;;
-				esac
-				if [ -f "$file" ]; then
-					cat "$file"
-				fi
-			done
-			;;
-		*) printf '%s\n' "$line" ;;
-		esac
-	done <"$1"
-}
-
-# sshd_settings: port, listenaddress, passwordauthentication and permitrootlogin
-# from /etc/ssh/sshd_config, one `keyword value` a line, read as the script's
-# preflight reads them (first value wins, as in sshd; nothing after Match).
-sshd_settings() {
-	sshd_config_lines /etc/ssh/sshd_config | awk '
-	{ sub(/^[ \t]+/, ""); sub(/=/, " ") }
-	/^#/ || NF < 2 { next }
-	{ k = tolower($1); v = $2 }
-	k == "match" { exit }
-	k == "port" || k == "listenaddress" { print k, v; next }
-	(k == "passwordauthentication" || k == "permitrootlogin") && !(k in seen) { seen[k] = 1; print k, tolower(v) }'
-}
+{% include "host_reading.sh" %}
 
 # sshd_effective: the same four settings as sshd itself has them (`sshd -T`).
 sshd_effective() {
@@ -558,7 +510,7 @@ ipv6_section() {
 		global=""
 		note "no /proc/net/if_inet6: IPv6 is off in the kernel (ipv6.disable=1?)"
 	fi
-	stanzas=$(awk '$1 == "iface" && $3 == "inet6" && $4 != "loopback" { printf "; iface %s inet6 %s", $2, $4 }' /etc/network/interfaces 2>/dev/null || :)
+	stanzas=$(interfaces_lines 2>/dev/null | awk '$1 == "iface" && $3 == "inet6" && $4 != "loopback" { printf "; iface %s inet6 %s", $2, $4 }')
 	if [ -n "$global$stanzas" ]; then
 		[ -z "$global" ] || note "global IPv6 address(es) in use:$global"
 		[ -z "$stanzas" ] || note "/etc/network/interfaces configures IPv6: ${stanzas#; }"
@@ -672,7 +624,7 @@ python_section() {
 #   static IFACE LACKS ADDR  an inet static stanza; LACKS is - when complete
 #   source PATH              a source line (the script does not follow it)
 interfaces_summary() {
-	awk '
+	interfaces_lines | awk '
 	$1 == "iface" {
 		iface = $2; family = $3; method = $4
 		if (method == "dhcp" || (family == "inet6" && method == "auto")) print "dhcp", iface, family, method
@@ -680,7 +632,6 @@ interfaces_summary() {
 		next
 	}
 	$1 == "use" && $2 == "dhcp" { print "dhcp", iface, "use", "dhcp"; next }
-	$1 == "source" || $1 == "source-directory" { print "source", $2; next }
 	family == "inet" && method == "static" && $1 == "address" { addr[iface] = $2; if (index($2, "/")) mask[iface] = 1 }
 	family == "inet" && method == "static" && $1 == "netmask" { mask[iface] = 1 }
 	family == "inet" && method == "static" && $1 == "gateway" { gw[iface] = 1 }
@@ -692,11 +643,11 @@ interfaces_summary() {
 			if (!gw[i]) lacks = lacks ",gateway"
 			print "static", i, (lacks == "" ? "-" : substr(lacks, 2)), (i in addr ? addr[i] : "-")
 		}
-	}' /etc/network/interfaces
+	}'
 }
 
 network_section() {
-	local route_if summary dhcp chosen lacks address in_use sources dhcpcd
+	local route_if summary dhcp chosen lacks address in_use dhcpcd
 	printf '\n'
 	route_if=$(awk 'NR > 1 && $2 == "00000000" { print $1; exit }' /proc/net/route 2>/dev/null || :)
 	if [ ! -f /etc/network/interfaces ]; then
@@ -705,10 +656,6 @@ network_section() {
 		return 0
 	fi
 	summary=$(interfaces_summary)
-	sources=$(printf '%s\n' "$summary" | awk '$1 == "source" { printf " %s", $2 }')
-	if [ -n "$sources" ]; then
-		check "/etc/network/interfaces sources$sources, which the script does not read: check no DHCP is configured there"
-	fi
 	dhcp=$(printf '%s\n' "$summary" | awk '$1 == "dhcp" { printf "; iface %s %s %s", $2, $3, $4 }')
 	if [ -n "$dhcp" ]; then
 		note "/etc/network/interfaces configures DHCP (${dhcp#; }): dhcpcd stays"

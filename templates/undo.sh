@@ -32,19 +32,18 @@ restore_files() {
 		while IFS= read -r path; do
 			if [ -e "$path" ] || [ -L "$path" ]; then
 				say "delete $path"
-				rm -f "$path"
+				rm -f "$path" || err "cannot delete $path"
 			fi
 		done <"$BACKUP/absent.list"
 	fi
 	(cd "$BACKUP" && find . -type f ! -name absent.list) | while IFS= read -r copy; do
 		path=${copy#.}
 		case $path in
-		/sys/* | /proc/*) cat "$BACKUP$path" >"$path" ;;
+		/sys/* | /proc/*) cat "$BACKUP$path" >"$path" || say "could not restore $path" ;;
 		*)
 			if ! cmp -s "$BACKUP$path" "$path"; then
 				say "restore $path"
-				mkdir -p "${path%/*}"
-				cp -p "$BACKUP$path" "$path"
+				mkdir -p "${path%/*}" && cp -p "$BACKUP$path" "$path" || err "cannot restore $path"
 			fi
 			# apk leaves its own copy beside a changed config file it reinstalls.
 			if [ -e "$path.apk-new" ] && [ ! -e "$BACKUP$path.apk-new" ]; then
@@ -67,12 +66,12 @@ restore_runlevels() {
 	awk 'FNR == NR { was[$0] = 1; next } !($0 in was)' "$STATE/runlevels.before" "$now" |
 		while read -r level name; do
 			say "take $name out of runlevel $level"
-			rc-update del "$name" "$level" >/dev/null </dev/null
+			rc-update del "$name" "$level" >/dev/null </dev/null || err "could not take $name out of $level"
 		done
 	awk 'FNR == NR { is[$0] = 1; next } !($0 in is)' "$now" "$STATE/runlevels.before" |
 		while read -r level name; do
 			say "put $name in runlevel $level"
-			rc-update add "$name" "$level" >/dev/null </dev/null
+			rc-update add "$name" "$level" >/dev/null </dev/null || err "could not put $name in $level"
 		done
 	rm -f "$now"
 }
@@ -119,7 +118,7 @@ main() {
 	if [ -n "$add" ]; then
 		say "install $add"
 		# shellcheck disable=SC2086 # one word per world entry
-		apk add --quiet $add
+		apk add --quiet $add || err "apk could not install $add (is the repository reachable? try apk update)"
 	fi
 	restore_files
 	restore_runlevels
@@ -128,10 +127,10 @@ main() {
 	if [ -n "$del" ]; then
 		say "remove $del"
 		# shellcheck disable=SC2086 # one word per world entry
-		apk del --quiet $del
+		apk del --quiet $del || err "apk could not remove $del"
 	fi
 	say "rebuild the initramfs"
-	mkinitfs "$(cat "$STATE/kernel-version")"
+	mkinitfs "$(cat "$STATE/kernel-version")" || err "mkinitfs failed: the old initramfs is in place"
 	rm -f "$STATE/reboot-pending"
 	say "done: reboot to boot the host as it was"
 }

@@ -16,7 +16,7 @@ fn facts_file(text: &str) -> tempfile::NamedTempFile {
 fn default_output_is_the_script_for_the_guide_host() {
     let text = script(&[]);
     assert!(text.starts_with("#!/bin/sh\n"));
-    assert!(text.trim_end().ends_with("main \"$@\" || exit 1"));
+    assert!(text.ends_with("\nmain \"$@\" || exit 1\n"), "the last line ends with a newline");
     assert!(text.contains("#   disk = \"vda\""));
     assert_eq!(text, script(&["script"]));
 }

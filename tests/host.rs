@@ -398,6 +398,27 @@ fn preflight_stops_when_sshd_listens_on_ipv6_and_ipv6_is_to_go() {
 }
 
 #[test]
+fn preflight_stops_on_dhcp_configured_in_a_sourced_file_or_by_use_dhcp() {
+    if !sandbox::require() {
+        return;
+    }
+    assert_stops(
+        &GUIDE,
+        &[],
+        "mkdir -p /etc/network/interfaces.d && printf 'auto eth1\\niface eth1 inet dhcp\\n' > /etc/network/interfaces.d/eth1 && echo 'source-directory interfaces.d' >> /etc/network/interfaces",
+        &["fact `network` is static", "DHCP (iface eth1 inet dhcp)"],
+    );
+    assert_stops(&GUIDE, &[], "printf '\\tuse dhcp\\n' >> /etc/network/interfaces", &["fact `network` is static", "eth0 use dhcp"]);
+}
+
+#[test]
+fn preflight_stops_when_sshd_options_override_its_config() {
+    if sandbox::require() {
+        assert_stops(&GUIDE, &[], "echo 'SSHD_OPTS=\"-p 2222\"' >> /etc/conf.d/sshd", &["SSHD_OPTS in /etc/conf.d/sshd"]);
+    }
+}
+
+#[test]
 fn preflight_stops_when_sshd_settings_differ_from_the_facts() {
     if sandbox::require() {
         assert_stops(&SSH_2222, &[], "", &["fact `ssh_ports` is [22]", "port(s) 2222", "fact `ssh_password_auth` is yes"]);
