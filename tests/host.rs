@@ -126,6 +126,11 @@ fn assert_guide_end_state(host: &Host, case: &Case, runlevels_before: &BTreeSet<
     assert!(host.read("/etc/conf.d/dropbear").contains(&format!("\nDROPBEAR_OPTS=\"{opts}\"\n")), "{}", host.read("/etc/conf.d/dropbear"));
     let started = host.started();
     assert!(started.contains("dropbear") && !started.contains("sshd"));
+    assert_eq!(
+        host.read("/root/.ssh/authorized_keys"),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperatorKeyForTheSandboxOnly0000000000000 operator@example\n",
+        "authorized_keys is left untouched"
+    );
 
     // Stages 3 and 4: what is gone and what stays.
     let removed = |p: &String| {
@@ -292,6 +297,8 @@ fn ssh_on_2222_without_passwords_carries_over() {
         for key in ["rsa", "ecdsa", "ed25519"] {
             assert!(position(&format!("dropbearconvert\topenssh\tdropbear\t/etc/ssh/ssh_host_{key}_key\t/etc/dropbear/dropbear_{key}_host_key")) < start);
         }
+        // The daemon itself was started with sshd's port and password policy.
+        assert!(first_run.iter().any(|c| c == "dropbear\t-p\t0.0.0.0:2222\t-s\t-g"), "{first_run:#?}");
     }
 }
 
