@@ -101,15 +101,33 @@ impl FactArgs {
             }
             None => Facts::default(),
         };
-        if let Some(v) = &self.target { facts.target = v.clone(); }
-        if let Some(v) = self.disk { facts.disk = v; }
-        if let Some(v) = self.ipv6 { facts.ipv6 = v; }
-        if let Some(v) = self.guest_agent { facts.guest_agent = v; }
-        if let Some(v) = self.balloon { facts.balloon = v; }
-        if let Some(v) = self.ntp { facts.ntp = v; }
-        if let Some(v) = self.python { facts.python = v; }
-        if let Some(v) = self.network { facts.network = v; }
-        if let Some(v) = self.ssh { facts.ssh = v; }
+        if let Some(v) = &self.target {
+            facts.target = v.clone();
+        }
+        if let Some(v) = self.disk {
+            facts.disk = v;
+        }
+        if let Some(v) = self.ipv6 {
+            facts.ipv6 = v;
+        }
+        if let Some(v) = self.guest_agent {
+            facts.guest_agent = v;
+        }
+        if let Some(v) = self.balloon {
+            facts.balloon = v;
+        }
+        if let Some(v) = self.ntp {
+            facts.ntp = v;
+        }
+        if let Some(v) = self.python {
+            facts.python = v;
+        }
+        if let Some(v) = self.network {
+            facts.network = v;
+        }
+        if let Some(v) = self.ssh {
+            facts.ssh = v;
+        }
         if !self.ssh_ports.is_empty() {
             facts::check_ports(&self.ssh_ports).map_err(|message| Error::Facts {
                 file: "command line".into(),
@@ -119,8 +137,12 @@ impl FactArgs {
             })?;
             facts.ssh_ports = self.ssh_ports.clone();
         }
-        if let Some(v) = self.ssh_password_auth { facts.ssh_password_auth = v; }
-        if let Some(v) = self.ssh_root_login { facts.ssh_root_login = v; }
+        if let Some(v) = self.ssh_password_auth {
+            facts.ssh_password_auth = v;
+        }
+        if let Some(v) = self.ssh_root_login {
+            facts.ssh_root_login = v;
+        }
         Ok(facts)
     }
 }
@@ -202,11 +224,7 @@ fn explain_text(target: &Target, id: &str) -> Result<String, Error> {
     let when = if rule.when.is_empty() {
         "always".to_string()
     } else {
-        rule.when
-            .iter()
-            .map(|(k, v)| format!("{k} = {}", v.values().join(" | ")))
-            .collect::<Vec<_>>()
-            .join(", ")
+        rule.when.iter().map(|(k, v)| format!("{k} = {}", v.values().join(" | "))).collect::<Vec<_>>().join(", ")
     };
     Ok(format!(
         "{id} ({stage}, target {target})\n{summary}\n\nApplies when: {when}\n\nWhat it does:\n{what}\n\nWhy:\n{why}\n\nRisk:\n{risk}\n\nUndo:\n{undo}\n",

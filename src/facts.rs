@@ -128,17 +128,57 @@ fn no_values() -> Vec<String> {
 /// Every fact, in the order `mingen facts` prints them.
 pub const KEYS: &[FactKey] = &[
     FactKey { name: "target", meaning: "the rule set to use (`mingen targets` lists them)", values: no_values },
-    FactKey { name: "disk", meaning: "the root disk: vda (virtio-blk) or sda (virtio-scsi, keeps `scsi` in the initramfs)", values: names::<Disk> },
-    FactKey { name: "ipv6", meaning: "used: IPv6 stays on; unused: `ipv6.disable=1` and the sysctl fix", values: names::<Ipv6> },
-    FactKey { name: "guest_agent", meaning: "qemu-guest-agent: keep it if the provider uses QEMU guest operations (snapshots, password reset)", values: names::<Keep> },
-    FactKey { name: "balloon", meaning: "virtio_balloon: keep it if the provider reclaims memory by ballooning", values: names::<Keep> },
-    FactKey { name: "ntp", meaning: "busybox: busybox ntpd replaces chrony; none: no NTP (kvm-clock keeps time); chrony: keep chrony", values: names::<Ntp> },
+    FactKey {
+        name: "disk",
+        meaning: "the root disk: vda (virtio-blk) or sda (virtio-scsi, keeps `scsi` in the initramfs)",
+        values: names::<Disk>,
+    },
+    FactKey {
+        name: "ipv6",
+        meaning: "used: IPv6 stays on; unused: `ipv6.disable=1` and the sysctl fix",
+        values: names::<Ipv6>,
+    },
+    FactKey {
+        name: "guest_agent",
+        meaning: "qemu-guest-agent: keep it if the provider uses QEMU guest operations (snapshots, password reset)",
+        values: names::<Keep>,
+    },
+    FactKey {
+        name: "balloon",
+        meaning: "virtio_balloon: keep it if the provider reclaims memory by ballooning",
+        values: names::<Keep>,
+    },
+    FactKey {
+        name: "ntp",
+        meaning: "busybox: busybox ntpd replaces chrony; none: no NTP (kvm-clock keeps time); chrony: keep chrony",
+        values: names::<Ntp>,
+    },
     FactKey { name: "python", meaning: "python3: keep it, or remove it with cloud-init", values: names::<Keep> },
-    FactKey { name: "network", meaning: "static: the address is in /etc/network/interfaces and dhcpcd goes; dhcp: dhcpcd stays", values: names::<Network> },
-    FactKey { name: "ssh", meaning: "dropbear: OpenSSH is replaced by dropbear; openssh: OpenSSH stays", values: names::<Ssh> },
-    FactKey { name: "ssh_ports", meaning: "the port(s) sshd listens on now; dropbear listens on the same", values: no_values },
-    FactKey { name: "ssh_password_auth", meaning: "sshd's PasswordAuthentication now; `no` becomes dropbear's -s", values: names::<YesNo> },
-    FactKey { name: "ssh_root_login", meaning: "sshd's PermitRootLogin now; prohibit-password becomes -g, no becomes -w", values: names::<RootLogin> },
+    FactKey {
+        name: "network",
+        meaning: "static: the address is in /etc/network/interfaces and dhcpcd goes; dhcp: dhcpcd stays",
+        values: names::<Network>,
+    },
+    FactKey {
+        name: "ssh",
+        meaning: "dropbear: OpenSSH is replaced by dropbear; openssh: OpenSSH stays",
+        values: names::<Ssh>,
+    },
+    FactKey {
+        name: "ssh_ports",
+        meaning: "the port(s) sshd listens on now; dropbear listens on the same",
+        values: no_values,
+    },
+    FactKey {
+        name: "ssh_password_auth",
+        meaning: "sshd's PasswordAuthentication now; `no` becomes dropbear's -s",
+        values: names::<YesNo>,
+    },
+    FactKey {
+        name: "ssh_root_login",
+        meaning: "sshd's PermitRootLogin now; prohibit-password becomes -g, no becomes -w",
+        values: names::<RootLogin>,
+    },
 ];
 
 pub fn key(name: &str) -> Option<&'static FactKey> {
@@ -146,11 +186,7 @@ pub fn key(name: &str) -> Option<&'static FactKey> {
 }
 
 fn value_name<E: ValueEnum>(value: &E) -> String {
-    value
-        .to_possible_value()
-        .expect("no skipped variants")
-        .get_name()
-        .to_string()
+    value.to_possible_value().expect("no skipped variants").get_name().to_string()
 }
 
 impl Facts {
@@ -176,10 +212,7 @@ impl Facts {
     /// The value as a TOML literal, for `mingen facts`.
     pub fn toml_value(&self, name: &str) -> String {
         match name {
-            "ssh_ports" => format!(
-                "[{}]",
-                self.ssh_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
-            ),
+            "ssh_ports" => format!("[{}]", self.ssh_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")),
             _ => format!("\"{}\"", self.get(name).expect("known fact")),
         }
     }
@@ -257,8 +290,7 @@ impl Facts {
         choice(&source, "ssh_password_auth", &raw.ssh_password_auth, &mut facts.ssh_password_auth)?;
         choice(&source, "ssh_root_login", &raw.ssh_root_login, &mut facts.ssh_root_login)?;
         if let Some(ports) = &raw.ssh_ports {
-            check_ports(ports.get_ref())
-                .map_err(|message| source.error("ssh_ports", ports.span().start, message))?;
+            check_ports(ports.get_ref()).map_err(|message| source.error("ssh_ports", ports.span().start, message))?;
             facts.ssh_ports = ports.get_ref().clone();
         }
         Ok(facts)

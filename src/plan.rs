@@ -69,7 +69,9 @@ fn items(list: &[Item], facts: &Facts) -> Vec<String> {
 fn resolve(action: &Action, facts: &Facts) -> Action<String> {
     let f = |s: &str| fill(s, facts);
     match action {
-        Action::WriteFile { path, mode, content } => Action::WriteFile { path: f(path), mode: mode.clone(), content: f(content) },
+        Action::WriteFile { path, mode, content } => {
+            Action::WriteFile { path: f(path), mode: mode.clone(), content: f(content) }
+        }
         Action::EditList { path, key, separator, set, add, remove } => Action::EditList {
             path: f(path),
             key: key.clone(),
@@ -78,7 +80,9 @@ fn resolve(action: &Action, facts: &Facts) -> Action<String> {
             add: items(add, facts),
             remove: items(remove, facts),
         },
-        Action::Replace { path, find, replace } => Action::Replace { path: f(path), find: f(find), replace: f(replace) },
+        Action::Replace { path, find, replace } => {
+            Action::Replace { path: f(path), find: f(find), replace: f(replace) }
+        }
         Action::KernelCmdline { remove_modules, add_options } => Action::KernelCmdline {
             remove_modules: items(remove_modules, facts),
             add_options: items(add_options, facts),
@@ -132,10 +136,10 @@ impl<'t> Plan<'t> {
     pub fn packages_to_add(&self, only_if_installed: bool) -> Vec<String> {
         let mut names = Vec::new();
         for step in self.applied().flat_map(|d| &d.steps) {
-            if let Action::PackagesAdd { names: n, only_if_installed: o } = step {
-                if *o == only_if_installed {
-                    push_new(&mut names, n);
-                }
+            if let Action::PackagesAdd { names: n, only_if_installed: o } = step
+                && *o == only_if_installed
+            {
+                push_new(&mut names, n);
             }
         }
         names
@@ -166,7 +170,8 @@ impl<'t> Plan<'t> {
     /// installs (so later rules can use what it brings), the last that removes
     /// (so every rule has stopped what it takes away first).
     pub fn transaction_points(&self) -> (Option<String>, Option<String>) {
-        let adds = |d: &&Decision| d.steps.iter().any(|s| matches!(s, Action::PackagesAdd { names, .. } if !names.is_empty()));
+        let adds =
+            |d: &&Decision| d.steps.iter().any(|s| matches!(s, Action::PackagesAdd { names, .. } if !names.is_empty()));
         let removes = |d: &&Decision| {
             d.steps.iter().any(|s| matches!(s, Action::PackagesRemove { names, prefixes } if !names.is_empty() || !prefixes.is_empty()))
         };
@@ -211,8 +216,14 @@ mod tests {
         let (target, facts) = plan_for(&facts);
         let plan = Plan::new(&target, &facts);
         let steps: Vec<_> = plan.applied().flat_map(|d| d.steps.clone()).collect();
-        assert!(steps.iter().any(|s| matches!(s, Action::EditList { key, set, .. } if key == "features" && set.contains(&"scsi".to_string()))));
-        assert!(steps.iter().any(|s| matches!(s, Action::WriteValue { path, .. } if path == "/sys/block/sda/queue/read_ahead_kb")));
+        assert!(steps.iter().any(
+            |s| matches!(s, Action::EditList { key, set, .. } if key == "features" && set.contains(&"scsi".to_string()))
+        ));
+        assert!(
+            steps
+                .iter()
+                .any(|s| matches!(s, Action::WriteValue { path, .. } if path == "/sys/block/sda/queue/read_ahead_kb"))
+        );
         let text = format!("{steps:?}");
         assert!(!text.contains("/sys/block/vda"), "{text}");
         let vda = Plan::new(&target, &Facts::default());

@@ -28,7 +28,7 @@ mod filters {
     /// Quote a value as one shell word.
     #[askama::filter_fn]
     pub fn sh(value: impl std::fmt::Display, _: &dyn askama::Values) -> askama::Result<String> {
-        super::quote(&value.to_string()).map_err(|e| askama::Error::custom(e))
+        super::quote(&value.to_string()).map_err(askama::Error::custom)
     }
 }
 
@@ -217,10 +217,10 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
         for step in &decision.steps {
             push_new(&mut needs, step_needs(step, target.boot_loader)?);
             push_new(&mut backup_paths, step_files(step, target.boot_loader));
-            if let Action::WriteFile { path, content, .. } = step {
-                if content.lines().any(|line| line == HEREDOC_END) {
-                    return Err(Error::Internal(format!("content of {path} holds the line {HEREDOC_END}")));
-                }
+            if let Action::WriteFile { path, content, .. } = step
+                && content.lines().any(|line| line == HEREDOC_END)
+            {
+                return Err(Error::Internal(format!("content of {path} holds the line {HEREDOC_END}")));
             }
         }
     }
@@ -298,7 +298,12 @@ pub fn render_facts(facts: &Facts) -> Result<String, Error> {
         version: VERSION,
         facts: facts::KEYS
             .iter()
-            .map(|k| FactView { name: k.name, meaning: k.meaning, allowed: (k.values)(), value: facts.toml_value(k.name) })
+            .map(|k| FactView {
+                name: k.name,
+                meaning: k.meaning,
+                allowed: (k.values)(),
+                value: facts.toml_value(k.name),
+            })
             .collect(),
     };
     finished(file.render())

@@ -324,21 +324,47 @@ impl Rule {
 
     /// A derived target's rule replaces the fields it sets.
     fn override_with(&mut self, raw: RawRule) {
-        if let Some(v) = raw.stage { self.stage = v; }
-        if let Some(v) = raw.summary { self.summary = v; }
-        if let Some(v) = raw.what { self.what = v; }
-        if let Some(v) = raw.why { self.why = v; }
-        if let Some(v) = raw.risk { self.risk = v; }
-        if let Some(v) = raw.undo { self.undo = v; }
-        if let Some(v) = raw.when { self.when = v; }
-        if let Some(v) = raw.requires { self.requires = v; }
-        if let Some(v) = raw.defer_under_cloud_init { self.defer_under_cloud_init = v; }
-        if let Some(v) = raw.action { self.actions = v; }
+        if let Some(v) = raw.stage {
+            self.stage = v;
+        }
+        if let Some(v) = raw.summary {
+            self.summary = v;
+        }
+        if let Some(v) = raw.what {
+            self.what = v;
+        }
+        if let Some(v) = raw.why {
+            self.why = v;
+        }
+        if let Some(v) = raw.risk {
+            self.risk = v;
+        }
+        if let Some(v) = raw.undo {
+            self.undo = v;
+        }
+        if let Some(v) = raw.when {
+            self.when = v;
+        }
+        if let Some(v) = raw.requires {
+            self.requires = v;
+        }
+        if let Some(v) = raw.defer_under_cloud_init {
+            self.defer_under_cloud_init = v;
+        }
+        if let Some(v) = raw.action {
+            self.actions = v;
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
         check_word("id", &self.id, "-")?;
-        for (field, text) in [("summary", &self.summary), ("what", &self.what), ("why", &self.why), ("risk", &self.risk), ("undo", &self.undo)] {
+        for (field, text) in [
+            ("summary", &self.summary),
+            ("what", &self.what),
+            ("why", &self.why),
+            ("risk", &self.risk),
+            ("undo", &self.undo),
+        ] {
             if text.trim().is_empty() {
                 return Err(format!("`{field}` is empty"));
             }
@@ -418,7 +444,8 @@ impl Action {
                 if separator != " " && separator != "," {
                     return Err(format!("separator `{separator}` must be a space or a comma"));
                 }
-                if !set.is_empty() && !(add.is_empty() && remove.is_empty()) {
+                let edits = !(add.is_empty() && remove.is_empty());
+                if !set.is_empty() && edits {
                     return Err("`set` replaces the list: it cannot go with `add` or `remove`".into());
                 }
                 if set.is_empty() && add.is_empty() && remove.is_empty() {

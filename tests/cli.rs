@@ -49,7 +49,11 @@ fn a_bad_value_names_file_line_key_and_allowed_values() {
     assert_eq!(run.status, 1);
     assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
     assert!(run.stderr.contains(&format!("{path}:2")), "{}", run.stderr);
-    assert!(run.stderr.contains("`disk`") && run.stderr.contains("`hda`") && run.stderr.contains("vda, sda"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("`disk`") && run.stderr.contains("`hda`") && run.stderr.contains("vda, sda"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -65,7 +69,11 @@ fn an_unknown_key_a_wrong_type_and_a_bad_file_are_errors() {
         let run = mingen(&["--facts", path]);
         assert_eq!(run.status, 1, "{text}");
         assert!(run.stdout.is_empty());
-        assert!(run.stderr.contains(&format!("{path}:{line}")) && run.stderr.contains(&format!("`{key}`")), "{text}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!("{path}:{line}")) && run.stderr.contains(&format!("`{key}`")),
+            "{text}: {}",
+            run.stderr
+        );
     }
     let file = facts_file("disk = \"vda\n");
     let run = mingen(&["--facts", file.path().to_str().unwrap()]);
@@ -90,16 +98,43 @@ fn a_bad_flag_or_target_is_an_error_with_nothing_on_stdout() {
 fn plan_lists_every_rule_with_its_decision() {
     let run = mingen(&["plan", "--network", "dhcp"]);
     assert_eq!(run.status, 0, "{}", run.stderr);
-    let line = |id: &str| run.stdout.lines().find(|l| l.trim_start().starts_with(&format!("{id} "))).unwrap_or_else(|| panic!("{id} missing:\n{}", run.stdout)).to_string();
+    let line = |id: &str| {
+        run.stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("{id} missing:\n{}", run.stdout))
+            .to_string()
+    };
     assert!(line("dhcpcd-remove").contains("skipped") && line("dhcpcd-remove").contains("network = dhcp"));
     assert!(line("module-blacklist").contains("applied") && line("module-blacklist").contains("always"));
     assert!(line("ntpd-on").contains("applied") && line("ntpd-on").contains("ntp = busybox"));
     // every rule of the target appears, and in the script too
     let script = script(&["--network", "dhcp"]);
-    for id in ["module-blacklist", "initramfs-features", "kernel-cmdline", "initramfs-rebuild", "dropbear-install", "ssh-switch",
-        "ssh-runlevels", "openssh-remove", "cloud-init-remove", "chrony-remove", "ntpd-on", "tools-remove", "guest-agent-remove",
-        "orphans-remove", "apk-cache-clear", "boot-services-off", "sysctl-ipv6-off", "sysfs-debug-off", "sysctl-tuning",
-        "syslog-ring-buffer", "read-ahead", "report-after-boot", "reboot"] {
+    for id in [
+        "module-blacklist",
+        "initramfs-features",
+        "kernel-cmdline",
+        "initramfs-rebuild",
+        "dropbear-install",
+        "ssh-switch",
+        "ssh-runlevels",
+        "openssh-remove",
+        "cloud-init-remove",
+        "chrony-remove",
+        "ntpd-on",
+        "tools-remove",
+        "guest-agent-remove",
+        "orphans-remove",
+        "apk-cache-clear",
+        "boot-services-off",
+        "sysctl-ipv6-off",
+        "sysfs-debug-off",
+        "sysctl-tuning",
+        "syslog-ring-buffer",
+        "read-ahead",
+        "report-after-boot",
+        "reboot",
+    ] {
         assert!(line(id).contains("applied"), "{id}");
         assert!(script.contains(&format!("rule_{}()", id.replace('-', "_"))), "{id} not in the script");
     }

@@ -56,8 +56,9 @@ fn state_changing_calls(host: &Host) -> Vec<String> {
     host.calls()
         .into_iter()
         .filter(|c| {
-            let read_only_apk = c.program == "apk" && matches!(c.args.first().map(String::as_str), Some("info"))
-                || c.program == "apk" && c.args.iter().any(|a| a == "--simulate");
+            let read_only_apk = c.program == "apk"
+                && (matches!(c.args.first().map(String::as_str), Some("info"))
+                    || c.args.iter().any(|a| a == "--simulate"));
             let status = c.program == "rc-service" && c.args.get(1).is_some_and(|a| a == "status");
             !(read_only_apk || status)
         })
@@ -79,14 +80,25 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 }
 
 /// What the guide's end state is for a host described truthfully by `case`.
-fn assert_guide_end_state(host: &Host, case: &Case, runlevels_before: &BTreeSet<(String, String)>, world_before: &[String]) {
+fn assert_guide_end_state(
+    host: &Host,
+    case: &Case,
+    runlevels_before: &BTreeSet<(String, String)>,
+    world_before: &[String],
+) {
     let disk = if case.profile == "sda" { "sda" } else { "vda" };
     let ipv6_used = case.profile == "ipv6";
     let dhcp = case.profile == "dhcp";
 
     // Stage 1: the blacklist, the features, the command line in both places, one mkinitfs.
     let blacklist = host.read("/etc/modprobe.d/blacklist-unnecessary.conf");
-    for line in ["blacklist drm\n", "install drm /bin/true\n", "blacklist gve\n", "install loop /bin/true\n", "blacklist qemu_fw_cfg\n"] {
+    for line in [
+        "blacklist drm\n",
+        "install drm /bin/true\n",
+        "blacklist gve\n",
+        "install loop /bin/true\n",
+        "blacklist qemu_fw_cfg\n",
+    ] {
         assert!(blacklist.contains(line), "blacklist lacks {line:?}");
     }
     assert_eq!(host.read("/etc/modprobe.d/blacklist-balloon.conf").lines().last(), Some("blacklist virtio_balloon"));
@@ -94,7 +106,11 @@ fn assert_guide_end_state(host: &Host, case: &Case, runlevels_before: &BTreeSet<
     assert_eq!(host.read("/etc/mkinitfs/mkinitfs.conf"), format!("features=\"{features}\"\n"));
     let conf = host.read("/etc/update-extlinux.conf");
     assert!(conf.contains("\nmodules=sd-mod,ext4\n"), "{conf}");
-    let opts = if ipv6_used { "console=ttyS0,115200n8 quiet audit=0 nowatchdog" } else { "console=ttyS0,115200n8 quiet ipv6.disable=1 audit=0 nowatchdog" };
+    let opts = if ipv6_used {
+        "console=ttyS0,115200n8 quiet audit=0 nowatchdog"
+    } else {
+        "console=ttyS0,115200n8 quiet ipv6.disable=1 audit=0 nowatchdog"
+    };
     assert!(conf.contains(&format!("\ndefault_kernel_opts=\"{opts}\"\n")), "{conf}");
     let extlinux = host.read("/boot/extlinux.conf");
     let append: Vec<&str> = extlinux.lines().filter(|l| l.trim_start().starts_with("APPEND ")).collect();
@@ -123,7 +139,11 @@ fn assert_guide_end_state(host: &Host, case: &Case, runlevels_before: &BTreeSet<
         (_, true) => "-p 22 -g",
         _ => "-p 0.0.0.0:22 -g",
     };
-    assert!(host.read("/etc/conf.d/dropbear").contains(&format!("\nDROPBEAR_OPTS=\"{opts}\"\n")), "{}", host.read("/etc/conf.d/dropbear"));
+    assert!(
+        host.read("/etc/conf.d/dropbear").contains(&format!("\nDROPBEAR_OPTS=\"{opts}\"\n")),
+        "{}",
+        host.read("/etc/conf.d/dropbear")
+    );
     let started = host.started();
     assert!(started.contains("dropbear") && !started.contains("sshd"));
     assert_eq!(
@@ -134,12 +154,35 @@ fn assert_guide_end_state(host: &Host, case: &Case, runlevels_before: &BTreeSet<
 
     // Stages 3 and 4: what is gone and what stays.
     let removed = |p: &String| {
-        p.starts_with("openssh") || p.starts_with("cloud-") || p.starts_with("py3-") || p.starts_with("python3")
-            || ["chrony", "qemu-guest-agent", "bash", "sudo", "doas", "nvme-cli", "syslinux", "mtools", "numactl", "curl",
-                "e2fsprogs-extra", "partx", "tzdata", "shadow", "pyc"].contains(&p.as_str())
+        p.starts_with("openssh")
+            || p.starts_with("cloud-")
+            || p.starts_with("py3-")
+            || p.starts_with("python3")
+            || [
+                "chrony",
+                "qemu-guest-agent",
+                "bash",
+                "sudo",
+                "doas",
+                "nvme-cli",
+                "syslinux",
+                "mtools",
+                "numactl",
+                "curl",
+                "e2fsprogs-extra",
+                "partx",
+                "tzdata",
+                "shadow",
+                "pyc",
+            ]
+            .contains(&p.as_str())
             || (!dhcp && p.starts_with("dhcpcd"))
     };
-    assert_eq!(installed.iter().filter(|p| removed(p)).collect::<Vec<_>>(), Vec::<&String>::new(), "removed packages are gone");
+    assert_eq!(
+        installed.iter().filter(|p| removed(p)).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "removed packages are gone"
+    );
     assert_eq!(installed.contains("dhcpcd"), dhcp, "dhcpcd stays exactly on a DHCP host");
     assert!(installed.contains("busybox") && installed.contains("linux-virt") && installed.contains("mkinitfs"));
     let world: BTreeSet<String> = host.world().into_iter().collect();
@@ -152,8 +195,17 @@ fn assert_guide_end_state(host: &Host, case: &Case, runlevels_before: &BTreeSet<
     let mut expected: BTreeSet<(String, String)> = runlevels_before
         .iter()
         .filter(|(level, name)| {
-            let off = ["sshd", "cloud-init-local", "cloud-init", "cloud-config", "cloud-final", "cloud-init-hotplugd", "chronyd", "qemu-guest-agent"]
-                .contains(&name.as_str())
+            let off = [
+                "sshd",
+                "cloud-init-local",
+                "cloud-init",
+                "cloud-config",
+                "cloud-final",
+                "cloud-init-hotplugd",
+                "chronyd",
+                "qemu-guest-agent",
+            ]
+            .contains(&name.as_str())
                 || (level == "boot" && ["acpid", "hwclock", "swap"].contains(&name.as_str()))
                 || (!dhcp && name == "dhcpcd");
             !off
@@ -172,13 +224,18 @@ fn assert_guide_end_state(host: &Host, case: &Case, runlevels_before: &BTreeSet<
     }
     let sysfs = host.read("/etc/init.d/sysfs");
     assert!(sysfs.contains("\t\t\t: #mount -n -t debugfs -o ${sysfs_opts} debugfs /sys/kernel/debug"), "{sysfs}");
-    assert!(!sysfs.lines().any(|l| l.trim_start().starts_with("mount -n -t debugfs") || l.trim_start().starts_with("mount -n -t tracefs")));
+    assert!(!sysfs.lines().any(
+        |l| l.trim_start().starts_with("mount -n -t debugfs") || l.trim_start().starts_with("mount -n -t tracefs")
+    ));
     let syntax = host.run("sh -n /etc/init.d/sysfs", &[]);
     assert_success(&syntax, "sh -n /etc/init.d/sysfs");
     assert!(host.read("/etc/sysctl.d/10-minvps.conf").contains("\nkernel.pid_max = 4096\n"));
     assert_eq!(host.read("/etc/conf.d/syslog"), "SYSLOGD_OPTS=\"-t -C64\"\n");
     assert_eq!(host.read(&format!("/sys/block/{disk}/queue/read_ahead_kb")).trim(), "128");
-    assert!(host.read("/etc/local.d/readahead.start").contains(&format!("echo 128 > /sys/block/{disk}/queue/read_ahead_kb")));
+    assert!(
+        host.read("/etc/local.d/readahead.start")
+            .contains(&format!("echo 128 > /sys/block/{disk}/queue/read_ahead_kb"))
+    );
     assert!(host.exists("/var/lib/mingen/undo.sh") && host.exists("/var/lib/mingen/backup/etc/apk/world"));
 }
 
@@ -198,7 +255,11 @@ fn clean_then_again(case: &Case) -> (Host, Vec<String>) {
 
     let log_after_first = host.read("/var/log/mingen.log");
     let mut after_first = host.tree();
-    let first_calls: Vec<String> = host.calls().iter().map(|c| std::iter::once(c.program.clone()).chain(c.args.clone()).collect::<Vec<_>>().join("\t")).collect();
+    let first_calls: Vec<String> = host
+        .calls()
+        .iter()
+        .map(|c| std::iter::once(c.program.clone()).chain(c.args.clone()).collect::<Vec<_>>().join("\t"))
+        .collect();
     host.clear_calls();
     let out = run(&host, &script, &[]);
     assert_success(&out, "the second run");
@@ -210,9 +271,15 @@ fn clean_then_again(case: &Case) -> (Host, Vec<String>) {
     assert!(diff.is_empty(), "the second run changed the tree: {diff:?}");
     let second_log = host.read("/var/log/mingen.log");
     let second_log = second_log.strip_prefix(&log_after_first).expect("the log is appended to");
-    let verbs = ["write", "take", "put", "install", "remove", "stop", "start", "rebuild", "convert", "create", "empty", "set", "stopping"];
+    let verbs = [
+        "write", "take", "put", "install", "remove", "stop", "start", "rebuild", "convert", "create", "empty", "set",
+        "stopping",
+    ];
     for line in second_log.lines() {
-        assert!(!verbs.iter().any(|v| line.starts_with(&format!("mingen: {v} "))), "the second run made a change: {line}");
+        assert!(
+            !verbs.iter().any(|v| line.starts_with(&format!("mingen: {v} "))),
+            "the second run made a change: {line}"
+        );
     }
     assert!(second_log.contains("mingen: next: reboot"), "{second_log}");
     assert_eq!(state_changing_calls(&host), Vec::<String>::new(), "the second run changes nothing");
@@ -235,7 +302,10 @@ fn guide_host_clean_run_second_run_and_footprint() {
     assert_success(&out, "the boot scripts");
     let report = host.read("/var/lib/mingen/report");
     assert!(report.starts_with("before:\n") && report.contains("after the first boot:\n"), "{report}");
-    assert!(report.contains("ram_used_mb: ") && report.contains("disk_used_mb: ") && report.contains("(saved "), "{report}");
+    assert!(
+        report.contains("ram_used_mb: ") && report.contains("disk_used_mb: ") && report.contains("(saved "),
+        "{report}"
+    );
     assert!(!host.exists("/var/lib/mingen/reboot-pending"), "the boot clears the pending reboot");
     assert_success(&host.run("sh /etc/local.d/mingen-report.start", &[]), "a later boot");
     assert_eq!(host.read("/var/lib/mingen/report"), report, "later boots leave the report alone");
@@ -291,11 +361,17 @@ fn ssh_on_2222_without_passwords_carries_over() {
     if sandbox::require() {
         let first_run = clean_then_again(&SSH_2222).1;
         // Every host key is converted before dropbear starts, and sshd stops in the same step.
-        let position = |line: &str| first_run.iter().position(|c| c == line).unwrap_or_else(|| panic!("no call {line:?} in {first_run:#?}"));
+        let position = |line: &str| {
+            first_run.iter().position(|c| c == line).unwrap_or_else(|| panic!("no call {line:?} in {first_run:#?}"))
+        };
         let start = position("rc-service\tdropbear\tstart");
         assert_eq!(position("rc-service\tsshd\tstop") + 1, start);
         for key in ["rsa", "ecdsa", "ed25519"] {
-            assert!(position(&format!("dropbearconvert\topenssh\tdropbear\t/etc/ssh/ssh_host_{key}_key\t/etc/dropbear/dropbear_{key}_host_key")) < start);
+            assert!(
+                position(&format!(
+                    "dropbearconvert\topenssh\tdropbear\t/etc/ssh/ssh_host_{key}_key\t/etc/dropbear/dropbear_{key}_host_key"
+                )) < start
+            );
         }
         // The daemon itself was started with sshd's port and password policy.
         assert!(first_run.iter().any(|c| c == "dropbear\t-p\t0.0.0.0:2222\t-s\t-g"), "{first_run:#?}");
@@ -315,7 +391,14 @@ fn dry_run_changes_nothing_and_says_what_it_would_do() {
     assert!(diff.is_empty(), "the dry run changed the tree: {diff:?}");
     assert_eq!(state_changing_calls(&host), Vec::<String>::new());
     let said = text(&out.stderr);
-    for line in ["would write /etc/mkinitfs/mkinitfs.conf", "would rebuild the initramfs", "would install dropbear dropbear-convert", "would stop sshd and start dropbear", "would take acpid out of runlevel boot", "+features=\"base ext4 virtio\""] {
+    for line in [
+        "would write /etc/mkinitfs/mkinitfs.conf",
+        "would rebuild the initramfs",
+        "would install dropbear dropbear-convert",
+        "would stop sshd and start dropbear",
+        "would take acpid out of runlevel boot",
+        "+features=\"base ext4 virtio\"",
+    ] {
         assert!(said.contains(line), "dry run does not say {line:?}:\n{said}");
     }
 }
@@ -389,7 +472,12 @@ fn preflight_stops_when_the_default_route_has_no_complete_static_stanza() {
         &["fact `network` is static", "no complete static stanza", "for eth0, the interface with the default route"],
     );
     // A stanza without a gateway is not complete.
-    assert_stops(&GUIDE, &[], "sed -i '/gateway/d' /etc/network/interfaces", &["fact `network` is static", "no complete static stanza"]);
+    assert_stops(
+        &GUIDE,
+        &[],
+        "sed -i '/gateway/d' /etc/network/interfaces",
+        &["fact `network` is static", "no complete static stanza"],
+    );
 }
 
 #[test]
@@ -415,20 +503,35 @@ fn preflight_stops_on_dhcp_configured_in_a_sourced_file_or_by_use_dhcp() {
         "mkdir -p /etc/network/interfaces.d && printf 'auto eth1\\niface eth1 inet dhcp\\n' > /etc/network/interfaces.d/eth1 && echo 'source-directory interfaces.d' >> /etc/network/interfaces",
         &["fact `network` is static", "DHCP (iface eth1 inet dhcp)"],
     );
-    assert_stops(&GUIDE, &[], "printf '\\tuse dhcp\\n' >> /etc/network/interfaces", &["fact `network` is static", "eth0 use dhcp"]);
+    assert_stops(
+        &GUIDE,
+        &[],
+        "printf '\\tuse dhcp\\n' >> /etc/network/interfaces",
+        &["fact `network` is static", "eth0 use dhcp"],
+    );
 }
 
 #[test]
 fn preflight_stops_when_sshd_options_override_its_config() {
     if sandbox::require() {
-        assert_stops(&GUIDE, &[], "echo 'SSHD_OPTS=\"-p 2222\"' >> /etc/conf.d/sshd", &["SSHD_OPTS in /etc/conf.d/sshd"]);
+        assert_stops(
+            &GUIDE,
+            &[],
+            "echo 'SSHD_OPTS=\"-p 2222\"' >> /etc/conf.d/sshd",
+            &["SSHD_OPTS in /etc/conf.d/sshd"],
+        );
     }
 }
 
 #[test]
 fn preflight_stops_when_sshd_settings_differ_from_the_facts() {
     if sandbox::require() {
-        assert_stops(&SSH_2222, &[], "", &["fact `ssh_ports` is [22]", "port(s) 2222", "fact `ssh_password_auth` is yes"]);
+        assert_stops(
+            &SSH_2222,
+            &[],
+            "",
+            &["fact `ssh_ports` is [22]", "port(s) 2222", "fact `ssh_password_auth` is yes"],
+        );
     }
 }
 
@@ -457,7 +560,10 @@ fn undo_puts_files_packages_and_services_back() {
     let changed: Vec<&String> = diff.changed.iter().map(|(p, _, _)| p).filter(|p| unexpected(p)).collect();
     let added: Vec<&String> = diff.added.iter().filter(|p| unexpected(p)).collect();
     let removed: Vec<&String> = diff.removed.iter().filter(|p| unexpected(p)).collect();
-    assert!(changed.is_empty() && added.is_empty() && removed.is_empty(), "after undo: changed {changed:?} added {added:?} removed {removed:?}");
+    assert!(
+        changed.is_empty() && added.is_empty() && removed.is_empty(),
+        "after undo: changed {changed:?} added {added:?} removed {removed:?}"
+    );
 }
 
 /// The end state that matters, from one host: the tree without the files whose
@@ -572,7 +678,11 @@ fn user_data_waits_for_cloud_init_then_finishes_once() {
     // Then the detached run finishes the job.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     while !host.exists("/var/lib/mingen/done") {
-        assert!(std::time::Instant::now() < deadline, "the run after cloud-init did not finish:\n{}", host.read("/var/log/mingen.log"));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run after cloud-init did not finish:\n{}",
+            host.read("/var/log/mingen.log")
+        );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     // The marker is written just before the reboot: wait for that too.

@@ -27,7 +27,8 @@ fn public_key(text: &str) -> String {
 
 #[test]
 fn converted_host_keys_keep_their_public_keys() {
-    let missing: Vec<&str> = ["ssh-keygen", "dropbearconvert", "dropbearkey", "dash"].into_iter().filter(|t| !have(t)).collect();
+    let missing: Vec<&str> =
+        ["ssh-keygen", "dropbearconvert", "dropbearkey", "dash"].into_iter().filter(|t| !have(t)).collect();
     if !missing.is_empty() {
         assert!(!common::in_ci(), "CI=true and {missing:?} are missing (apt-get install openssh-client dropbear-bin)");
         eprintln!("SKIPPED: {missing:?} not installed (apt-get install openssh-client dropbear-bin)");
@@ -52,17 +53,22 @@ fn converted_host_keys_keep_their_public_keys() {
         .replace("/etc/dropbear", &format!("{root_path}/etc/dropbear"));
     let library = root.path().join("functions.sh");
     std::fs::write(&library, functions).unwrap();
-    let out = run(Command::new("dash").args([
-        "-c",
-        &format!(". {library:?} && MINGEN_STATE={root_path}/state && carry_host_keys 2>&1"),
-    ]));
+    let out = run(Command::new("dash")
+        .args(["-c", &format!(". {library:?} && MINGEN_STATE={root_path}/state && carry_host_keys 2>&1")]));
     for key in ["rsa", "ecdsa", "ed25519"] {
         assert!(out.contains(&format!("convert the OpenSSH {key} host key for dropbear")), "{out}");
-        let openssh = run(Command::new("ssh-keygen").arg("-y").arg("-f").arg(root.path().join(format!("etc/ssh/ssh_host_{key}_key"))));
-        let dropbear = run(Command::new("dropbearkey").arg("-y").arg("-f").arg(root.path().join(format!("etc/dropbear/dropbear_{key}_host_key"))));
+        let openssh = run(Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(root.path().join(format!("etc/ssh/ssh_host_{key}_key"))));
+        let dropbear = run(Command::new("dropbearkey")
+            .arg("-y")
+            .arg("-f")
+            .arg(root.path().join(format!("etc/dropbear/dropbear_{key}_host_key"))));
         assert_eq!(public_key(&dropbear), public_key(&openssh), "{key} host key");
     }
     // Converted once: a second call changes nothing.
-    let again = run(Command::new("dash").args(["-c", &format!(". {library:?} && MINGEN_STATE={root_path}/state && carry_host_keys 2>&1")]));
+    let again = run(Command::new("dash")
+        .args(["-c", &format!(". {library:?} && MINGEN_STATE={root_path}/state && carry_host_keys 2>&1")]));
     assert!(!again.contains("convert"), "{again}");
 }

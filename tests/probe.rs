@@ -71,7 +71,16 @@ fn stat_tree(host: &Host) -> BTreeMap<String, [i64; 8]> {
             let m = std::fs::symlink_metadata(entry.path()).expect("lstat");
             map.insert(
                 path.clone(),
-                [m.size() as i64, m.mode() as i64, m.uid() as i64, m.gid() as i64, m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()],
+                [
+                    m.size() as i64,
+                    m.mode() as i64,
+                    m.uid() as i64,
+                    m.gid() as i64,
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                ],
             );
             if m.is_dir() {
                 walk(&entry.path(), &path, map);
@@ -398,7 +407,10 @@ fn sata_disk_is_a_comment_not_a_guess() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (output, _) = probe(&host, &dir, false);
     assert!(!facts(&output).contains_key("disk"), "{output}");
-    assert!(output.contains("# CHECK: the root filesystem is on /dev/sda: sda, but its controller is not virtio-scsi"), "{output}");
+    assert!(
+        output.contains("# CHECK: the root filesystem is on /dev/sda: sda, but its controller is not virtio-scsi"),
+        "{output}"
+    );
 }
 
 /// sshd settings dropbear cannot carry keep OpenSSH, and a value mingen has no
@@ -424,7 +436,11 @@ fn what_cannot_be_carried_keeps_the_safe_value() {
     assert_eq!(facts.get("ssh").map(String::as_str), Some("\"openssh\""), "{output}");
     assert!(!facts.contains_key("ssh_root_login"), "{output}");
     assert_eq!(facts.get("network").map(String::as_str), Some("\"dhcp\""), "{output}");
-    for words in ["CHECK: sshd listens only on 203.0.113.5", "CHECK: sshd has PermitRootLogin forced-commands-only", "lacks: gateway"] {
+    for words in [
+        "CHECK: sshd listens only on 203.0.113.5",
+        "CHECK: sshd has PermitRootLogin forced-commands-only",
+        "lacks: gateway",
+    ] {
         assert!(output.contains(words), "no {words:?}:\n{output}");
     }
     // The preflight agrees: the script from these facts gets past it.

@@ -21,12 +21,7 @@ fn stderr(out: &Output) -> String {
 /// Runs `cmd` and asserts it succeeds; returns stdout.
 fn ok(host: &Host, cmd: &str) -> String {
     let out = host.run(cmd, &[]);
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert!(out.status.success(), "`{cmd}` failed: {}\n{}", stdout(&out), stderr(&out));
     stdout(&out)
 }
 
@@ -43,34 +38,17 @@ fn guide_host_is_provisioned_from_the_local_signed_repository() {
     assert_eq!(host.read("/etc/apk/repositories"), "/.sandbox/repo\n");
     assert!(host.exists("/etc/apk/keys/mingen-sandbox.rsa.pub"));
     let out = host.run("apk --no-network search -x dropbear", &[]);
-    assert!(
-        stderr(&out).is_empty(),
-        "no untrusted-signature warning: {}",
-        stderr(&out)
-    );
-    assert!(
-        stdout(&out).starts_with("dropbear-2025.88-r1"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stderr(&out).is_empty(), "no untrusted-signature warning: {}", stderr(&out));
+    assert!(stdout(&out).starts_with("dropbear-2025.88-r1"), "{}", stdout(&out));
     assert_eq!(host.read("/etc/alpine-release"), "3.23.0\n");
     assert!(host.read("/etc/os-release").contains("VERSION_ID=3.23.0\n"));
     // Real configuration bytes from ../shared, through packages and overlay.
     assert_eq!(host.read("/etc/conf.d/syslog"), "SYSLOGD_OPTS=\"-t\"\n");
-    assert!(
-        host.read("/etc/conf.d/ntpd")
-            .contains("NTPD_OPTS=\"-N -p pool.ntp.org\"")
-    );
-    assert!(
-        host.read("/usr/lib/sysctl.d/00-alpine.conf")
-            .contains("net.ipv6.conf.all.use_tempaddr = 2")
-    );
+    assert!(host.read("/etc/conf.d/ntpd").contains("NTPD_OPTS=\"-N -p pool.ntp.org\""));
+    assert!(host.read("/usr/lib/sysctl.d/00-alpine.conf").contains("net.ipv6.conf.all.use_tempaddr = 2"));
     assert!(!host.exists("/lib/sysctl.d/00-alpine.conf"));
     assert!(host.read("/etc/inittab").contains("\nttyS0::respawn:"));
-    assert!(
-        host.exists("/etc/mkinitfs/features.d/memdisk.modules"),
-        "3.23 features"
-    );
+    assert!(host.exists("/etc/mkinitfs/features.d/memdisk.modules"), "3.23 features");
     // Building leaves no calls behind.
     assert!(host.calls().is_empty(), "{:?}", host.calls());
 }
@@ -84,11 +62,7 @@ fn apk_del_with_an_unknown_name_removes_nothing() {
     let before = host.installed();
     let out = host.run("apk del bash cloud-init-nonexistent", &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("No such package: cloud-init-nonexistent"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("No such package: cloud-init-nonexistent"), "{}", stderr(&out));
     assert_eq!(host.installed(), before);
     assert!(host.exists("/bin/bash"));
 }
@@ -105,18 +79,10 @@ fn guide_package_removals_keep_what_is_still_needed() {
         &host,
         r#"apk del $(grep "^P:" /lib/apk/db/installed | sed 's/^P://' | grep -E "^(cloud-init|cloud-utils|py3-|python3|pyc)")"#,
     );
-    assert!(
-        !host
-            .installed()
-            .iter()
-            .any(|p| p.starts_with("py3-") || p.starts_with("python3"))
-    );
+    assert!(!host.installed().iter().any(|p| p.starts_with("py3-") || p.starts_with("python3")));
     assert!(!host.exists("/etc/init.d/cloud-init"));
     // The literal run leaves the runlevel links dangling.
-    assert!(
-        host.runlevels()
-            .contains(&("default".into(), "cloud-final".into()))
-    );
+    assert!(host.runlevels().contains(&("default".into(), "cloud-final".into())));
     // Stage 4.
     ok(&host, "apk del chrony chrony-openrc");
     ok(
@@ -134,18 +100,12 @@ fn guide_package_removals_keep_what_is_still_needed() {
     assert!(text.contains("libseccomp"), "{text}");
     let installed = host.installed();
     assert!(installed.contains("libseccomp"), "kmod still needs it");
-    assert!(
-        installed.contains("libedit"),
-        "openssh-client-default still needs it"
-    );
+    assert!(installed.contains("libedit"), "openssh-client-default still needs it");
     assert!(!installed.contains("gnutls") && !installed.contains("tzdata"));
     ok(&host, "apk del dhcpcd dhcpcd-openrc");
     assert!(!host.exists("/etc/init.d/dhcpcd"));
     let du_after = host.du_kb();
-    assert!(
-        du_after + 8_000 < du_before,
-        "du {du_before} KiB -> {du_after} KiB"
-    );
+    assert!(du_after + 8_000 < du_before, "du {du_before} KiB -> {du_after} KiB");
 }
 
 #[test]
@@ -157,10 +117,7 @@ fn apk_del_of_a_needed_package_reports_not_removed_due_to() {
     let out = host.run("apk del libseccomp", &[]);
     assert_eq!(out.status.code(), Some(0));
     let text = stdout(&out) + &stderr(&out);
-    assert!(
-        text.contains("not removed due to:\n  libseccomp: "),
-        "{text}"
-    );
+    assert!(text.contains("not removed due to:\n  libseccomp: "), "{text}");
     assert!(host.installed().contains("libseccomp"));
 }
 
@@ -178,41 +135,22 @@ fn apk_add_dropbear_pulls_its_init_script_through_install_if() {
     }
     assert!(host.world().contains(&"dropbear".to_string()));
     assert!(!host.world().contains(&"dropbear-openrc".to_string()));
-    assert!(
-        host.read("/etc/init.d/dropbear")
-            .contains("command=/usr/sbin/dropbear")
-    );
-    assert!(
-        host.read("/etc/conf.d/dropbear")
-            .contains("DROPBEAR_OPTS=\"\"")
-    );
+    assert!(host.read("/etc/init.d/dropbear").contains("command=/usr/sbin/dropbear"));
+    assert!(host.read("/etc/conf.d/dropbear").contains("DROPBEAR_OPTS=\"\""));
     // The guide's switch, with the host keys carried over first.
     ok(
         &host,
         "for t in rsa ecdsa ed25519; do dropbearconvert openssh dropbear /etc/ssh/ssh_host_${t}_key /etc/dropbear/dropbear_${t}_host_key; done",
     );
-    ok(
-        &host,
-        r#"sed -i 's/^DROPBEAR_OPTS=.*/DROPBEAR_OPTS="-s -p 22"/' /etc/conf.d/dropbear"#,
-    );
+    ok(&host, r#"sed -i 's/^DROPBEAR_OPTS=.*/DROPBEAR_OPTS="-s -p 22"/' /etc/conf.d/dropbear"#);
     ok(&host, "rc-service sshd stop && rc-service dropbear start");
-    let started_with = host
-        .calls()
-        .into_iter()
-        .find(|c| c.program == "dropbear")
-        .expect("dropbear ran");
+    let started_with = host.calls().into_iter().find(|c| c.program == "dropbear").expect("dropbear ran");
     assert_eq!(started_with.args, ["-s", "-p", "22"]);
     assert!(host.started().contains("dropbear") && !host.started().contains("sshd"));
     let key = host.read("/etc/dropbear/dropbear_ed25519_host_key");
-    assert!(
-        key.starts_with("sandbox dropbear key: converted from /etc/ssh/ssh_host_ed25519_key"),
-        "{key}"
-    );
+    assert!(key.starts_with("sandbox dropbear key: converted from /etc/ssh/ssh_host_ed25519_key"), "{key}");
     let programs: Vec<String> = host.calls().iter().map(|c| c.program.clone()).collect();
-    assert!(
-        !programs.contains(&"dropbearkey".to_string()),
-        "no fresh keys: {programs:?}"
-    );
+    assert!(!programs.contains(&"dropbearkey".to_string()), "no fresh keys: {programs:?}");
 }
 
 #[test]
@@ -224,16 +162,9 @@ fn dropbear_without_converted_keys_gets_fresh_ones() {
     let out = host.run("rc-service dropbear start", &[]);
     assert_eq!(out.status.code(), Some(1), "no init script yet");
     ok(&host, "apk add dropbear && rc-service dropbear start");
-    assert!(
-        host.read("/etc/dropbear/dropbear_rsa_host_key")
-            .contains("FRESH rsa")
-    );
+    assert!(host.read("/etc/dropbear/dropbear_rsa_host_key").contains("FRESH rsa"));
     let lines: Vec<String> = host.calls().iter().map(|c| c.line()).collect();
-    assert!(
-        lines
-            .contains(&"dropbearkey -t ecdsa -f /etc/dropbear/dropbear_ecdsa_host_key".to_string()),
-        "{lines:?}"
-    );
+    assert!(lines.contains(&"dropbearkey -t ecdsa -f /etc/dropbear/dropbear_ecdsa_host_key".to_string()), "{lines:?}");
 }
 
 #[test]
@@ -252,20 +183,13 @@ fn rc_update_keeps_runlevels_as_symlinks_and_logs_calls() {
     assert!(!host.runlevels().contains(&sshd));
     let out = host.run("rc-update del sshd default", &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("is not in the runlevel"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("is not in the runlevel"), "{}", stderr(&out));
     let out = host.run("rc-update add nosuchsvc default", &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("does not exist"));
     // `add` without a level uses the current one (default); twice is fine.
     ok(&host, "rc-update add local && rc-update add local");
-    assert!(
-        host.runlevels()
-            .contains(&("default".into(), "local".into()))
-    );
+    assert!(host.runlevels().contains(&("default".into(), "local".into())));
     let lines: Vec<String> = host.calls().iter().map(|c| c.line()).collect();
     assert_eq!(
         lines,
@@ -291,37 +215,21 @@ fn rc_service_tracks_started_services() {
     assert_eq!(host.started(), want);
     ok(&host, "rc-service chronyd status");
     ok(&host, "rc-service chronyd stop");
-    assert_eq!(
-        host.run("rc-service chronyd status", &[]).status.code(),
-        Some(3)
-    );
+    assert_eq!(host.run("rc-service chronyd status", &[]).status.code(), Some(3));
     ok(&host, "rc-service ntpd start");
     assert!(host.started().contains("ntpd"));
     // Removing the daemon removes its init script (install_if) ...
     ok(&host, "apk del chrony");
     assert!(!host.exists("/etc/init.d/chronyd"));
-    assert_eq!(
-        host.run("rc-service chronyd start", &[]).status.code(),
-        Some(1)
-    );
+    assert_eq!(host.run("rc-service chronyd start", &[]).status.code(), Some(1));
     // ... and a service whose `command=` binary is gone cannot start.
-    let out = host.run(
-        "rm /usr/bin/qemu-ga && rc-service qemu-guest-agent restart",
-        &[],
-    );
+    let out = host.run("rm /usr/bin/qemu-ga && rc-service qemu-guest-agent restart", &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("/usr/bin/qemu-ga does not exist"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("/usr/bin/qemu-ga does not exist"), "{}", stderr(&out));
     assert!(!host.started().contains("qemu-guest-agent"));
     // The rc-status stand-in reports the same state.
     let status = ok(&host, "rc-status default");
-    assert!(
-        status.contains("sshd") && status.contains("started"),
-        "{status}"
-    );
+    assert!(status.contains("sshd") && status.contains("started"), "{status}");
 }
 
 #[test]
@@ -336,40 +244,27 @@ fn mkinitfs_records_kernel_features_and_modprobe_config() {
     assert!(host.exists("/boot/vmlinuz-virt"));
     // Provisioning ran it with the package default features.
     let initramfs = host.read("/boot/initramfs-virt");
-    assert!(
-        initramfs
-            .contains("\nfeatures=ata base cdrom ext4 keymap kms mmc nvme raid scsi usb virtio\n")
-    );
+    assert!(initramfs.contains("\nfeatures=ata base cdrom ext4 keymap kms mmc nvme raid scsi usb virtio\n"));
     assert!(initramfs.contains("module kernel/drivers/scsi/virtio_scsi.ko.gz\n"));
     // The guide's literal stage 1 on this virtio-scsi host.
-    host.write(
-        "/etc/modprobe.d/blacklist-unnecessary.conf",
-        "blacklist drm\ninstall loop /bin/true\n",
-    );
-    ok(
-        &host,
-        r#"sed -i 's/^features=.*/features="base ext4 virtio"/' /etc/mkinitfs/mkinitfs.conf"#,
-    );
+    host.write("/etc/modprobe.d/blacklist-unnecessary.conf", "blacklist drm\ninstall loop /bin/true\n");
+    ok(&host, r#"sed -i 's/^features=.*/features="base ext4 virtio"/' /etc/mkinitfs/mkinitfs.conf"#);
     // Bare `mkinitfs` uses `uname -r`: the machine's kernel, not the host's.
     let out = host.run("mkinitfs", &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(stderr(&out).contains("does not exist"));
-    ok(
-        &host,
-        "mkinitfs $(cat /usr/share/kernel/virt/kernel.release)",
-    );
+    ok(&host, "mkinitfs $(cat /usr/share/kernel/virt/kernel.release)");
     let initramfs = host.read("/boot/initramfs-virt");
     assert!(
-        initramfs
-            .starts_with("sandbox initramfs\nkernel=6.12.58-0-virt\nfeatures=base ext4 virtio\n"),
+        initramfs.starts_with("sandbox initramfs\nkernel=6.12.58-0-virt\nfeatures=base ext4 virtio\n"),
         "{initramfs}"
     );
-    assert!(
-        !initramfs.contains("virtio_scsi"),
-        "the sda host lost its disk driver"
-    );
+    assert!(!initramfs.contains("virtio_scsi"), "the sda host lost its disk driver");
     assert!(initramfs.contains("module kernel/drivers/block/virtio_blk.ko.gz\n"));
-    assert!(initramfs.contains("file /etc/modprobe.d/blacklist-unnecessary.conf\n| blacklist drm\n| install loop /bin/true\n"));
+    assert!(
+        initramfs
+            .contains("file /etc/modprobe.d/blacklist-unnecessary.conf\n| blacklist drm\n| install loop /bin/true\n")
+    );
     let calls = host.calls();
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[1].program, "mkinitfs");
@@ -388,17 +283,13 @@ fn update_extlinux_writes_the_real_format() {
     let host = Host::build("guide");
     let conf = host.read("/boot/extlinux.conf");
     assert!(
-        conf.contains(
-            "\n  APPEND root=LABEL=/ modules=sd-mod,usb-storage,ext4 console=ttyS0,115200n8 quiet\n"
-        ),
+        conf.contains("\n  APPEND root=LABEL=/ modules=sd-mod,usb-storage,ext4 console=ttyS0,115200n8 quiet\n"),
         "{conf}"
     );
     // Fed the configuration the real update-extlinux was run with, the
     // stand-in writes what it wrote (but for the version in the header).
-    let alpine =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/alpine/files/_variants");
-    let used = std::fs::read_to_string(alpine.join("update-extlinux.conf.used-for-generation"))
-        .expect("read");
+    let alpine = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/alpine/files/_variants");
+    let used = std::fs::read_to_string(alpine.join("update-extlinux.conf.used-for-generation")).expect("read");
     let real = std::fs::read_to_string(alpine.join("boot-extlinux.conf.generated")).expect("read");
     host.write("/etc/update-extlinux.conf", &used);
     ok(&host, "update-extlinux");
@@ -406,18 +297,11 @@ fn update_extlinux_writes_the_real_format() {
     let body = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
     assert_eq!(body(&ours), body(&real));
     // The guide's edit of the persistent config, then a regeneration.
-    ok(
-        &host,
-        r#"sed -i 's/^modules=.*/modules=sd-mod,ext4/' /etc/update-extlinux.conf && update-extlinux"#,
-    );
-    assert!(host.read("/boot/extlinux.conf").contains("  APPEND root=UUID=1aaef596-4ea8-4f43-95f3-089262e88d90 modules=sd-mod,ext4 quiet rootfstype=ext4\n"));
-    assert_eq!(
-        host.calls()
-            .iter()
-            .filter(|c| c.program == "update-extlinux")
-            .count(),
-        2
-    );
+    ok(&host, r#"sed -i 's/^modules=.*/modules=sd-mod,ext4/' /etc/update-extlinux.conf && update-extlinux"#);
+    assert!(host.read("/boot/extlinux.conf").contains(
+        "  APPEND root=UUID=1aaef596-4ea8-4f43-95f3-089262e88d90 modules=sd-mod,ext4 quiet rootfstype=ext4\n"
+    ));
+    assert_eq!(host.calls().iter().filter(|c| c.program == "update-extlinux").count(), 2);
 }
 
 #[test]
@@ -427,16 +311,10 @@ fn sshd_stand_in_reports_the_effective_port_and_password_setting() {
     }
     let guide = Host::build("guide");
     let t = ok(&guide, "sshd -T");
-    assert!(
-        t.contains("port 22\n") && t.contains("passwordauthentication yes\n"),
-        "{t}"
-    );
+    assert!(t.contains("port 22\n") && t.contains("passwordauthentication yes\n"), "{t}");
     let custom = Host::build("ssh-2222");
     let t = ok(&custom, "sshd -T");
-    assert!(
-        t.contains("port 2222\n") && t.contains("passwordauthentication no\n"),
-        "{t}"
-    );
+    assert!(t.contains("port 2222\n") && t.contains("passwordauthentication no\n"), "{t}");
     // A drop-in read through Include wins over the main file, as in sshd.
     custom.write("/etc/ssh/sshd_config.d/10-port.conf", "Port 2200\n");
     assert!(ok(&custom, "sshd -T").contains("port 2200\n"));
@@ -448,31 +326,15 @@ fn run_uses_a_clean_env_and_a_private_network() {
         return;
     }
     let host = Host::build("ipv6");
-    let out = host.run_script(
-        "#!/bin/sh\necho \"$PATH|$FOO|${HOME:-unset}\"\n",
-        &[("FOO", "bar")],
-    );
+    let out = host.run_script("#!/bin/sh\necho \"$PATH|$FOO|${HOME:-unset}\"\n", &[("FOO", "bar")]);
     assert_eq!(stdout(&out), "/usr/sbin:/usr/bin:/sbin:/bin|bar|unset\n");
     assert!(host.exists("/root/script.sh"));
     let addrs = ok(&host, "ip addr show eth0");
-    assert!(
-        addrs.contains("inet 203.0.113.5/24") && addrs.contains("inet6 2001:db8::5/64"),
-        "{addrs}"
-    );
+    assert!(addrs.contains("inet 203.0.113.5/24") && addrs.contains("inet6 2001:db8::5/64"), "{addrs}");
     assert!(ok(&host, "ip route").contains("default via 203.0.113.1 dev eth0"));
-    let links = ok(
-        &host,
-        "ls /sys/class/net 2>/dev/null; ip -o link | cut -d: -f2",
-    );
-    assert_eq!(
-        links.split_whitespace().collect::<Vec<_>>().len(),
-        3,
-        "lo, eth0, its peer only: {links}"
-    );
-    assert!(
-        host.read("/proc/net/if_inet6")
-            .contains("20010db8000000000000000000000005 02 40 00 80     eth0")
-    );
+    let links = ok(&host, "ls /sys/class/net 2>/dev/null; ip -o link | cut -d: -f2");
+    assert_eq!(links.split_whitespace().collect::<Vec<_>>().len(), 3, "lo, eth0, its peer only: {links}");
+    assert!(host.read("/proc/net/if_inet6").contains("20010db8000000000000000000000005 02 40 00 80     eth0"));
 }
 
 #[test]
@@ -495,11 +357,7 @@ fn tree_is_reproducible_and_sees_a_one_byte_change() {
     assert!(diff.added.is_empty() && diff.removed.is_empty());
     assert_eq!(diff.changed.len(), 1, "{diff}");
     assert_eq!(diff.changed[0].0, "/etc/conf.d/syslog");
-    assert!(
-        diff.to_string()
-            .starts_with("~ /etc/conf.d/syslog: file 18B"),
-        "{diff}"
-    );
+    assert!(diff.to_string().starts_with("~ /etc/conf.d/syslog: file 18B"), "{diff}");
     // Excluded paths: the call log and the script do not count.
     b.run_script("rc-update -u", &[]);
     assert_eq!(b.calls().len(), 1);
@@ -524,76 +382,34 @@ fn every_profile_builds_with_its_own_facts() {
         let host = Host::build(name);
         let p = host.profile().clone();
         let mounts = host.read("/proc/mounts");
-        assert!(
-            mounts.starts_with(&format!("/dev/{} / ext4 rw,relatime 0 0\n", p.disk)),
-            "{name}: {mounts}"
-        );
-        assert_eq!(
-            host.read(&format!("/sys/block/{}/queue/read_ahead_kb", p.disk)),
-            "8192\n"
-        );
-        assert_eq!(
-            host.read("/etc/alpine-release"),
-            format!("{}\n", p.alpine_release)
-        );
-        let want: BTreeSet<(String, String)> = p
-            .runlevels
-            .iter()
-            .flat_map(|(l, s)| s.iter().map(move |s| (l.clone(), s.clone())))
-            .collect();
+        assert!(mounts.starts_with(&format!("/dev/{} / ext4 rw,relatime 0 0\n", p.disk)), "{name}: {mounts}");
+        assert_eq!(host.read(&format!("/sys/block/{}/queue/read_ahead_kb", p.disk)), "8192\n");
+        assert_eq!(host.read("/etc/alpine-release"), format!("{}\n", p.alpine_release));
+        let want: BTreeSet<(String, String)> =
+            p.runlevels.iter().flat_map(|(l, s)| s.iter().map(move |s| (l.clone(), s.clone()))).collect();
         assert_eq!(host.runlevels(), want, "{name}");
         for w in &p.world {
             assert!(host.world().contains(w), "{name}: {w} not in world");
             assert!(host.installed().contains(w), "{name}: {w} not installed");
         }
         let sysfs = host.read("/etc/init.d/sysfs");
-        assert!(
-            sysfs.contains(
-                "\n\t\t\tmount -n -t debugfs -o ${sysfs_opts} debugfs /sys/kernel/debug\n"
-            )
-        );
-        let tracefs = sysfs
-            .contains("\n\t\t\tmount -n -t tracefs -o ${sysfs_opts} tracefs /sys/kernel/tracing\n");
-        assert_eq!(
-            tracefs,
-            p.release == sandbox::Release::V3_23,
-            "{name}: tracefs block"
-        );
+        assert!(sysfs.contains("\n\t\t\tmount -n -t debugfs -o ${sysfs_opts} debugfs /sys/kernel/debug\n"));
+        let tracefs = sysfs.contains("\n\t\t\tmount -n -t tracefs -o ${sysfs_opts} tracefs /sys/kernel/tracing\n");
+        assert_eq!(tracefs, p.release == sandbox::Release::V3_23, "{name}: tracefs block");
         assert!(ok(&host, "free").contains("Mem:"), "{name}: busybox free");
-        assert!(
-            ok(&host, "df /").contains(&format!("/dev/{}", p.disk)),
-            "{name}: busybox df"
-        );
+        assert!(ok(&host, "df /").contains(&format!("/dev/{}", p.disk)), "{name}: busybox df");
         eprintln!("sandbox: profile `{name}`: {} KiB", host.du_kb());
     }
     let old = Host::build("alpine-3.22");
-    assert!(
-        old.read("/etc/os-release")
-            .contains("PRETTY_NAME=\"Alpine Linux v3.22\"")
-    );
-    assert!(
-        !old.exists("/etc/mkinitfs/features.d/memdisk.modules"),
-        "3.22 features.d"
-    );
+    assert!(old.read("/etc/os-release").contains("PRETTY_NAME=\"Alpine Linux v3.22\""));
+    assert!(!old.exists("/etc/mkinitfs/features.d/memdisk.modules"), "3.22 features.d");
     assert!(old.installed().contains("openrc"));
     assert!(ok(&old, "apk info -e -v openrc").starts_with("openrc-0.62.6-r0"));
     let dhcp = Host::build("dhcp");
-    assert!(
-        dhcp.read("/etc/network/interfaces")
-            .contains("iface eth0 inet dhcp\n")
-    );
+    assert!(dhcp.read("/etc/network/interfaces").contains("iface eth0 inet dhcp\n"));
     let guide = Host::build("guide");
-    assert!(
-        guide
-            .read("/etc/network/interfaces")
-            .contains("iface eth0 inet static\n\taddress 203.0.113.5/24\n")
-    );
-    assert!(
-        guide
-            .read("/proc/net/if_inet6")
-            .lines()
-            .all(|l| !l.starts_with("2"))
-    );
+    assert!(guide.read("/etc/network/interfaces").contains("iface eth0 inet static\n\taddress 203.0.113.5/24\n"));
+    assert!(guide.read("/proc/net/if_inet6").lines().all(|l| !l.starts_with("2")));
     let key = guide.read("/etc/ssh/ssh_host_ed25519_key");
     assert!(key.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
 }
@@ -614,18 +430,10 @@ fn reboot_only_records() {
 #[test]
 fn stand_ins_pass_shellcheck() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sandbox/standins");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("read standins")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("read standins").flatten().map(|e| e.path()).collect();
     files.sort();
     assert!(files.len() >= 12, "{files:?}");
-    let out = match std::process::Command::new("shellcheck")
-        .args(["-s", "sh"])
-        .args(&files)
-        .output()
-    {
+    let out = match std::process::Command::new("shellcheck").args(["-s", "sh"]).args(&files).output() {
         Ok(out) => out,
         Err(_) if std::env::var("CI").as_deref() != Ok("true") => {
             eprintln!("sandbox: skipping: shellcheck is not installed");

@@ -14,10 +14,7 @@ pub struct Run {
 
 /// Run the real mingen binary with ARGS.
 pub fn mingen(args: &[&str]) -> Run {
-    let output: Output = Command::new(env!("CARGO_BIN_EXE_mingen"))
-        .args(args)
-        .output()
-        .expect("run mingen");
+    let output: Output = Command::new(env!("CARGO_BIN_EXE_mingen")).args(args).output().expect("run mingen");
     Run {
         status: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8(output.stdout).expect("utf-8 stdout"),
@@ -53,12 +50,7 @@ pub fn shellcheck_dialect() -> Option<&'static str> {
         }
     };
     let text = String::from_utf8_lossy(&output.stdout);
-    let version = text
-        .lines()
-        .find_map(|l| l.strip_prefix("version: "))
-        .unwrap_or("0.0.0")
-        .trim()
-        .to_string();
+    let version = text.lines().find_map(|l| l.strip_prefix("version: ")).unwrap_or("0.0.0").trim().to_string();
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     Some(if (major, minor) >= (0, 10) { "busybox" } else { "dash" })
@@ -87,8 +79,5 @@ pub fn shellcheck(name: &str, text: &str) {
 
 /// The version-independent form of a generated script, for snapshots.
 pub fn without_version(text: &str) -> String {
-    text.replace(
-        &format!("mingen {}", env!("CARGO_PKG_VERSION")),
-        "mingen [VERSION]",
-    )
+    text.replace(&format!("mingen {}", env!("CARGO_PKG_VERSION")), "mingen [VERSION]")
 }

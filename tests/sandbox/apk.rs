@@ -127,10 +127,7 @@ pub fn catalog(release: Release) -> Vec<Package> {
     let path = paths::sandbox().join("packages.toml");
     let text = std::fs::read_to_string(&path).expect("read tests/sandbox/packages.toml");
     let raw: RawCatalog = toml::from_str(&text).expect("parse tests/sandbox/packages.toml");
-    raw.package
-        .into_iter()
-        .map(|p| resolve(p, release))
-        .collect()
+    raw.package.into_iter().map(|p| resolve(p, release)).collect()
 }
 
 fn resolve(raw: RawPackage, release: Release) -> Package {
@@ -153,18 +150,13 @@ fn resolve(raw: RawPackage, release: Release) -> Package {
         if let Some(args) = args {
             script.push_str(&format!("command_args=\"{args}\"\n"));
         }
-        insert(
-            &mut entries,
-            &format!("/etc/init.d/{svc}"),
-            0o755,
-            Content::File(script.into_bytes()),
-        );
+        insert(&mut entries, &format!("/etc/init.d/{svc}"), 0o755, Content::File(script.into_bytes()));
     }
     for f in raw.files {
-        if let Some(only) = &f.release {
-            if Release::parse(only) != release {
-                continue;
-            }
+        if let Some(only) = &f.release
+            && Release::parse(only) != release
+        {
+            continue;
         }
         let mode = f.mode.unwrap_or(if f.dir { 0o755 } else { 0o644 });
         let content = if let Some(text) = f.text {
@@ -179,12 +171,7 @@ fn resolve(raw: RawPackage, release: Release) -> Package {
             let dir = paths::shared_file(&rel, release);
             let mut names: Vec<_> = std::fs::read_dir(&dir)
                 .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-                .map(|e| {
-                    e.expect("dir entry")
-                        .file_name()
-                        .into_string()
-                        .expect("utf-8 name")
-                })
+                .map(|e| e.expect("dir entry").file_name().into_string().expect("utf-8 name"))
                 .collect();
             names.sort();
             shared_dirs.push(f.path.clone());
@@ -224,10 +211,7 @@ fn insert(entries: &mut BTreeMap<String, Entry>, path: &str, mode: u32, content:
     let mut parent = Path::new(&rel).parent();
     while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
         let key = dir.to_str().expect("utf-8 path").to_string();
-        entries.entry(key).or_insert(Entry {
-            mode: 0o755,
-            content: Content::Dir,
-        });
+        entries.entry(key).or_insert(Entry { mode: 0o755, content: Content::Dir });
         parent = dir.parent();
     }
     entries.insert(rel, Entry { mode, content });
@@ -289,8 +273,7 @@ fn append_checksum(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
     let record = pax_record("APK-TOOLS.checksum.SHA1", &sum);
     let mut x = tar_header(tar::EntryType::XHeader, 0o644, record.len() as u64);
     let pax_name = format!("PaxHeaders/{}", path.rsplit('/').next().unwrap_or(path));
-    b.append_data(&mut x, pax_name, record.as_slice())
-        .expect("tar pax");
+    b.append_data(&mut x, pax_name, record.as_slice()).expect("tar pax");
 }
 
 impl Package {
@@ -309,14 +292,12 @@ impl Package {
             match &e.content {
                 Content::Dir => {
                     let mut h = tar_header(tar::EntryType::Directory, e.mode, 0);
-                    b.append_data(&mut h, format!("{path}/"), std::io::empty())
-                        .expect("tar dir");
+                    b.append_data(&mut h, format!("{path}/"), std::io::empty()).expect("tar dir");
                 }
                 Content::File(data) => {
                     append_checksum(&mut b, path, data);
                     let mut h = tar_header(tar::EntryType::Regular, e.mode, data.len() as u64);
-                    b.append_data(&mut h, path, data.as_slice())
-                        .expect("tar file");
+                    b.append_data(&mut h, path, data.as_slice()).expect("tar file");
                 }
                 Content::Link(target) => {
                     append_checksum(&mut b, path, target.as_bytes());
@@ -363,19 +344,9 @@ fn signing_key() -> &'static (PathBuf, PathBuf) {
         std::fs::create_dir_all(&dir).expect("create key dir");
         let private = dir.join("mingen-sandbox.rsa");
         let public = dir.join(KEY_NAME);
+        super::check(Command::new("openssl").args(["genrsa", "-out"]).arg(&private).arg("2048"), "openssl genrsa");
         super::check(
-            Command::new("openssl")
-                .args(["genrsa", "-out"])
-                .arg(&private)
-                .arg("2048"),
-            "openssl genrsa",
-        );
-        super::check(
-            Command::new("openssl")
-                .args(["rsa", "-pubout", "-in"])
-                .arg(&private)
-                .arg("-out")
-                .arg(&public),
+            Command::new("openssl").args(["rsa", "-pubout", "-in"]).arg(&private).arg("-out").arg(&public),
             "openssl rsa -pubout",
         );
         (private, public)
@@ -409,12 +380,7 @@ fn build_repo(release: Release) -> Repo {
     let (private, public) = signing_key();
     let sig = tools.join("repo/unsigned.sig");
     super::check(
-        Command::new("openssl")
-            .args(["dgst", "-sha1", "-sign"])
-            .arg(private)
-            .arg("-out")
-            .arg(&sig)
-            .arg(&unsigned),
+        Command::new("openssl").args(["dgst", "-sha1", "-sign"]).arg(private).arg("-out").arg(&sig).arg(&unsigned),
         "openssl dgst -sign",
     );
     let mut index = gzip(&cut_tar(&format!(".SIGN.RSA.{KEY_NAME}"), &read(&sig)));
@@ -428,10 +394,5 @@ fn build_repo(release: Release) -> Repo {
         packages.len(),
         started.elapsed()
     );
-    Repo {
-        dir: tools.join("repo"),
-        public_key: public.clone(),
-        package_paths,
-        shared_dirs,
-    }
+    Repo { dir: tools.join("repo"), public_key: public.clone(), package_paths, shared_dirs }
 }

@@ -37,10 +37,7 @@ pub struct Call {
 impl Call {
     /// The call as one line, program and arguments joined by spaces.
     pub fn line(&self) -> String {
-        std::iter::once(self.program.as_str())
-            .chain(self.args.iter().map(String::as_str))
-            .collect::<Vec<_>>()
-            .join(" ")
+        std::iter::once(self.program.as_str()).chain(self.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
     }
 }
 
@@ -58,14 +55,8 @@ impl Host {
         let started = Instant::now();
         let template = template(profile);
         let host = Host::empty(Profile::load(profile));
-        check(
-            Command::new("cp").arg("-a").arg(&template).arg(&host.root),
-            "copy the host template",
-        );
-        eprintln!(
-            "sandbox: host `{profile}` ready in {:.2?}",
-            started.elapsed()
-        );
+        check(Command::new("cp").arg("-a").arg(&template).arg(&host.root), "copy the host template");
+        eprintln!("sandbox: host `{profile}` ready in {:.2?}", started.elapsed());
         host
     }
 
@@ -83,11 +74,7 @@ impl Host {
             .tempdir_in(work_dir())
             .expect("create host temp dir");
         let root = dir.path().join("root");
-        Host {
-            _dir: dir,
-            root,
-            profile,
-        }
+        Host { _dir: dir, root, profile }
     }
 
     /// The host's root directory, as seen from outside.
@@ -152,26 +139,17 @@ impl Host {
 
     /// Services marked started (/run/openrc/started).
     pub fn started(&self) -> BTreeSet<String> {
-        list_dir(&self.root.join("run/openrc/started"))
-            .into_iter()
-            .collect()
+        list_dir(&self.root.join("run/openrc/started")).into_iter().collect()
     }
 
     /// The names in /etc/apk/world, in file order.
     pub fn world(&self) -> Vec<String> {
-        self.read("/etc/apk/world")
-            .split_whitespace()
-            .map(str::to_string)
-            .collect()
+        self.read("/etc/apk/world").split_whitespace().map(str::to_string).collect()
     }
 
     /// Installed package names (`P:` lines of /lib/apk/db/installed).
     pub fn installed(&self) -> BTreeSet<String> {
-        self.read("/lib/apk/db/installed")
-            .lines()
-            .filter_map(|l| l.strip_prefix("P:"))
-            .map(str::to_string)
-            .collect()
+        self.read("/lib/apk/db/installed").lines().filter_map(|l| l.strip_prefix("P:")).map(str::to_string).collect()
     }
 
     /// The stand-ins' calls since the host was built (or last cleared), in order.
@@ -182,10 +160,7 @@ impl Host {
             .map(|l| {
                 let mut parts = l.split('\t').map(str::to_string);
                 let program = parts.next().unwrap_or_default();
-                Call {
-                    program,
-                    args: parts.collect(),
-                }
+                Call { program, args: parts.collect() }
             })
             .collect()
     }
@@ -208,10 +183,7 @@ impl Host {
 fn template(name: &str) -> PathBuf {
     static TEMPLATES: OnceLock<Mutex<HashMap<String, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
     let cell = {
-        let mut map = TEMPLATES
-            .get_or_init(Default::default)
-            .lock()
-            .expect("template lock");
+        let mut map = TEMPLATES.get_or_init(Default::default).lock().expect("template lock");
         map.entry(name.to_string()).or_default().clone()
     };
     cell.get_or_init(|| {
@@ -220,10 +192,7 @@ fn template(name: &str) -> PathBuf {
         let root = work_dir().join(format!("template-{name}"));
         let _ = std::fs::remove_dir_all(&root);
         provision(&profile, &root);
-        eprintln!(
-            "sandbox: profile `{name}` provisioned in {:.2?}",
-            started.elapsed()
-        );
+        eprintln!("sandbox: profile `{name}` provisioned in {:.2?}", started.elapsed());
         root
     })
     .clone()
@@ -238,13 +207,9 @@ fn provision(profile: &Profile, root: &Path) {
     let shipped: HashSet<&str> = repo.package_paths.iter().map(String::as_str).collect();
     for rel in shared_config_files(profile) {
         let abs = format!("/{rel}");
-        let in_shipped_dir = repo
-            .shared_dirs
-            .iter()
-            .any(|d| abs.starts_with(&format!("{d}/")));
+        let in_shipped_dir = repo.shared_dirs.iter().any(|d| abs.starts_with(&format!("{d}/")));
         if !shipped.contains(abs.as_str()) && !in_shipped_dir {
-            let data =
-                std::fs::read(paths::shared_file(&rel, profile.release)).expect("read shared file");
+            let data = std::fs::read(paths::shared_file(&rel, profile.release)).expect("read shared file");
             write_file(root, &rel, &data, 0o644);
         }
     }
@@ -253,48 +218,27 @@ fn provision(profile: &Profile, root: &Path) {
     // apk: the local signed repository is the only one.
     std::fs::create_dir_all(root.join(".sandbox")).expect("create /.sandbox");
     check(
-        Command::new("cp")
-            .arg("-a")
-            .arg(&repo.dir)
-            .arg(root.join(REPO_PATH.trim_start_matches('/'))),
+        Command::new("cp").arg("-a").arg(&repo.dir).arg(root.join(REPO_PATH.trim_start_matches('/'))),
         "copy the repository into the host",
     );
-    std::fs::copy(
-        &repo.public_key,
-        root.join("etc/apk/keys").join(apk::KEY_NAME),
-    )
-    .expect("install apk key");
-    write_file(
-        root,
-        "/etc/apk/repositories",
-        format!("{REPO_PATH}\n").as_bytes(),
-        0o644,
-    );
+    std::fs::copy(&repo.public_key, root.join("etc/apk/keys").join(apk::KEY_NAME)).expect("install apk key");
+    write_file(root, "/etc/apk/repositories", format!("{REPO_PATH}\n").as_bytes(), 0o644);
 
     // The device nodes scripts and apk use (no devtmpfs in the chroot).
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
+    for (name, major, minor) in
+        [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+    {
         check(
-            Command::new("mknod")
-                .args(["-m", "666"])
-                .arg(root.join("dev").join(name))
-                .args(["c", &major.to_string(), &minor.to_string()]),
+            Command::new("mknod").args(["-m", "666"]).arg(root.join("dev").join(name)).args([
+                "c",
+                &major.to_string(),
+                &minor.to_string(),
+            ]),
             "mknod",
         );
     }
 
-    let out = run_in(
-        root,
-        profile,
-        &format!("apk add --no-progress {}", profile.world.join(" ")),
-        &[],
-    );
+    let out = run_in(root, profile, &format!("apk add --no-progress {}", profile.world.join(" ")), &[]);
     if !out.status.success() {
         panic!(
             "profile `{}`: apk add failed:\n{}{}",
@@ -307,15 +251,9 @@ fn provision(profile: &Profile, root: &Path) {
     // The profile: removals, files, keys, services, overlays, edits.
     for path in &profile.remove {
         let p = root.join(path.trim_start_matches('/'));
-        std::fs::remove_file(&p)
-            .unwrap_or_else(|e| panic!("profile `{}`: remove {path}: {e}", profile.name));
+        std::fs::remove_file(&p).unwrap_or_else(|e| panic!("profile `{}`: remove {path}: {e}", profile.name));
     }
-    write_file(
-        root,
-        "/etc/alpine-release",
-        format!("{}\n", profile.alpine_release).as_bytes(),
-        0o644,
-    );
+    write_file(root, "/etc/alpine-release", format!("{}\n", profile.alpine_release).as_bytes(), 0o644);
     for (path, content) in &profile.files {
         write_file(
             root,
@@ -339,23 +277,18 @@ fn provision(profile: &Profile, root: &Path) {
                 "profile `{}`: runlevel {level} names `{svc}`, which has no /etc/init.d script",
                 profile.name
             );
-            std::os::unix::fs::symlink(format!("/etc/init.d/{svc}"), dir.join(svc))
-                .expect("link service");
+            std::os::unix::fs::symlink(format!("/etc/init.d/{svc}"), dir.join(svc)).expect("link service");
         }
     }
     let started = root.join("run/openrc/started");
     std::fs::create_dir_all(&started).expect("create /run/openrc/started");
     for svc in &profile.started {
-        std::os::unix::fs::symlink(format!("/etc/init.d/{svc}"), started.join(svc))
-            .expect("mark started");
+        std::os::unix::fs::symlink(format!("/etc/init.d/{svc}"), started.join(svc)).expect("mark started");
     }
     write_file(root, "/run/openrc/softlevel", b"default\n", 0o644);
     for overlay in &profile.overlays {
         check(
-            Command::new("cp")
-                .arg("-a")
-                .arg(format!("{}/.", overlay.display()))
-                .arg(root),
+            Command::new("cp").arg("-a").arg(format!("{}/.", overlay.display())).arg(root),
             "copy the profile's files/ overlay",
         );
     }
@@ -364,18 +297,13 @@ fn provision(profile: &Profile, root: &Path) {
         let mut text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("edit {path}: {e}"));
         for e in edits {
             let n = text.matches(&e.find).count();
-            assert_eq!(
-                n, 1,
-                "profile `{}`: edit of {path}: `{}` matches {n} times",
-                profile.name, e.find
-            );
+            assert_eq!(n, 1, "profile `{}`: edit of {path}: `{}` matches {n} times", profile.name, e.find);
             text = text.replace(&e.find, &e.replace);
         }
         std::fs::write(&p, text).expect("write edited file");
     }
     // busybox's reboot would act on the machine: the stand-in only records.
-    let reboot =
-        std::fs::read(paths::sandbox().join("standins/reboot")).expect("read reboot stand-in");
+    let reboot = std::fs::read(paths::sandbox().join("standins/reboot")).expect("read reboot stand-in");
     let _ = std::fs::remove_file(root.join("sbin/reboot"));
     write_file(root, "/sbin/reboot", &reboot, 0o755);
 
@@ -388,11 +316,7 @@ fn provision(profile: &Profile, root: &Path) {
          if [ -x /sbin/update-extlinux ]; then update-extlinux; fi",
         &[],
     );
-    assert!(
-        out.status.success(),
-        "boot files: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "boot files: {}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_file(root.join(CALL_LOG.trim_start_matches('/')));
 }
 
@@ -413,11 +337,7 @@ fn collect_files(dir: &Path, prefix: &str, set: &mut BTreeSet<String>) {
         if prefix.is_empty() && (name.starts_with('_') || name == "SOURCES.md") {
             continue;
         }
-        let rel = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
         let full = dir.join(&name);
         if full.is_dir() {
             collect_files(&full, &rel, set);
@@ -431,11 +351,7 @@ fn collect_files(dir: &Path, prefix: &str, set: &mut BTreeSet<String>) {
 fn set_os_release(root: &Path, alpine_release: &str) {
     let p = resolve(root, "/etc/os-release");
     let text = std::fs::read_to_string(&p).expect("read os-release");
-    let branch: String = alpine_release
-        .split('.')
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(".");
+    let branch: String = alpine_release.split('.').take(2).collect::<Vec<_>>().join(".");
     let text: String = text
         .lines()
         .map(|l| {
@@ -462,16 +378,11 @@ fn ssh_host_keys() -> &'static [(String, Vec<u8>)] {
             let name = format!("ssh_host_{kind}_key");
             let path = dir.join(&name);
             check(
-                Command::new("ssh-keygen")
-                    .args(["-q", "-t", kind, "-N", "", "-C", "root@sandbox", "-f"])
-                    .arg(&path),
+                Command::new("ssh-keygen").args(["-q", "-t", kind, "-N", "", "-C", "root@sandbox", "-f"]).arg(&path),
                 "ssh-keygen",
             );
             keys.push((name.clone(), std::fs::read(&path).expect("read key")));
-            keys.push((
-                format!("{name}.pub"),
-                std::fs::read(dir.join(format!("{name}.pub"))).expect("read key"),
-            ));
+            keys.push((format!("{name}.pub"), std::fs::read(dir.join(format!("{name}.pub"))).expect("read key")));
         }
         keys
     })
@@ -479,10 +390,8 @@ fn ssh_host_keys() -> &'static [(String, Vec<u8>)] {
 
 fn run_in(root: &Path, profile: &Profile, cmd: &str, env: &[(&str, &str)]) -> Output {
     let net = &profile.network;
-    let mut setup = format!(
-        "ip link set lo up && ip link add eth0 type veth peer name eth1 && ip addr add {} dev eth0",
-        net.ipv4
-    );
+    let mut setup =
+        format!("ip link set lo up && ip link add eth0 type veth peer name eth1 && ip addr add {} dev eth0", net.ipv4);
     if let Some(v6) = &net.ipv6 {
         setup.push_str(&format!(" && ip -6 addr add {v6} dev eth0 nodad"));
     }
@@ -494,23 +403,12 @@ fn run_in(root: &Path, profile: &Profile, cmd: &str, env: &[(&str, &str)]) -> Ou
     // then the chroot's busybox sh runs the command.
     let wrapper = format!("{{ {setup}; }} || exit 125; exec chroot \"$1\" /bin/sh -c \"$2\"");
     let mut c = Command::new("timeout");
-    c.args([
-        "-k",
-        "5",
-        RUN_TIMEOUT_SECS,
-        "unshare",
-        "--net",
-        "--",
-        "/bin/sh",
-        "-c",
-        &wrapper,
-        "sandbox-run",
-    ])
-    .arg(root)
-    .arg(cmd)
-    .env_clear()
-    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-    .stdin(Stdio::null());
+    c.args(["-k", "5", RUN_TIMEOUT_SECS, "unshare", "--net", "--", "/bin/sh", "-c", &wrapper, "sandbox-run"])
+        .arg(root)
+        .arg(cmd)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null());
     for (k, v) in env {
         c.env(k, v);
     }
@@ -520,12 +418,7 @@ fn run_in(root: &Path, profile: &Profile, cmd: &str, env: &[(&str, &str)]) -> Ou
 /// Resolves `path` inside `root` the way the chroot would (symlinks,
 /// absolute or relative, stay inside the root; `..` stops at the root).
 fn resolve(root: &Path, path: &str) -> PathBuf {
-    let mut todo: Vec<String> = path
-        .split('/')
-        .rev()
-        .filter(|c| !c.is_empty())
-        .map(str::to_string)
-        .collect();
+    let mut todo: Vec<String> = path.split('/').rev().filter(|c| !c.is_empty()).map(str::to_string).collect();
     let mut done: Vec<String> = Vec::new();
     let mut hops = 0;
     while let Some(c) = todo.pop() {
@@ -537,10 +430,7 @@ fn resolve(root: &Path, path: &str) -> PathBuf {
             }
             _ => {}
         }
-        let candidate = done
-            .iter()
-            .fold(root.to_path_buf(), |p, c| p.join(c))
-            .join(&c);
+        let candidate = done.iter().fold(root.to_path_buf(), |p, c| p.join(c)).join(&c);
         match std::fs::read_link(&candidate) {
             Ok(target) if hops < 40 => {
                 hops += 1;
@@ -573,10 +463,7 @@ fn write_file(root: &Path, path: &str, data: &[u8], mode: u32) {
 /// Sorted names in a directory; empty when it does not exist.
 fn list_dir(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
+        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
         Err(_) => Vec::new(),
     };
     names.sort();

@@ -115,16 +115,7 @@ pub fn require() -> bool {
         if !paths::minirootfs().is_file() {
             return Some(format!("{} is missing", paths::minirootfs().display()));
         }
-        for tool in [
-            "chroot",
-            "unshare",
-            "openssl",
-            "ssh-keygen",
-            "tar",
-            "ip",
-            "timeout",
-            "cp",
-        ] {
+        for tool in ["chroot", "unshare", "openssl", "ssh-keygen", "tar", "ip", "timeout", "cp"] {
             let found = Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
                 .output()
@@ -162,13 +153,11 @@ pub fn work_dir() -> &'static Path {
         if let Ok(entries) = std::fs::read_dir(&base) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let pid = name
-                    .strip_prefix("proc-")
-                    .and_then(|p| p.parse::<u32>().ok());
-                if let Some(pid) = pid {
-                    if !Path::new(&format!("/proc/{pid}")).exists() {
-                        let _ = std::fs::remove_dir_all(e.path());
-                    }
+                let pid = name.strip_prefix("proc-").and_then(|p| p.parse::<u32>().ok());
+                if let Some(pid) = pid
+                    && !Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
                 }
             }
         }
@@ -181,9 +170,7 @@ pub fn work_dir() -> &'static Path {
 
 /// Runs a command and panics with its output when it fails.
 pub(crate) fn check(cmd: &mut Command, what: &str) -> std::process::Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     if !out.status.success() {
         panic!(
             "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
@@ -199,11 +186,7 @@ pub(crate) fn check(cmd: &mut Command, what: &str) -> std::process::Output {
 pub(crate) fn extract_minirootfs(dest: &Path) {
     std::fs::create_dir_all(dest).expect("create root dir");
     check(
-        Command::new("tar")
-            .args(["-xzpf"])
-            .arg(paths::minirootfs())
-            .args(["--numeric-owner", "-C"])
-            .arg(dest),
+        Command::new("tar").args(["-xzpf"]).arg(paths::minirootfs()).args(["--numeric-owner", "-C"]).arg(dest),
         "extract minirootfs",
     );
 }

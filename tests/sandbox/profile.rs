@@ -96,9 +96,7 @@ impl Profile {
     /// Loads `tests/hosts/<name>/host.toml`, merged over its base.
     pub fn load(name: &str) -> Profile {
         let (value, overlays) = load_merged(name, 0);
-        let raw: RawProfile = value
-            .try_into()
-            .unwrap_or_else(|e| panic!("tests/hosts/{name}/host.toml: {e}"));
+        let raw: RawProfile = value.try_into().unwrap_or_else(|e| panic!("tests/hosts/{name}/host.toml: {e}"));
         for svc in &raw.started {
             assert!(
                 raw.runlevels.values().any(|l| l.contains(svc)),
@@ -115,11 +113,7 @@ impl Profile {
             runlevels: raw.runlevels,
             started: raw.started,
             remove: raw.remove,
-            network: Network {
-                ipv4: raw.network.ipv4,
-                gateway4: raw.network.gateway4,
-                ipv6: raw.network.ipv6,
-            },
+            network: Network { ipv4: raw.network.ipv4, gateway4: raw.network.gateway4, ipv6: raw.network.ipv6 },
             files: raw.files,
             edits: raw.edits,
             overlays,
@@ -143,10 +137,8 @@ fn load_merged(name: &str, depth: usize) -> (toml::Table, Vec<PathBuf>) {
     assert!(depth < 8, "tests/hosts/{name}: `base` chain too deep");
     let dir = paths::hosts().join(name);
     let path = dir.join("host.toml");
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let mut own: toml::Table =
-        toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut own: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let base = own.remove("base");
     let (mut merged, mut overlays) = match base {
         Some(toml::Value::String(base)) => load_merged(&base, depth + 1),

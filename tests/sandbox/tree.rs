@@ -75,9 +75,7 @@ impl Tree {
         for (path, before) in &self.0 {
             match after.0.get(path) {
                 None => d.removed.push(path.clone()),
-                Some(now) if now != before => {
-                    d.changed.push((path.clone(), before.clone(), now.clone()))
-                }
+                Some(now) if now != before => d.changed.push((path.clone(), before.clone(), now.clone())),
                 Some(_) => {}
             }
         }
@@ -108,12 +106,8 @@ fn walk(dir: &Path, prefix: &str, excluded: &[&str], map: &mut BTreeMap<String, 
             let t = std::fs::read_link(&full).expect("readlink");
             Kind::Symlink(t.to_string_lossy().into_owned())
         } else if ft.is_file() {
-            let data =
-                std::fs::read(&full).unwrap_or_else(|e| panic!("read {}: {e}", full.display()));
-            Kind::File {
-                sha256: hex::encode(sha2::Sha256::digest(&data)),
-                size: meta.len(),
-            }
+            let data = std::fs::read(&full).unwrap_or_else(|e| panic!("read {}: {e}", full.display()));
+            Kind::File { sha256: hex::encode(sha2::Sha256::digest(&data)), size: meta.len() }
         } else if ft.is_char_device() {
             Kind::CharDevice(meta.rdev())
         } else if ft.is_block_device() {
@@ -124,15 +118,7 @@ fn walk(dir: &Path, prefix: &str, excluded: &[&str], map: &mut BTreeMap<String, 
             Kind::Socket
         };
         let is_dir = kind == Kind::Dir;
-        map.insert(
-            path.clone(),
-            Entry {
-                kind,
-                mode: meta.mode() & 0o7777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-            },
-        );
+        map.insert(path.clone(), Entry { kind, mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid() });
         if is_dir {
             walk(&full, &path, excluded, map);
         }
