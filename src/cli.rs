@@ -62,32 +62,36 @@ struct FactArgs {
     /// A facts file (TOML); `mingen facts` writes one to start from.
     #[arg(long, global = true, value_name = "FILE")]
     facts: Option<String>,
-    /// The target (see `mingen targets`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help = meaning("target"))]
     target: Option<String>,
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_enum, help = meaning("disk"))]
     disk: Option<Disk>,
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_enum, help = meaning("ipv6"))]
     ipv6: Option<Ipv6>,
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_enum, help = meaning("guest_agent"))]
     guest_agent: Option<Keep>,
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_enum, help = meaning("balloon"))]
     balloon: Option<Keep>,
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_enum, help = meaning("ntp"))]
     ntp: Option<Ntp>,
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_enum, help = meaning("python"))]
     python: Option<Keep>,
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_enum, help = meaning("network"))]
     network: Option<Network>,
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_enum, help = meaning("ssh"))]
     ssh: Option<Ssh>,
-    /// A port sshd listens on (repeat for several).
+    /// A port sshd listens on now (repeat for several); dropbear listens on the same.
     #[arg(long = "ssh-port", global = true, value_name = "PORT")]
     ssh_ports: Vec<u16>,
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_enum, help = meaning("ssh_password_auth"))]
     ssh_password_auth: Option<YesNo>,
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_enum, help = meaning("ssh_root_login"))]
     ssh_root_login: Option<RootLogin>,
+}
+
+/// A fact's meaning, for its flag's help: the facts module says it once.
+fn meaning(name: &str) -> &'static str {
+    facts::key(name).expect("a flag for every fact").meaning
 }
 
 impl FactArgs {
