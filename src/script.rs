@@ -16,7 +16,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub enum Format {
     /// Run by an operator: pasted into a console or copied over and run.
     Script,
-    /// Run by cloud-init (or tiny-cloud) as user-data: removing cloud-init and
+    /// Run by cloud-init as user-data: removing cloud-init and
     /// the reboot wait until cloud-init has finished; a second run is a no-op.
     UserData,
 }
