@@ -249,7 +249,8 @@ fn clean_then_again(case: &Case) -> (Host, Vec<String>) {
     assert_success(&out, "the clean run");
     assert_guide_end_state(&host, case, &runlevels_before, &world_before);
     let transactions = apk_transactions(&host);
-    eprintln!("{}: apk transactions: {transactions:?}", case.profile);
+    let apk_calls = host.calls().iter().filter(|c| c.program == "apk").count();
+    eprintln!("{}: {apk_calls} apk calls, of which {} change state: {transactions:?}", case.profile, transactions.len());
     assert_eq!(transactions.len(), 2, "one apk add and one apk del: {transactions:?}");
     assert!(!host.calls().iter().any(|c| c.program == "reboot"), "no reboot unless asked");
 
