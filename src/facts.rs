@@ -277,6 +277,11 @@ impl Facts {
         })?;
         let mut facts = Facts::default();
         if let Some(target) = &raw.target {
+            let known = crate::target::names();
+            if !known.contains(target.get_ref()) {
+                let message = format!("`{}` is not a target; targets: {}", target.get_ref(), known.join(", "));
+                return Err(source.error("target", target.span().start, message));
+            }
             facts.target = target.get_ref().clone();
         }
         choice(&source, "disk", &raw.disk, &mut facts.disk)?;
@@ -358,6 +363,14 @@ mod tests {
         let text = Facts::from_toml("h.toml", "disk = \"vda\"\ndsik = \"sda\"\n").unwrap_err().to_string();
         assert!(text.contains("h.toml:2"), "{text}");
         assert!(text.contains("`dsik`"), "{text}");
+    }
+
+    #[test]
+    fn an_unknown_target_is_named_with_its_line() {
+        let text = Facts::from_toml("h.toml", "disk = \"vda\"\ntarget = \"alpine-3.9-kvm\"\n").unwrap_err().to_string();
+        assert!(text.contains("h.toml:2") && text.contains("`target`") && text.contains("alpine-3.22-kvm"), "{text}");
+        let facts = Facts::from_toml("h.toml", "target = \"alpine-3.22-kvm\"\n").unwrap();
+        assert_eq!(facts.target, "alpine-3.22-kvm");
     }
 
     #[test]
