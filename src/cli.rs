@@ -195,12 +195,8 @@ fn changes(steps: &[crate::target::Action]) -> String {
             Action::Reboot {} => "reboots (MINGEN_REBOOT=1)".into(),
         })
         .collect();
-    let mut unique: Vec<String> = Vec::new();
-    for t in text {
-        if !unique.contains(&t) {
-            unique.push(t);
-        }
-    }
+    let mut unique = Vec::new();
+    crate::plan::push_new(&mut unique, &text);
     unique.join("; ")
 }
 

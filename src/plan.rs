@@ -181,7 +181,8 @@ impl<'t> Plan<'t> {
     }
 }
 
-fn push_new(into: &mut Vec<String>, from: &[String]) {
+/// Append the items `into` does not hold yet, keeping their order.
+pub fn push_new(into: &mut Vec<String>, from: &[String]) {
     for name in from {
         if !into.contains(name) {
             into.push(name.clone());

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use crate::error::Error;
 use crate::facts::{self, Facts, Ipv6, RootLogin, YesNo};
-use crate::plan::Plan;
+use crate::plan::{Plan, push_new};
 use crate::target::{Action, BootLoader, Check, Stage};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -161,7 +161,7 @@ fn step_needs(step: &Action<String>, boot_loader: BootLoader) -> Result<Vec<Stri
                 "need_append_line /boot/extlinux.conf".into(),
             ],
         },
-        Action::Mkinitfs {} => vec!["need_cmd mkinitfs".into()],
+        Action::Mkinitfs {} => vec!["need_program mkinitfs".into()],
         Action::PackagesAdd { names, only_if_installed: false } if !names.is_empty() => {
             let names = names.iter().map(|n| q(n)).collect::<Result<Vec<_>, _>>()?;
             vec![format!("need_installable {}", names.join(" "))]
@@ -191,14 +191,6 @@ fn step_files(step: &Action<String>, boot_loader: BootLoader) -> Vec<String> {
     }
 }
 
-fn push_new(list: &mut Vec<String>, items: Vec<String>) {
-    for item in items {
-        if !list.contains(&item) {
-            list.push(item);
-        }
-    }
-}
-
 /// The one-shot that finishes a user-data run at boot, if nothing finished it before.
 pub const DEFERRED_ONE_SHOT: &str = "/etc/local.d/mingen-deferred.start";
 
@@ -215,8 +207,8 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
     for decision in plan.applied() {
         checks.extend(decision.rule.requires.iter().copied());
         for step in &decision.steps {
-            push_new(&mut needs, step_needs(step, target.boot_loader)?);
-            push_new(&mut backup_paths, step_files(step, target.boot_loader));
+            push_new(&mut needs, &step_needs(step, target.boot_loader)?);
+            push_new(&mut backup_paths, &step_files(step, target.boot_loader));
             if let Action::WriteFile { path, content, .. } = step
                 && content.lines().any(|line| line == HEREDOC_END)
             {

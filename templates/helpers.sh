@@ -438,6 +438,12 @@ mismatch() {
 	PREFLIGHT_FAILED=1
 }
 
+# need_program NAME: a program the rules run is installed (a preflight check,
+# unlike need_cmd, which stops at once).
+need_program() {
+	command -v "$1" >/dev/null 2>&1 || mismatch "\`$1\` is not installed"
+}
+
 need_file() {
 	[ -f "$1" ] || mismatch "$1 is missing"
 }
@@ -479,7 +485,7 @@ need_init_script() {
 # need_installable NAME...: apk can resolve the packages (they are installed or
 # in a repository index it has).
 need_installable() {
-	local missing
+	local missing name
 	missing=$(for name in "$@"; do apk info -e "$name" >/dev/null 2>&1 || printf ' %s' "$name"; done)
 	if [ -n "$missing" ] && ! apk add --simulate --quiet "$@" >/dev/null 2>&1; then
 		mismatch "apk cannot install$missing: is the repository reachable? (try \`apk update\`)"

@@ -250,7 +250,11 @@ fn clean_then_again(case: &Case) -> (Host, Vec<String>) {
     assert_guide_end_state(&host, case, &runlevels_before, &world_before);
     let transactions = apk_transactions(&host);
     let apk_calls = host.calls().iter().filter(|c| c.program == "apk").count();
-    eprintln!("{}: {apk_calls} apk calls, of which {} change state: {transactions:?}", case.profile, transactions.len());
+    eprintln!(
+        "{}: {apk_calls} apk calls, of which {} change state: {transactions:?}",
+        case.profile,
+        transactions.len()
+    );
     assert_eq!(transactions.len(), 2, "one apk add and one apk del: {transactions:?}");
     assert!(!host.calls().iter().any(|c| c.program == "reboot"), "no reboot unless asked");
 
@@ -457,6 +461,18 @@ fn preflight_stops_on_ipv6_in_use_when_unused_is_claimed() {
 fn preflight_stops_on_a_missing_file() {
     if sandbox::require() {
         assert_stops(&GUIDE, &[], "rm /etc/conf.d/syslog", &["/etc/conf.d/syslog is missing"]);
+    }
+}
+
+#[test]
+fn preflight_stops_on_a_missing_program_and_says_all_it_found() {
+    if sandbox::require() {
+        assert_stops(
+            &GUIDE,
+            &[],
+            "rm \"$(command -v mkinitfs)\" /etc/conf.d/syslog",
+            &["`mkinitfs` is not installed", "/etc/conf.d/syslog is missing"],
+        );
     }
 }
 
