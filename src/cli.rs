@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::fmt::Write as _;
 
 use crate::error::Error;
-use crate::facts::{self, Disk, Facts, Ipv6, Keep, Network, Ntp, RootLogin, Ssh, YesNo};
+use crate::facts::{FactFlags, Facts};
 use crate::plan::Plan;
 use crate::script;
 use crate::target::{self, Target};
@@ -62,97 +62,39 @@ struct FactArgs {
     /// A facts file (TOML); `mingen facts` writes one to start from.
     #[arg(long, global = true, value_name = "FILE")]
     facts: Option<String>,
-    #[arg(long, global = true, help = meaning("target"))]
-    target: Option<String>,
-    #[arg(long, global = true, value_enum, help = meaning("disk"))]
-    disk: Option<Disk>,
-    #[arg(long, global = true, value_enum, help = meaning("ipv6"))]
-    ipv6: Option<Ipv6>,
-    #[arg(long, global = true, value_enum, help = meaning("guest_agent"))]
-    guest_agent: Option<Keep>,
-    #[arg(long, global = true, value_enum, help = meaning("balloon"))]
-    balloon: Option<Keep>,
-    #[arg(long, global = true, value_enum, help = meaning("ntp"))]
-    ntp: Option<Ntp>,
-    #[arg(long, global = true, value_enum, help = meaning("python"))]
-    python: Option<Keep>,
-    #[arg(long, global = true, value_enum, help = meaning("network"))]
-    network: Option<Network>,
-    #[arg(long, global = true, value_enum, help = meaning("ssh"))]
-    ssh: Option<Ssh>,
-    /// A port sshd listens on now (repeat for several); dropbear listens on the same.
-    #[arg(long = "ssh-port", global = true, value_name = "PORT")]
-    ssh_ports: Vec<u16>,
-    #[arg(long, global = true, value_enum, help = meaning("ssh_password_auth"))]
-    ssh_password_auth: Option<YesNo>,
-    #[arg(long, global = true, value_enum, help = meaning("ssh_root_login"))]
-    ssh_root_login: Option<RootLogin>,
-}
-
-/// A fact's meaning, for its flag's help: the facts module says it once.
-fn meaning(name: &str) -> &'static str {
-    facts::key(name).expect("a flag for every fact").meaning
+    #[command(flatten)]
+    flags: FactFlags,
 }
 
 impl FactArgs {
-    /// The checked facts: defaults, then the file, then the flags.
+    /// The checked facts: defaults, then the file, then the flags. A flag for a
+    /// fact that the other facts leave without effect is an error.
     fn resolve(&self) -> Result<Facts, Error> {
         let mut facts = match &self.facts {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::Read { path: path.clone(), message: e.to_string() })?;
-                Facts::from_toml(path, &text)?
-            }
+            Some(path) => Facts::read(path)?,
             None => Facts::default(),
         };
-        if let Some(v) = &self.target {
-            facts.target = v.clone();
-        }
-        if let Some(v) = self.disk {
-            facts.disk = v;
-        }
-        if let Some(v) = self.ipv6 {
-            facts.ipv6 = v;
-        }
-        if let Some(v) = self.guest_agent {
-            facts.guest_agent = v;
-        }
-        if let Some(v) = self.balloon {
-            facts.balloon = v;
-        }
-        if let Some(v) = self.ntp {
-            facts.ntp = v;
-        }
-        if let Some(v) = self.python {
-            facts.python = v;
-        }
-        if let Some(v) = self.network {
-            facts.network = v;
-        }
-        if let Some(v) = self.ssh {
-            facts.ssh = v;
-        }
-        if !self.ssh_ports.is_empty() {
-            facts::check_ports(&self.ssh_ports).map_err(|message| Error::Facts {
-                file: "command line".into(),
-                line: 0,
-                key: "ssh_ports".into(),
-                message,
-            })?;
-            facts.ssh_ports = self.ssh_ports.clone();
-        }
-        if let Some(v) = self.ssh_password_auth {
-            facts.ssh_password_auth = v;
-        }
-        if let Some(v) = self.ssh_root_login {
-            facts.ssh_root_login = v;
+        let given = self.flags.apply(&mut facts);
+        if let Some((name, why)) = facts.without_effect(&given).into_iter().next() {
+            return Err(Error::Usage(format!("--{} has no effect: {why}", name.replace('_', "-"))));
         }
         Ok(facts)
+    }
+
+    /// Whether any fact was given, for the subcommands that read no facts.
+    fn any_given(&self) -> bool {
+        self.facts.is_some() || !self.flags.apply(&mut Facts::default()).is_empty()
     }
 }
 
 /// Run the command line; the text for stdout, or the error for stderr.
 pub fn run(cli: Cli) -> Result<String, Error> {
+    if let Some(command @ (Command::Probe | Command::Targets)) = &cli.command
+        && cli.facts.any_given()
+    {
+        let name = if matches!(command, Command::Probe) { "probe" } else { "targets" };
+        return Err(Error::Usage(format!("`mingen {name}` reads no facts: leave out --facts and the fact flags")));
+    }
     if let Some(Command::Probe) = cli.command {
         return script::render_probe();
     }
@@ -165,7 +107,7 @@ pub fn run(cli: Cli) -> Result<String, Error> {
         return Ok(out);
     }
     let facts = cli.facts.resolve()?;
-    let target = Target::load(&facts.target)?;
+    let target = Target::load(&facts.target.0)?;
     match cli.command {
         None | Some(Command::Script) => script::render(&Plan::new(&target, &facts), cli.format),
         Some(Command::Facts) => script::render_facts(&facts),

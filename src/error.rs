@@ -6,6 +6,8 @@ use std::fmt;
 pub enum Error {
     /// A facts file or flag that is not a valid fact.
     Facts { file: String, line: usize, key: String, message: String },
+    /// Arguments that contradict each other or do nothing.
+    Usage(String),
     /// A facts file that cannot be read.
     Read { path: String, message: String },
     /// A target name that no file under `targets/` defines.
@@ -24,6 +26,7 @@ impl fmt::Display for Error {
             Error::Facts { file, line, key, message } => {
                 write!(f, "{file}:{line}: fact `{key}`: {message}")
             }
+            Error::Usage(message) => f.write_str(message),
             Error::Read { path, message } => write!(f, "cannot read `{path}`: {message}"),
             Error::UnknownTarget { name, known } => {
                 write!(f, "unknown target `{name}`; known targets: {}", known.join(", "))

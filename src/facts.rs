@@ -1,11 +1,201 @@
-//! Host facts: their typed values, the facts file (raw TOML -> checked), and
-//! the key/value view that rule conditions and placeholders read.
+//! Host facts: each declared once (its key, type, default, meaning and flag) in the
+//! `facts!` table below, and everything that table gives: the typed `Facts`, the
+//! facts file (TOML, checked with its lines), the command-line flags, and the
+//! key/value view that rule conditions and placeholders read.
 
 use clap::ValueEnum;
+use clap::builder::ValueParser;
+use std::collections::BTreeMap;
 use std::fmt;
 use toml::Spanned;
 
 use crate::error::Error;
+
+/// What a fact's type knows: how it reads from the facts file and from its flag,
+/// how conditions and files see it, and which values a rule condition may name.
+pub trait FactValue: Sized + Clone + Send + Sync + 'static {
+    /// The values a rule condition may name; empty when the fact cannot be a condition.
+    fn choices() -> Vec<String> {
+        Vec::new()
+    }
+    /// The value from its TOML form; the message says what is wrong.
+    fn from_toml(value: &toml::Value) -> Result<Self, String>;
+    /// The flag's parser (clap reports its errors with the flag's name).
+    fn flag_parser() -> ValueParser;
+    /// As conditions and `@fact@` placeholders see it; lists are joined by spaces.
+    fn text(&self) -> String;
+    /// As a TOML literal, for `mingen facts` and the script's header.
+    fn toml(&self) -> String {
+        format!("\"{}\"", self.text())
+    }
+}
+
+/// One fact: its key, what it means, the values a condition may name, and the
+/// fact that decides whether it takes effect at all.
+pub struct FactKey {
+    pub name: &'static str,
+    pub meaning: &'static str,
+    pub choices: fn() -> Vec<String>,
+    /// `(fact, value)`: this fact only takes effect when that fact has that value.
+    pub applies_when: Option<(&'static str, &'static str)>,
+}
+
+/// A fact's `when fact = "value"` clause, as `FactKey::applies_when`.
+macro_rules! applies_when {
+    () => {
+        None
+    };
+    ($fact:ident = $value:literal) => {
+        Some((stringify!($fact), $value))
+    };
+}
+
+/// The one table of facts. Each line: `key: Type = default, "meaning"`, then
+/// optionally `, when fact = "value"` (it only takes effect then) and
+/// `, alias "flag"` (a second name for its flag).
+macro_rules! facts {
+    ($(
+        $name:ident : $ty:ty = $default:expr, $meaning:literal
+        $(, when $when_fact:ident = $when_value:literal)?
+        $(, alias $alias:literal)?
+        ;
+    )*) => {
+        /// The checked facts about one host.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub struct Facts {
+            $(pub $name: $ty,)*
+        }
+
+        impl Default for Facts {
+            /// The guide's host.
+            fn default() -> Self {
+                Facts { $($name: $default,)* }
+            }
+        }
+
+        /// Every fact, in the order `mingen facts` prints them.
+        pub const KEYS: &[FactKey] = &[$(
+            FactKey {
+                name: stringify!($name),
+                meaning: $meaning,
+                choices: <$ty as FactValue>::choices,
+                applies_when: applies_when!($($when_fact = $when_value)?),
+            },
+        )*];
+
+        impl Facts {
+            /// The value of a fact as conditions see it (lists joined by spaces).
+            pub fn get(&self, name: &str) -> Option<String> {
+                match name {
+                    $(stringify!($name) => Some(self.$name.text()),)*
+                    _ => None,
+                }
+            }
+
+            /// The value as a TOML literal, for `mingen facts`.
+            pub fn toml_value(&self, name: &str) -> Option<String> {
+                match name {
+                    $(stringify!($name) => Some(self.$name.toml()),)*
+                    _ => None,
+                }
+            }
+
+            /// Set a fact from its TOML value; None for an unknown key.
+            fn set_from_toml(&mut self, name: &str, value: &toml::Value) -> Option<Result<(), String>> {
+                match name {
+                    $(stringify!($name) => Some(<$ty as FactValue>::from_toml(value).map(|v| self.$name = v)),)*
+                    _ => None,
+                }
+            }
+        }
+
+        /// One flag per fact, each overriding the facts file.
+        #[derive(clap::Args, Debug, Default)]
+        pub struct FactFlags {
+            $(
+                #[arg(long, global = true, help = $meaning, value_parser = <$ty as FactValue>::flag_parser()
+                    $(, visible_alias = $alias)?)]
+                $name: Option<$ty>,
+            )*
+        }
+
+        impl FactFlags {
+            /// Put the flags given over FACTS; the names of the facts they set.
+            pub fn apply(&self, facts: &mut Facts) -> Vec<&'static str> {
+                let mut set = Vec::new();
+                $(
+                    if let Some(value) = &self.$name {
+                        facts.$name = value.clone();
+                        set.push(stringify!($name));
+                    }
+                )*
+                set
+            }
+        }
+    };
+}
+
+facts! {
+    target: TargetName = TargetName(DEFAULT_TARGET.into()),
+        "the rule set to use (`mingen targets` lists them)";
+    disk: Disk = Disk::Vda,
+        "the root disk: vda (virtio-blk) or sda (virtio-scsi, keeps `scsi` in the initramfs)";
+    ipv6: Ipv6 = Ipv6::Unused,
+        "used: IPv6 stays on; unused: `ipv6.disable=1` and the sysctl fix";
+    guest_agent: Keep = Keep::Remove,
+        "qemu-guest-agent: keep it if the provider uses QEMU guest operations (snapshots, password reset)";
+    balloon: Keep = Keep::Remove,
+        "virtio_balloon: keep it if the provider reclaims memory by ballooning";
+    ntp: Ntp = Ntp::Busybox,
+        "busybox: busybox ntpd replaces chrony; none: no NTP (kvm-clock keeps time); chrony: keep chrony";
+    python: Keep = Keep::Remove,
+        "python3: keep it, or remove it with cloud-init";
+    network: Network = Network::Static,
+        "static: the address is in /etc/network/interfaces and dhcpcd goes; dhcp: dhcpcd stays";
+    ssh: Ssh = Ssh::Dropbear,
+        "dropbear: OpenSSH is replaced by dropbear; openssh: OpenSSH stays";
+    ssh_ports: Ports = Ports(vec![22]),
+        "the port(s) sshd listens on now, comma-separated; dropbear listens on the same",
+        when ssh = "dropbear", alias "ssh-port";
+    ssh_password_auth: YesNo = YesNo::Yes,
+        "sshd's PasswordAuthentication now; `no` becomes dropbear's -s",
+        when ssh = "dropbear";
+    ssh_root_login: RootLogin = RootLogin::ProhibitPassword,
+        "sshd's PermitRootLogin now; prohibit-password becomes -g, no becomes -w",
+        when ssh = "dropbear";
+}
+
+pub const DEFAULT_TARGET: &str = "alpine-3.23-kvm";
+
+pub fn key(name: &str) -> Option<&'static FactKey> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+// ---------------------------------------------------------------- the types of facts
+
+/// Implements `FactValue` for a one-of-several choice (a clap `ValueEnum`).
+macro_rules! choice {
+    ($($ty:ty),*) => {$(
+        impl FactValue for $ty {
+            fn choices() -> Vec<String> {
+                <$ty as ValueEnum>::value_variants().iter().map(|v| v.text()).collect()
+            }
+            fn from_toml(value: &toml::Value) -> Result<Self, String> {
+                let text = value.as_str().ok_or_else(|| format!("expected a string, one of: {}", Self::choices().join(", ")))?;
+                <$ty as ValueEnum>::from_str(text, false)
+                    .map_err(|_| format!("`{text}` is not allowed; allowed values: {}", Self::choices().join(", ")))
+            }
+            fn flag_parser() -> ValueParser {
+                ValueParser::new(clap::builder::EnumValueParser::<$ty>::new())
+            }
+            fn text(&self) -> String {
+                self.to_possible_value().expect("no skipped variants").get_name().to_string()
+            }
+        }
+    )*};
+}
+
+choice!(Disk, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin);
 
 /// Which kind of disk holds the root filesystem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -70,171 +260,95 @@ pub enum RootLogin {
     No,
 }
 
-/// The checked facts about one host.
+/// The name of a target (`targets/NAME.toml`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Facts {
-    pub target: String,
-    pub disk: Disk,
-    pub ipv6: Ipv6,
-    pub guest_agent: Keep,
-    pub balloon: Keep,
-    pub ntp: Ntp,
-    pub python: Keep,
-    pub network: Network,
-    pub ssh: Ssh,
-    pub ssh_ports: Vec<u16>,
-    pub ssh_password_auth: YesNo,
-    pub ssh_root_login: RootLogin,
-}
+pub struct TargetName(pub String);
 
-pub const DEFAULT_TARGET: &str = "alpine-3.23-kvm";
-
-impl Default for Facts {
-    /// The guide's host.
-    fn default() -> Self {
-        Facts {
-            target: DEFAULT_TARGET.to_string(),
-            disk: Disk::Vda,
-            ipv6: Ipv6::Unused,
-            guest_agent: Keep::Remove,
-            balloon: Keep::Remove,
-            ntp: Ntp::Busybox,
-            python: Keep::Remove,
-            network: Network::Static,
-            ssh: Ssh::Dropbear,
-            ssh_ports: vec![22],
-            ssh_password_auth: YesNo::Yes,
-            ssh_root_login: RootLogin::ProhibitPassword,
+impl TargetName {
+    fn parse(text: &str) -> Result<TargetName, String> {
+        let known = crate::target::names();
+        if known.iter().any(|name| name == text) {
+            Ok(TargetName(text.to_string()))
+        } else {
+            Err(format!("`{text}` is not a target; targets: {}", known.join(", ")))
         }
     }
 }
 
-/// One fact key: its name, what it means, and the values a condition may name.
-pub struct FactKey {
-    pub name: &'static str,
-    pub meaning: &'static str,
-    /// Allowed values; empty for facts that are not one-of choices.
-    pub values: fn() -> Vec<String>,
+impl FactValue for TargetName {
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        Self::parse(value.as_str().ok_or("expected a string: a target's name")?)
+    }
+    fn flag_parser() -> ValueParser {
+        ValueParser::new(|text: &str| TargetName::parse(text))
+    }
+    fn text(&self) -> String {
+        self.0.clone()
+    }
 }
 
-fn names<E: ValueEnum>() -> Vec<String> {
-    E::value_variants().iter().map(value_name).collect()
+/// TCP ports: at least one, each from 1 to 65535, none twice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ports(pub Vec<u16>);
+
+impl Ports {
+    fn port(value: i64) -> Result<u16, String> {
+        u16::try_from(value)
+            .ok()
+            .filter(|&port| port != 0)
+            .ok_or_else(|| format!("{value} is not a port: ports are 1 to 65535"))
+    }
+
+    fn checked(ports: Vec<u16>) -> Result<Ports, String> {
+        if ports.is_empty() {
+            return Err("at least one port is needed".into());
+        }
+        if let Some(twice) = ports.iter().enumerate().find(|(i, p)| ports[..*i].contains(p)) {
+            return Err(format!("port {} is listed twice", twice.1));
+        }
+        Ok(Ports(ports))
+    }
+
+    /// The ports in ascending order, as the script compares them with sshd's.
+    pub fn sorted(&self) -> Vec<u16> {
+        let mut ports = self.0.clone();
+        ports.sort_unstable();
+        ports
+    }
 }
 
-fn no_values() -> Vec<String> {
-    Vec::new()
-}
-
-/// Every fact, in the order `mingen facts` prints them.
-pub const KEYS: &[FactKey] = &[
-    FactKey { name: "target", meaning: "the rule set to use (`mingen targets` lists them)", values: no_values },
-    FactKey {
-        name: "disk",
-        meaning: "the root disk: vda (virtio-blk) or sda (virtio-scsi, keeps `scsi` in the initramfs)",
-        values: names::<Disk>,
-    },
-    FactKey {
-        name: "ipv6",
-        meaning: "used: IPv6 stays on; unused: `ipv6.disable=1` and the sysctl fix",
-        values: names::<Ipv6>,
-    },
-    FactKey {
-        name: "guest_agent",
-        meaning: "qemu-guest-agent: keep it if the provider uses QEMU guest operations (snapshots, password reset)",
-        values: names::<Keep>,
-    },
-    FactKey {
-        name: "balloon",
-        meaning: "virtio_balloon: keep it if the provider reclaims memory by ballooning",
-        values: names::<Keep>,
-    },
-    FactKey {
-        name: "ntp",
-        meaning: "busybox: busybox ntpd replaces chrony; none: no NTP (kvm-clock keeps time); chrony: keep chrony",
-        values: names::<Ntp>,
-    },
-    FactKey { name: "python", meaning: "python3: keep it, or remove it with cloud-init", values: names::<Keep> },
-    FactKey {
-        name: "network",
-        meaning: "static: the address is in /etc/network/interfaces and dhcpcd goes; dhcp: dhcpcd stays",
-        values: names::<Network>,
-    },
-    FactKey {
-        name: "ssh",
-        meaning: "dropbear: OpenSSH is replaced by dropbear; openssh: OpenSSH stays",
-        values: names::<Ssh>,
-    },
-    FactKey {
-        name: "ssh_ports",
-        meaning: "the port(s) sshd listens on now; dropbear listens on the same",
-        values: no_values,
-    },
-    FactKey {
-        name: "ssh_password_auth",
-        meaning: "sshd's PasswordAuthentication now; `no` becomes dropbear's -s",
-        values: names::<YesNo>,
-    },
-    FactKey {
-        name: "ssh_root_login",
-        meaning: "sshd's PermitRootLogin now; prohibit-password becomes -g, no becomes -w",
-        values: names::<RootLogin>,
-    },
-];
-
-pub fn key(name: &str) -> Option<&'static FactKey> {
-    KEYS.iter().find(|k| k.name == name)
-}
-
-fn value_name<E: ValueEnum>(value: &E) -> String {
-    value.to_possible_value().expect("no skipped variants").get_name().to_string()
-}
-
-impl Facts {
-    /// The value of a fact as the facts file spells it (lists joined by spaces).
-    pub fn get(&self, name: &str) -> Option<String> {
-        Some(match name {
-            "target" => self.target.clone(),
-            "disk" => value_name(&self.disk),
-            "ipv6" => value_name(&self.ipv6),
-            "guest_agent" => value_name(&self.guest_agent),
-            "balloon" => value_name(&self.balloon),
-            "ntp" => value_name(&self.ntp),
-            "python" => value_name(&self.python),
-            "network" => value_name(&self.network),
-            "ssh" => value_name(&self.ssh),
-            "ssh_ports" => self.ssh_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(" "),
-            "ssh_password_auth" => value_name(&self.ssh_password_auth),
-            "ssh_root_login" => value_name(&self.ssh_root_login),
-            _ => return None,
+impl FactValue for Ports {
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        let list = value.as_array().ok_or("expected a list of ports, e.g. [22]")?;
+        let ports = list
+            .iter()
+            .map(|v| {
+                v.as_integer().ok_or_else(|| format!("{v} is not a port: ports are 1 to 65535")).and_then(Self::port)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::checked(ports)
+    }
+    fn flag_parser() -> ValueParser {
+        ValueParser::new(|text: &str| {
+            let ports = text
+                .split(',')
+                .map(|p| p.trim().parse::<i64>().map_err(|_| format!("`{p}` is not a port")).and_then(Ports::port))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ports::checked(ports)
         })
     }
-
-    /// The value as a TOML literal, for `mingen facts`.
-    pub fn toml_value(&self, name: &str) -> String {
-        match name {
-            "ssh_ports" => format!("[{}]", self.ssh_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")),
-            _ => format!("\"{}\"", self.get(name).expect("known fact")),
-        }
+    fn text(&self) -> String {
+        self.0.iter().map(u16::to_string).collect::<Vec<_>>().join(" ")
+    }
+    fn toml(&self) -> String {
+        format!("[{}]", self.0.iter().map(u16::to_string).collect::<Vec<_>>().join(", "))
     }
 }
 
-/// A facts file as written: every key optional, each value with its place.
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawFacts {
-    target: Option<Spanned<String>>,
-    disk: Option<Spanned<String>>,
-    ipv6: Option<Spanned<String>>,
-    guest_agent: Option<Spanned<String>>,
-    balloon: Option<Spanned<String>>,
-    ntp: Option<Spanned<String>>,
-    python: Option<Spanned<String>>,
-    network: Option<Spanned<String>>,
-    ssh: Option<Spanned<String>>,
-    ssh_ports: Option<Spanned<Vec<u16>>>,
-    ssh_password_auth: Option<Spanned<String>>,
-    ssh_root_login: Option<Spanned<String>>,
-}
+// ---------------------------------------------------------------- the facts file
+
+/// A facts file larger than this is not a facts file.
+pub const MAX_FACTS_FILE: u64 = 64 * 1024;
 
 /// Where a facts file came from, for error messages.
 struct Source<'a> {
@@ -252,23 +366,29 @@ impl Source<'_> {
     }
 }
 
-fn choice<E: ValueEnum>(source: &Source, key: &str, raw: &Option<Spanned<String>>, slot: &mut E) -> Result<(), Error> {
-    let Some(raw) = raw else { return Ok(()) };
-    *slot = E::from_str(raw.get_ref(), false).map_err(|_| {
-        source.error(
-            key,
-            raw.span().start,
-            format!("`{}` is not allowed; allowed values: {}", raw.get_ref(), names::<E>().join(", ")),
-        )
-    })?;
-    Ok(())
-}
-
 impl Facts {
+    /// Read a facts file: at most `MAX_FACTS_FILE` bytes of UTF-8 TOML.
+    pub fn read(path: &str) -> Result<Facts, Error> {
+        use std::io::Read;
+        let read_error = |message: String| Error::Read { path: path.to_string(), message };
+        let file = std::fs::File::open(path).map_err(|e| read_error(e.to_string()))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_FACTS_FILE + 1).read_to_end(&mut bytes).map_err(|e| read_error(e.to_string()))?;
+        if bytes.len() as u64 > MAX_FACTS_FILE {
+            return Err(read_error(format!("it is larger than {} KiB, which no facts file is", MAX_FACTS_FILE / 1024)));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            read_error(format!("line {line} is not UTF-8 text"))
+        })?;
+        Facts::from_toml(path, &text)
+    }
+
     /// Parse a facts file over the defaults. Every error names the file, line and key.
     pub fn from_toml(path: &str, text: &str) -> Result<Facts, Error> {
         let source = Source { path, text };
-        let raw: RawFacts = toml::from_str(text).map_err(|e| {
+        let table: BTreeMap<Spanned<String>, Spanned<toml::Value>> = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
             let line_start = text[..offset.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
             let line_text = text[line_start..].lines().next().unwrap_or("");
@@ -276,47 +396,32 @@ impl Facts {
             source.error(&key, offset, e.message().trim().to_string())
         })?;
         let mut facts = Facts::default();
-        if let Some(target) = &raw.target {
-            let known = crate::target::names();
-            if !known.contains(target.get_ref()) {
-                let message = format!("`{}` is not a target; targets: {}", target.get_ref(), known.join(", "));
-                return Err(source.error("target", target.span().start, message));
+        for (key, value) in &table {
+            let name = key.get_ref();
+            match facts.set_from_toml(name, value.get_ref()) {
+                None => {
+                    let known: Vec<_> = KEYS.iter().map(|k| k.name).collect();
+                    let message = format!("unknown fact; the facts are: {}", known.join(", "));
+                    return Err(source.error(name, key.span().start, message));
+                }
+                Some(Err(message)) => return Err(source.error(name, value.span().start, message)),
+                Some(Ok(())) => {}
             }
-            facts.target = target.get_ref().clone();
-        }
-        choice(&source, "disk", &raw.disk, &mut facts.disk)?;
-        choice(&source, "ipv6", &raw.ipv6, &mut facts.ipv6)?;
-        choice(&source, "guest_agent", &raw.guest_agent, &mut facts.guest_agent)?;
-        choice(&source, "balloon", &raw.balloon, &mut facts.balloon)?;
-        choice(&source, "ntp", &raw.ntp, &mut facts.ntp)?;
-        choice(&source, "python", &raw.python, &mut facts.python)?;
-        choice(&source, "network", &raw.network, &mut facts.network)?;
-        choice(&source, "ssh", &raw.ssh, &mut facts.ssh)?;
-        choice(&source, "ssh_password_auth", &raw.ssh_password_auth, &mut facts.ssh_password_auth)?;
-        choice(&source, "ssh_root_login", &raw.ssh_root_login, &mut facts.ssh_root_login)?;
-        if let Some(ports) = &raw.ssh_ports {
-            check_ports(ports.get_ref()).map_err(|message| source.error("ssh_ports", ports.span().start, message))?;
-            facts.ssh_ports = ports.get_ref().clone();
         }
         Ok(facts)
     }
-}
 
-/// Ports must be a non-empty list of distinct non-zero ports.
-pub fn check_ports(ports: &[u16]) -> Result<(), String> {
-    if ports.is_empty() {
-        return Err("at least one port is needed".into());
+    /// The facts among NAMES that take no effect with these facts, each with the reason.
+    pub fn without_effect<'n>(&self, names: &[&'n str]) -> Vec<(&'n str, String)> {
+        names
+            .iter()
+            .filter_map(|&name| {
+                let (fact, value) = key(name)?.applies_when?;
+                let actual = self.get(fact).expect("applies_when names a fact");
+                (actual != value).then(|| (name, format!("it applies when {fact} = {value}, and {fact} is {actual}")))
+            })
+            .collect()
     }
-    if ports.contains(&0) {
-        return Err("port 0 is not a port".into());
-    }
-    let mut sorted = ports.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    if sorted.len() != ports.len() {
-        return Err("a port is listed twice".into());
-    }
-    Ok(())
 }
 
 impl fmt::Display for Facts {
@@ -343,7 +448,7 @@ mod tests {
     fn values_override_defaults() {
         let facts = Facts::from_toml("f.toml", "disk = \"sda\"\nssh_ports = [2222]\nntp = \"none\"\n").unwrap();
         assert_eq!(facts.disk, Disk::Sda);
-        assert_eq!(facts.ssh_ports, vec![2222]);
+        assert_eq!(facts.ssh_ports, Ports(vec![2222]));
         assert_eq!(facts.ntp, Ntp::None);
         assert_eq!(facts.ipv6, Ipv6::Unused);
     }
@@ -362,7 +467,7 @@ mod tests {
     fn unknown_key_is_named_with_its_line() {
         let text = Facts::from_toml("h.toml", "disk = \"vda\"\ndsik = \"sda\"\n").unwrap_err().to_string();
         assert!(text.contains("h.toml:2"), "{text}");
-        assert!(text.contains("`dsik`"), "{text}");
+        assert!(text.contains("`dsik`") && text.contains("unknown fact"), "{text}");
     }
 
     #[test]
@@ -370,25 +475,45 @@ mod tests {
         let text = Facts::from_toml("h.toml", "disk = \"vda\"\ntarget = \"alpine-3.9-kvm\"\n").unwrap_err().to_string();
         assert!(text.contains("h.toml:2") && text.contains("`target`") && text.contains("alpine-3.22-kvm"), "{text}");
         let facts = Facts::from_toml("h.toml", "target = \"alpine-3.22-kvm\"\n").unwrap();
-        assert_eq!(facts.target, "alpine-3.22-kvm");
+        assert_eq!(facts.target, TargetName("alpine-3.22-kvm".into()));
     }
 
     #[test]
     fn wrong_type_and_bad_ports_are_errors() {
-        let text = Facts::from_toml("h.toml", "ssh_ports = \"22\"\n").unwrap_err().to_string();
-        assert!(text.contains("`ssh_ports`") && text.contains("h.toml:1"), "{text}");
-        let text = Facts::from_toml("h.toml", "ssh_ports = []\n").unwrap_err().to_string();
-        assert!(text.contains("at least one port"), "{text}");
-        let text = Facts::from_toml("h.toml", "ssh_ports = [22, 22]\n").unwrap_err().to_string();
-        assert!(text.contains("twice"), "{text}");
+        for (text, wanted) in [
+            ("ssh_ports = \"22\"\n", "expected a list of ports"),
+            ("ssh_ports = []\n", "at least one port"),
+            ("ssh_ports = [22, 22]\n", "port 22 is listed twice"),
+            ("ssh_ports = [-1]\n", "-1 is not a port: ports are 1 to 65535"),
+            ("ssh_ports = [0]\n", "0 is not a port"),
+            ("ssh_ports = [65536]\n", "65536 is not a port"),
+            ("ssh_ports = [\"22\"]\n", "is not a port"),
+        ] {
+            let message = Facts::from_toml("h.toml", text).unwrap_err().to_string();
+            assert!(message.contains("`ssh_ports`") && message.contains("h.toml:1"), "{message}");
+            assert!(message.contains(wanted), "{text}: {message}");
+        }
     }
 
     #[test]
-    fn every_key_has_a_value() {
+    fn every_key_has_a_value_and_a_toml_form_that_reads_back() {
         let facts = Facts::default();
+        let mut text = String::new();
         for k in KEYS {
             assert!(facts.get(k.name).is_some(), "{}", k.name);
+            text.push_str(&format!("{} = {}\n", k.name, facts.toml_value(k.name).unwrap()));
         }
+        assert_eq!(Facts::from_toml("f.toml", &text).unwrap(), facts);
         assert_eq!(facts.get("nope"), None);
+    }
+
+    #[test]
+    fn ssh_facts_take_no_effect_when_openssh_stays() {
+        let facts = Facts { ssh: Ssh::Openssh, ..Facts::default() };
+        let idle = facts.without_effect(&["ssh_password_auth", "disk"]);
+        assert_eq!(idle.len(), 1);
+        assert_eq!(idle[0].0, "ssh_password_auth");
+        assert!(idle[0].1.contains("ssh = dropbear"), "{}", idle[0].1);
+        assert!(Facts::default().without_effect(&["ssh_password_auth"]).is_empty());
     }
 }

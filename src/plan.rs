@@ -196,7 +196,7 @@ mod tests {
     use crate::facts::{Disk, Ipv6, Keep, Network, Ntp, Ssh};
 
     fn plan_for(facts: &Facts) -> (Target, Facts) {
-        (Target::load(&facts.target).unwrap(), facts.clone())
+        (Target::load(&facts.target.0).unwrap(), facts.clone())
     }
 
     fn applied_ids(target: &Target, facts: &Facts) -> Vec<String> {

@@ -94,6 +94,7 @@ struct FactsFile<'a> {
 pub fn dropbear_opts(facts: &Facts) -> String {
     let mut opts: Vec<String> = facts
         .ssh_ports
+        .0
         .iter()
         .map(|port| match facts.ipv6 {
             // With IPv6 off, dropbear must be told to listen on IPv4 or it finds no port.
@@ -118,9 +119,7 @@ fn check_line(check: Check, facts: &Facts) -> Result<String, Error> {
         Check::StaticNetwork => "check_static_network".into(),
         Check::Ipv6Unused => "check_ipv6_unused".into(),
         Check::SshdSettings => {
-            let mut ports = facts.ssh_ports.clone();
-            ports.sort_unstable();
-            let ports = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(" ");
+            let ports = facts.ssh_ports.sorted().iter().map(u16::to_string).collect::<Vec<_>>().join(" ");
             format!(
                 "check_sshd_settings {} {} {}",
                 q(&ports)?,
@@ -231,7 +230,10 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
         format: if user_data { "user-data" } else { "script" },
         target,
         disk: plan.facts.get("disk").expect("known fact"),
-        facts: facts::KEYS.iter().map(|k| (k.name.to_string(), plan.facts.toml_value(k.name))).collect(),
+        facts: facts::KEYS
+            .iter()
+            .map(|k| (k.name.to_string(), plan.facts.toml_value(k.name).expect("known fact")))
+            .collect(),
         applied: plan
             .applied()
             .map(|d| RuleView {
@@ -293,8 +295,8 @@ pub fn render_facts(facts: &Facts) -> Result<String, Error> {
             .map(|k| FactView {
                 name: k.name,
                 meaning: k.meaning,
-                allowed: (k.values)(),
-                value: facts.toml_value(k.name),
+                allowed: (k.choices)(),
+                value: facts.toml_value(k.name).expect("known fact"),
             })
             .collect(),
     };
@@ -304,7 +306,7 @@ pub fn render_facts(facts: &Facts) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::Ssh;
+    use crate::facts::{Ports, Ssh};
 
     #[test]
     fn quoting_keeps_plain_words_and_quotes_the_rest() {
@@ -320,7 +322,7 @@ mod tests {
         let guide = Facts::default();
         assert_eq!(dropbear_opts(&guide), "-p 0.0.0.0:22 -g");
         let strict = Facts {
-            ssh_ports: vec![2222],
+            ssh_ports: Ports(vec![2222]),
             ssh_password_auth: YesNo::No,
             ssh_root_login: RootLogin::No,
             ipv6: Ipv6::Used,
@@ -331,7 +333,7 @@ mod tests {
 
     #[test]
     fn facts_file_round_trips() {
-        let facts = Facts { ssh: Ssh::Openssh, ssh_ports: vec![22, 2222], ..Facts::default() };
+        let facts = Facts { ssh: Ssh::Openssh, ssh_ports: Ports(vec![22, 2222]), ..Facts::default() };
         let text = render_facts(&facts).unwrap();
         assert_eq!(Facts::from_toml("facts.toml", &text).unwrap(), facts);
         assert!(text.contains("# one of: vda, sda"), "{text}");

@@ -386,7 +386,7 @@ impl Rule {
 fn check_condition(when: &Condition) -> Result<(), String> {
     for (name, values) in when {
         let key = facts::key(name).ok_or_else(|| format!("condition names unknown fact `{name}`"))?;
-        let allowed = (key.values)();
+        let allowed = (key.choices)();
         if allowed.is_empty() {
             return Err(format!("fact `{name}` cannot be used in a condition"));
         }

@@ -90,8 +90,63 @@ fn a_bad_flag_or_target_is_an_error_with_nothing_on_stdout() {
     assert_ne!(run.status, 0);
     assert!(run.stdout.is_empty() && run.stderr.contains("hda"), "{}", run.stderr);
     let run = mingen(&["--target", "alpine-9-kvm"]);
-    assert_eq!(run.status, 1);
+    assert_ne!(run.status, 0);
     assert!(run.stdout.is_empty() && run.stderr.contains("alpine-3.23-kvm"), "{}", run.stderr);
+}
+
+#[test]
+fn a_bad_port_names_the_flag_or_the_line_and_says_what_a_port_is() {
+    for (args, wanted) in [
+        (&["--ssh-port", "0"][..], "0 is not a port: ports are 1 to 65535"),
+        (&["--ssh-ports", "22,22"][..], "port 22 is listed twice"),
+        (&["--ssh-ports", "ssh"][..], "`ssh` is not a port"),
+    ] {
+        let run = mingen(args);
+        assert_ne!(run.status, 0, "{args:?}");
+        assert!(run.stdout.is_empty());
+        assert!(run.stderr.contains("--ssh-ports") && run.stderr.contains(wanted), "{args:?}: {}", run.stderr);
+        assert!(!run.stderr.contains("command line:0"), "{}", run.stderr);
+    }
+    let file = facts_file("disk = \"vda\"\nssh_ports = [-1]\n");
+    let run = mingen(&["--facts", file.path().to_str().unwrap()]);
+    assert_eq!(run.status, 1);
+    assert!(run.stderr.contains(":2:") && run.stderr.contains("-1 is not a port"), "{}", run.stderr);
+    assert!(!run.stderr.contains("u16"), "{}", run.stderr);
+    let run = mingen(&["--ssh-ports", "2222,22"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("ssh_ports = [2222, 22]"));
+}
+
+#[test]
+fn a_facts_file_that_is_not_text_or_is_endless_is_refused_with_its_line() {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp file");
+    file.write_all(b"disk = \"vda\"\nntp = \"\xff\"\n").expect("write facts");
+    let run = mingen(&["--facts", file.path().to_str().unwrap()]);
+    assert_eq!(run.status, 1);
+    assert!(run.stdout.is_empty() && run.stderr.contains("line 2 is not UTF-8"), "{}", run.stderr);
+    let started = std::time::Instant::now();
+    let run = mingen(&["--facts", "/dev/zero"]);
+    assert_eq!(run.status, 1);
+    assert!(run.stderr.contains("/dev/zero") && run.stderr.contains("larger than"), "{}", run.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "reading /dev/zero must stop early");
+}
+
+#[test]
+fn facts_that_cannot_take_effect_and_facts_given_to_probe_are_errors() {
+    let run = mingen(&["--ssh", "openssh", "--ssh-password-auth", "no"]);
+    assert_ne!(run.status, 0);
+    assert!(run.stdout.is_empty());
+    assert!(
+        run.stderr.contains("--ssh-password-auth has no effect") && run.stderr.contains("ssh is openssh"),
+        "{}",
+        run.stderr
+    );
+    for args in [&["probe", "--disk", "sda"][..], &["targets", "--ntp", "none"][..]] {
+        let run = mingen(args);
+        assert_ne!(run.status, 0, "{args:?}");
+        assert!(run.stdout.is_empty() && run.stderr.contains("reads no facts"), "{args:?}: {}", run.stderr);
+    }
+    assert_eq!(mingen(&["probe"]).status, 0);
 }
 
 #[test]
