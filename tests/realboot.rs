@@ -1,0 +1,328 @@
+//! The real-boot bench: the real Alpine 3.23.6 image booted under QEMU (tests/realboot/),
+//! the script run over real SSH as an operator runs it, the host booted again and logged
+//! into; the guide's literal commands as a control that must not boot; undo; a second run.
+//!
+//! The runs of the script on vda and on sda are made once each (`minimised`) and shared: the
+//! end-to-end tests assert on what they saw, and the undo and second-run tests boot their
+//! own copy-on-write overlays of the vda host as it was left (powered off after its reboot).
+
+mod common;
+mod image;
+#[path = "realboot/mod.rs"]
+mod realboot;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use realboot::{Boot, Bus, HostKey, Vm, WorkDir};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The bench can run here; else the test says why and returns (or fails under CI=true).
+fn ready() -> bool {
+    match realboot::why_not() {
+        Some(why) => {
+            realboot::skip(&why);
+            false
+        }
+        None => true,
+    }
+}
+
+/// The mingen flags for a host on BUS.
+fn mingen_args(bus: Bus) -> Vec<&'static str> {
+    let mut args = vec!["--disk", bus.disk()];
+    args.extend_from_slice(realboot::FACT_ARGS);
+    args
+}
+
+/// What SSH showed of a host: whether the key logged in, and `ssh -v`'s text.
+struct SshView {
+    key_login: bool,
+    key_text: String,
+    password_login: bool,
+    password_text: String,
+}
+
+impl SshView {
+    fn of(vm: &Vm, host_key: HostKey) -> SshView {
+        let (key_login, key_text) = vm.ssh_verbose(host_key);
+        let (password_login, password_text) = vm.ssh_password();
+        SshView { key_login, key_text, password_login, password_text }
+    }
+
+    /// The server's software as ssh -v reports it (`OpenSSH_9.9`, `dropbear_2025.88`).
+    fn software(&self) -> String {
+        self.key_text
+            .lines()
+            .find_map(|l| l.split("remote software version ").nth(1))
+            .unwrap_or("(none)")
+            .trim()
+            .to_string()
+    }
+
+    /// The methods the server offers after the password was refused.
+    fn methods(&self) -> String {
+        self.password_text
+            .lines()
+            .rev()
+            .find_map(|l| l.split("Authentications that can continue: ").nth(1))
+            .unwrap_or("(none)")
+            .trim()
+            .to_string()
+    }
+}
+
+/// One run of the script on a fresh host, from SSH, then a reboot.
+struct Minimised {
+    _work: WorkDir,
+    /// The host's disk as the run and its reboot left it (powered off): boot overlays of it.
+    image: PathBuf,
+    /// The client's known_hosts from before the run.
+    known_hosts: PathBuf,
+    before: SshView,
+    status: Option<i32>,
+    output: String,
+    boot: Boot,
+    after: SshView,
+    /// `pidof`, the runlevels and the report, read over SSH after the reboot.
+    after_state: String,
+    minutes: f64,
+}
+
+fn produce(bus: Bus) -> Minimised {
+    let start = Instant::now();
+    let name = format!("mingen-{}", bus.disk());
+    let work = WorkDir::new(&name);
+    let mut vm = realboot::boot_ready(&name, &realboot::disk(), work.path(), bus);
+    let before = SshView::of(&vm, HostKey::Strict);
+    let script = common::script(&mingen_args(bus));
+    realboot::upload(&vm, "/root/minimise.sh", &script, HostKey::Strict);
+    let out = vm.ssh("sh /root/minimise.sh", b"", HostKey::Strict);
+    let output = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    eprintln!("--- {name}: the script's output ---\n{output}");
+    let mark = vm.reboot(HostKey::Strict);
+    let boot = vm.wait_boot(mark);
+    let (after, after_state) = if boot == Boot::LoginPrompt {
+        let _ = vm.wait_ssh(HostKey::Strict);
+        let state = vm.ssh(
+            "echo sshd: $(pidof sshd); echo dropbear: $(pidof dropbear); rc-update show default; \
+             cat /var/lib/mingen/report",
+            b"",
+            HostKey::Strict,
+        );
+        (SshView::of(&vm, HostKey::Strict), format!("{}{}", text(&state.stdout), text(&state.stderr)))
+    } else {
+        (SshView::of(&vm, HostKey::Strict), vm.tail())
+    };
+    let known_hosts = work.path().join("before.known_hosts");
+    std::fs::copy(&vm.known_hosts, &known_hosts).expect("keep known_hosts");
+    let image = if boot == Boot::LoginPrompt { vm.poweroff(HostKey::Strict) } else { vm.overlay.clone() };
+    Minimised {
+        _work: work,
+        image,
+        known_hosts,
+        before,
+        status: out.status.code(),
+        output,
+        boot,
+        after,
+        after_state,
+        minutes: start.elapsed().as_secs_f64() / 60.0,
+    }
+}
+
+/// The run on BUS, made once per process; a failed production fails every test that needs it.
+fn minimised(bus: Bus) -> &'static Minimised {
+    static VDA: OnceLock<Result<Minimised, String>> = OnceLock::new();
+    static SDA: OnceLock<Result<Minimised, String>> = OnceLock::new();
+    let cell = if bus == Bus::Scsi { &SDA } else { &VDA };
+    let made = cell.get_or_init(|| {
+        std::panic::catch_unwind(|| produce(bus)).map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        })
+    });
+    match made {
+        Ok(m) => m,
+        Err(why) => panic!("the run of the script on {} failed: {why}", bus.disk()),
+    }
+}
+
+/// The end-to-end promises on BUS: the run ends well, the host boots, dropbear answers with
+/// sshd's host key, the key logs in, and passwords are still refused.
+fn end_to_end(bus: Bus) {
+    let m = minimised(bus);
+    eprintln!("{}: run, reboot and checks in {:.1} min", bus.disk(), m.minutes);
+    // Before: OpenSSH, the key logs in, passwords are refused (sshd's PasswordAuthentication no).
+    assert!(m.before.key_login, "the key did not log in before the run:\n{}", m.before.key_text);
+    assert!(m.before.software().starts_with("OpenSSH"), "before: {}", m.before.software());
+    assert!(!m.before.password_login, "sshd took a password before the run");
+    assert_eq!(m.status, Some(0), "the script failed on {}:\n{}", bus.disk(), m.output);
+    assert!(m.output.contains("preflight: the host matches the facts"), "{}", m.output);
+    // After the reboot: it booted, dropbear answers with the same host key (strict checking
+    // against the known_hosts from before), the key logs in, passwords are refused.
+    assert_eq!(m.boot, Boot::LoginPrompt, "{} did not boot after the run:\n{}", bus.disk(), m.after_state);
+    assert!(m.after.key_login, "the key did not log in after the reboot:\n{}", m.after.key_text);
+    assert!(m.after.software().starts_with("dropbear"), "after: {}", m.after.software());
+    assert!(!m.after.password_login, "dropbear took root's password; sshd refused passwords");
+    assert!(!m.after.methods().contains("password"), "dropbear offers passwords: {}", m.after.methods());
+    assert!(m.after.methods().contains("publickey"), "{}", m.after.password_text);
+    assert!(m.after_state.contains("sshd: \n"), "sshd runs after the reboot:\n{}", m.after_state);
+    assert!(!m.after_state.contains("dropbear: \n"), "dropbear does not run:\n{}", m.after_state);
+    assert!(m.after_state.contains("after the first boot:"), "no report after the boot:\n{}", m.after_state);
+}
+
+#[test]
+fn vda_host_end_to_end_over_ssh() {
+    if ready() {
+        end_to_end(Bus::Virtio);
+    }
+}
+
+#[test]
+fn sda_host_end_to_end_over_ssh() {
+    if ready() {
+        end_to_end(Bus::Scsi);
+    }
+}
+
+/// The control: the guide's literal commands on the virtio-scsi host drop `scsi` from the
+/// initramfs, and the host does not boot. The bench must see it.
+#[test]
+fn guide_literal_commands_leave_the_sda_host_unbootable() {
+    if !ready() {
+        return;
+    }
+    let work = WorkDir::new("guide-sda");
+    let mut vm = realboot::boot_ready("guide-sda", &realboot::disk(), work.path(), Bus::Scsi);
+    let guide = std::fs::read_to_string(realboot::file("guide.sh")).expect("read guide.sh");
+    realboot::upload(&vm, "/root/guide.sh", &guide, HostKey::Strict);
+    let mark = vm.mark();
+    // The guide ends with `reboot`, typed in the same session (its sshd was stopped).
+    let out = vm.ssh("sh /root/guide.sh; reboot", b"", HostKey::Strict);
+    eprintln!("--- the guide's commands ---\n{}{}", text(&out.stdout), text(&out.stderr));
+    let boot = vm.wait_boot(mark);
+    assert_eq!(boot, Boot::EmergencyShell, "the guide's commands left a host that boots:\n{}", vm.tail());
+    let serial = vm.serial_text();
+    assert!(serial[mark..].contains("Mounting root failed"), "{}", vm.tail());
+    vm.quit();
+}
+
+/// undo.sh on the minimised vda host, then a reboot: sshd is back, with the same host key.
+#[test]
+fn undo_brings_openssh_back_and_the_host_boots() {
+    if !ready() {
+        return;
+    }
+    let m = minimised(Bus::Virtio);
+    assert_eq!(m.boot, Boot::LoginPrompt, "the minimised host did not boot");
+    let work = WorkDir::new("undo-vda");
+    let mut vm = Vm::boot("undo-vda", &m.image, work.path(), Bus::Virtio);
+    vm.trust(&m.known_hosts);
+    assert_eq!(vm.wait_boot(0), Boot::LoginPrompt, "{}", vm.tail());
+    vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("{e}"));
+    let out = vm.ssh("sh /var/lib/mingen/undo.sh", b"", HostKey::Strict);
+    let output = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    eprintln!("--- undo.sh ---\n{output}");
+    assert!(out.status.success(), "undo.sh failed:\n{output}");
+    let mark = vm.reboot(HostKey::Strict);
+    assert_eq!(vm.wait_boot(mark), Boot::LoginPrompt, "the host did not boot after undo:\n{}", vm.tail());
+    vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("{e}"));
+    let view = SshView::of(&vm, HostKey::Strict);
+    assert!(view.software().starts_with("OpenSSH"), "after undo the server is {}", view.software());
+    assert!(!view.password_login, "sshd took a password after undo");
+    let state = vm.ssh_ok("echo sshd: $(pidof sshd); rc-update show default", HostKey::Strict);
+    assert!(!state.contains("sshd: \n"), "sshd does not run after undo:\n{state}");
+    assert!(state.lines().any(|l| l.trim_start().starts_with("sshd ")), "sshd is not in a runlevel:\n{state}");
+    vm.quit();
+}
+
+/// A second run on the minimised vda host (real apk, real rc-update) changes nothing: the
+/// file tree, the world, the installed packages, the runlevels and the started services.
+#[test]
+fn second_run_changes_nothing() {
+    if !ready() {
+        return;
+    }
+    let m = minimised(Bus::Virtio);
+    assert_eq!(m.boot, Boot::LoginPrompt, "the minimised host did not boot");
+    let work = WorkDir::new("again-vda");
+    let mut vm = Vm::boot("again-vda", &m.image, work.path(), Bus::Virtio);
+    vm.trust(&m.known_hosts);
+    assert_eq!(vm.wait_boot(0), Boot::LoginPrompt, "{}", vm.tail());
+    vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("{e}"));
+    let state = std::fs::read_to_string(realboot::file("state.sh")).expect("read state.sh");
+    realboot::upload(&vm, "/tmp/state.sh", &state, HostKey::Strict);
+    let before = vm.ssh_ok("sh /tmp/state.sh", HostKey::Strict);
+    let out = vm.ssh("sh /root/minimise.sh", b"", HostKey::Strict);
+    let output = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    eprintln!("--- the second run ---\n{output}");
+    assert!(out.status.success(), "the second run failed:\n{output}");
+    let after = vm.ssh_ok("sh /tmp/state.sh", HostKey::Strict);
+    assert!(before.lines().filter(|l| l.starts_with("installed ")).count() > 10, "state.sh read no packages");
+    let gone: Vec<&str> = before.lines().filter(|l| !after.lines().any(|a| a == *l)).collect();
+    let new: Vec<&str> = after.lines().filter(|l| !before.lines().any(|b| b == *l)).collect();
+    assert!(
+        gone.is_empty() && new.is_empty(),
+        "the second run changed the host:\n-{}\n+{}",
+        gone.join("\n-"),
+        new.join("\n+")
+    );
+    vm.quit();
+}
+
+/// The disk boots to a login prompt on NVMe (nvme0n1) with no service failing. No target
+/// supports NVMe yet: with the packages, the probe says so and the script for vda stops in
+/// its preflight, naming the disk, and changes nothing.
+#[test]
+fn disk_boots_on_nvme_and_the_script_refuses_it() {
+    if let Some(why) = realboot::why_not_boot() {
+        return realboot::skip(&why);
+    }
+    let work = WorkDir::new("nvme");
+    let mut vm = Vm::boot("nvme", &realboot::disk(), work.path(), Bus::Nvme);
+    assert_eq!(vm.wait_boot(0), Boot::LoginPrompt, "{}", vm.tail());
+    let serial = vm.serial_text();
+    for bad in ["ERROR:", "needs service", "[LXC]", "failed to start"] {
+        assert!(!serial.contains(bad), "the boot log has {bad:?}\n{}", vm.tail());
+    }
+    if let Some(why) = realboot::why_not() {
+        vm.quit();
+        return realboot::skip(&format!("NVMe booted; the SSH part cannot run: {why}"));
+    }
+    vm.wait_ssh(HostKey::AcceptNew).unwrap_or_else(|e| panic!("{e}"));
+    let probe = common::mingen(&["probe"]).stdout;
+    let facts = vm.ssh("sh -s", probe.as_bytes(), HostKey::Strict);
+    let facts = text(&facts.stdout);
+    assert!(facts.contains("nvme0n1, an NVMe disk: no target supports it yet"), "{facts}");
+    let script = common::script(&mingen_args(Bus::Virtio));
+    realboot::upload(&vm, "/root/minimise.sh", &script, HostKey::Strict);
+    let out = vm.ssh("sh /root/minimise.sh; echo status=$?; ls /var/lib/mingen 2>&1", b"", HostKey::Strict);
+    let output = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(output.contains("but the root filesystem is on nvme0n1"), "{output}");
+    assert!(output.contains("status=1") && output.contains("No such file or directory"), "{output}");
+    vm.quit();
+}
+
+/// The bench's guest scripts are shellcheck-clean (busybox ash); the host-side one (bash) too.
+#[test]
+fn bench_scripts_are_shellcheck_clean() {
+    for name in ["guide.sh", "measure.sh", "state.sh", "mdev.initd"] {
+        let script = std::fs::read_to_string(realboot::file(name)).expect("read a bench script");
+        common::shellcheck(name, &script);
+    }
+    if common::shellcheck_dialect().is_some() {
+        let out = std::process::Command::new("shellcheck")
+            .arg("--severity=style")
+            .arg(realboot::file("build-disk.sh"))
+            .output()
+            .expect("run shellcheck");
+        assert!(out.status.success(), "build-disk.sh: {}", text(&out.stdout));
+    }
+}

@@ -1,0 +1,46 @@
+#!/bin/sh
+# shellcheck shell=busybox
+# measure.sh SETTLE: run detached on the guest. Waits until the gettys on ttyS0
+# and tty1 run (the end of the boot), SETTLE seconds more, then prints RAM, disk,
+# modules and userspace processes as `key value` lines and `end`. Processes of
+# this script's own session are left out.
+
+# procs: `sid command line` of each userspace process.
+procs() {
+	local dir cmd sid
+	for dir in /proc/[0-9]*; do
+		cmd=$(tr '\0' ' ' <"$dir/cmdline" 2>/dev/null) || continue
+		[ -n "$cmd" ] || continue
+		sid=$(sed 's/.*) //' "$dir/stat" 2>/dev/null | cut -d' ' -f4) || continue
+		printf '%s %s\n' "$sid" "${cmd% }"
+	done
+}
+
+gettys_up() {
+	local list
+	list=$(procs)
+	printf '%s\n' "$list" | grep -q 'getty .*ttyS0' && printf '%s\n' "$list" | grep -q 'getty .*tty1$'
+}
+
+main() {
+	local settle=${1:-30} waited=0 me=$$
+	until gettys_up; do
+		if [ "$waited" -ge 600 ]; then
+			echo "error the gettys on ttyS0 and tty1 did not start within 600 s"
+			echo end
+			return 1
+		fi
+		sleep 2
+		waited=$((waited + 2))
+	done
+	echo "gettys_after $waited"
+	sleep "$settle"
+	free | awk '$1 == "Mem:" { print "free_used", $3 }'
+	awk '$1 == "MemTotal:" { t = $2 } $1 == "MemAvailable:" { a = $2 } END { print "mem_total", t; print "mem_available", a }' /proc/meminfo
+	df -Pk / | awk 'NR == 2 { print "disk_used", $3 }'
+	awk '{ print "module", $1 }' /proc/modules
+	procs | awk -v me="$me" '$1 != me { $1 = ""; sub(/^ /, ""); print "process", $0 }'
+	echo end
+}
+
+main "$@"

@@ -1,0 +1,779 @@
+//! The real-boot bench: a cloud-VPS-like BIOS disk built from the real Alpine 3.23.6 image
+//! (cached outside the checkout), QEMU booting copy-on-write overlays of it on virtio-blk,
+//! virtio-scsi or NVMe with a serial log and a monitor socket, and real SSH into it over a
+//! loopback port. A `Vm` is killed when dropped: no VM outlives its test.
+//!
+//! The disk undoes what the image's container build did (`rc_sys="lxc"`, no root in fstab,
+//! its agent, 9p, setup-dns, no mdev) and gets a cloud image's runlevels, gettys (tty1-6 and
+//! ttyS0), static IPv4 for QEMU's user network, root by UUID in fstab and extlinux.conf, a
+//! test key and a password for root, and the cloud image's packages from the signed bench
+//! repository (`packages.rs`), installed by the image's own apk in a chroot.
+#![allow(dead_code)]
+
+pub mod packages;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::image;
+
+/// Bumped whenever what goes onto the disk changes: the cached disk is named after it.
+const DISK_VERSION: &str = "v2";
+/// The root filesystem's UUID, in fstab and on the kernel command line.
+pub const ROOT_UUID: &str = "0b5e7a1c-3d2f-4e8a-9c61-5f4d2b7a8e90";
+pub const HOSTNAME: &str = "vps";
+/// root's password: sshd refuses passwords on the bench host, and so must dropbear after.
+pub const PASSWORD: &str = "bench-root-password";
+/// The mingen flags that describe the bench host truthfully, besides `--disk`.
+pub const FACT_ARGS: &[&str] = &["--ssh-password-auth", "no"];
+/// Where the bench repository lives on the guest.
+const GUEST_REPO: &str = "/var/lib/bench-repo";
+/// How long a boot (firmware to login prompt) may take under TCG with another VM beside it.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+
+const SYSLINUX: &str = "/usr/lib/syslinux";
+
+/// The bench's own files under tests/realboot/.
+pub fn file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/realboot").join(name)
+}
+
+/// A test that cannot run says why: SKIPPED on stderr, or a panic under CI=true.
+pub fn skip(reason: &str) {
+    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true, and the real-boot bench cannot run: {reason}");
+    eprintln!("SKIPPED: {reason}");
+}
+
+/// Why the bench cannot run here, or None when it can.
+pub fn why_not() -> Option<String> {
+    why_not_boot().or_else(packages::why_not)
+}
+
+/// Why the disk cannot be built and booted here (packages aside), or None when it can.
+pub fn why_not_boot() -> Option<String> {
+    static WHY_NOT: OnceLock<Option<String>> = OnceLock::new();
+    WHY_NOT
+        .get_or_init(|| {
+            if !nix_is_root() {
+                return Some("the real-boot bench needs root (loop devices, mount, chroot)".into());
+            }
+            let tools = [
+                ("qemu-system-x86_64", "--version"),
+                ("qemu-img", "--version"),
+                ("sfdisk", "--version"),
+                ("mkfs.ext4", "-V"),
+                ("extlinux", "--version"),
+                ("losetup", "--version"),
+                ("unshare", "--version"),
+                ("ssh", "-V"),
+                ("ssh-keygen", "-?"),
+                ("openssl", "version"),
+                ("timeout", "--version"),
+            ];
+            for (tool, arg) in tools {
+                let found = Command::new(tool).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+                if !found {
+                    return Some(format!(
+                        "`{tool}` is not installed (qemu-system-x86, qemu-utils, fdisk, extlinux, openssh-client)"
+                    ));
+                }
+            }
+            for path in
+                ["mbr/mbr.bin", "modules/bios/menu.c32", "modules/bios/libutil.c32", "modules/bios/libcom32.c32"]
+            {
+                if !Path::new(SYSLINUX).join(path).is_file() {
+                    return Some(format!("{SYSLINUX}/{path} is missing (syslinux-common)"));
+                }
+            }
+            image::why_not()
+        })
+        .clone()
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Run COMMAND; panic with its output if it fails.
+pub fn run(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn write(path: &Path, text: &str, mode: u32) {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    }
+    let _ = fs::remove_file(path);
+    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Build PATH with BUILD (given a scratch path beside it) unless it exists; renamed into place.
+fn cached(path: PathBuf, build: impl FnOnce(&Path)) -> PathBuf {
+    if path.exists() {
+        return path;
+    }
+    let scratch = path.with_extension(format!("partial-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&scratch);
+    let _ = fs::remove_file(&scratch);
+    build(&scratch);
+    if fs::rename(&scratch, &path).is_err() {
+        let _ = fs::remove_dir_all(&scratch);
+        let _ = fs::remove_file(&scratch);
+    }
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// The test key: root's authorized key on the disk. Kept in the cache beside the disk.
+pub struct Key {
+    pub private: PathBuf,
+    pub public: String,
+}
+
+pub fn key() -> &'static Key {
+    static KEY: OnceLock<Key> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = cached(image::cache().join("realboot-key"), |scratch| {
+            fs::create_dir_all(scratch).expect("create the key directory");
+            run(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-C", "bench@mingen", "-f"])
+                    .arg(scratch.join("id_ed25519")),
+                "ssh-keygen for the test key",
+            );
+        });
+        Key { private: dir.join("id_ed25519"), public: read(&dir.join("id_ed25519.pub")) }
+    })
+}
+
+// ------------------------------------------------------------------ the disk
+
+/// The cloud-VPS-like disk (raw, 1 GiB, MBR + extlinux + ext4), built once and cached.
+/// Boot overlays of it (`Vm::boot`); never write it.
+pub fn disk() -> PathBuf {
+    static DISK: OnceLock<PathBuf> = OnceLock::new();
+    DISK.get_or_init(|| {
+        // Without the bench repository (while packages.rs is unavailable) the disk boots, without SSH.
+        let repo = if packages::why_not().is_none() { Some(packages::repository()) } else { None };
+        let index = repo
+            .map(|r| fs::read_dir(&r.dir).expect("read the bench repository").flatten().collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".apk") || e.file_name() == "APKINDEX.tar.gz")
+            .map(|e| {
+                let meta = e.metadata().expect("stat");
+                format!("{} {}", e.file_name().to_string_lossy(), meta.len())
+            })
+            .collect::<Vec<_>>();
+        let mut index = index;
+        index.sort();
+        let scripts = [read(&file("build-disk.sh")), read(&file("mdev.initd"))].concat();
+        let stamp = short_hash(&format!("{DISK_VERSION}\n{}\n{}\n{scripts}", index.join("\n"), key().public));
+        let path = image::cache().join(format!("realboot-disk-{stamp}.raw"));
+        cached(path, |scratch| {
+            let stage = scratch.with_extension("stage");
+            let _ = Command::new("rm").arg("-rf").arg(&stage).status();
+            run(Command::new("cp").arg("-a").arg(image::root()).arg(&stage), "copy the image's root tree");
+            stage_root(&stage, repo);
+            run(
+                Command::new("bash").arg(file("build-disk.sh")).arg(&stage).arg(scratch).arg(ROOT_UUID),
+                "build-disk.sh",
+            );
+            let _ = Command::new("rm").arg("-rf").arg(&stage).status();
+        })
+    })
+    .clone()
+}
+
+fn short_hash(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..6])
+}
+
+/// The cloud image's runlevels (FACTS.md), where the service exists.
+const SYSINIT: &[&str] = &["devfs", "dmesg", "mdev", "hwdrivers"];
+const BOOT: &[&str] = &["acpid", "bootmisc", "hostname", "hwclock", "modules", "swap", "sysctl", "syslog"];
+const DEFAULT: &[&str] = &["chronyd", "networking", "sshd", "cloud-init-hotplugd", "qemu-guest-agent"];
+const SHUTDOWN: &[&str] = &["killprocs", "mount-ro", "savecache"];
+
+/// Turn the image's container root into a cloud image's root.
+fn stage_root(stage: &Path, repo: Option<&packages::Repository>) {
+    let at = |p: &str| stage.join(p.trim_start_matches('/'));
+    // What the container build did, undone.
+    let _ = fs::remove_file(at("/.dockerenv"));
+    let rc_conf = read(&at("/etc/rc.conf"));
+    assert!(rc_conf.contains("\nrc_sys=\"lxc\"\n"), "the image's rc.conf no longer sets rc_sys=\"lxc\"");
+    // The image also starts services in parallel; a cloud image keeps OpenRC's default.
+    let rc_conf = rc_conf
+        .replace("\nrc_sys=\"lxc\"\n", "\n#rc_sys=\"\"\n")
+        .replace("\nrc_parallel=\"YES\"\n", "\n#rc_parallel=\"NO\"\n");
+    write(&at("/etc/rc.conf"), &rc_conf, 0o644);
+    let fstab = read(&at("/etc/fstab"));
+    write(&at("/etc/fstab"), &format!("UUID={ROOT_UUID}\t/\text4\trw,relatime 0 1\n{fstab}"), 0o644);
+    write(&at("/etc/modules"), "af_packet\nipv6\n", 0o644);
+    write(&at("/etc/init.d/mdev"), &read(&file("mdev.initd")), 0o755);
+    // The cloud image's identity, console and network.
+    write(&at("/etc/hostname"), &format!("{HOSTNAME}\n"), 0o644);
+    write(
+        &at("/etc/hosts"),
+        &format!("127.0.0.1\t{HOSTNAME} localhost.localdomain localhost\n::1\t\tlocalhost localhost.localdomain\n"),
+        0o644,
+    );
+    write(&at("/etc/resolv.conf"), "nameserver 10.0.2.3\n", 0o644);
+    write(
+        &at("/etc/network/interfaces"),
+        "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet static\n\taddress 10.0.2.15/24\n\tgateway 10.0.2.2\n",
+        0o644,
+    );
+    let inittab = read(&at("/etc/inittab"));
+    let serial = "#ttyS0::respawn:/sbin/getty -L 115200 ttyS0 vt100";
+    assert!(inittab.contains(serial), "the image's inittab has no commented ttyS0 getty");
+    write(&at("/etc/inittab"), &inittab.replace(serial, &serial[1..]), 0o644);
+    // The boot loader's configuration, as update-extlinux keeps it on a cloud image.
+    write(
+        &at("/etc/mkinitfs/mkinitfs.conf"),
+        "features=\"ata base cdrom ext4 keymap kms mmc nvme raid scsi usb virtio \"\n",
+        0o644,
+    );
+    write(&at("/etc/update-extlinux.conf"), &update_extlinux_conf(), 0o644);
+    write(&at("/boot/extlinux.conf"), &extlinux_conf(), 0o644);
+    // root: the test key, and a password for the password test.
+    let hash = run(Command::new("openssl").args(["passwd", "-6", "-salt", "benchsalt", PASSWORD]), "openssl passwd");
+    let hash = String::from_utf8_lossy(&hash.stdout).trim().to_string();
+    let shadow = read(&at("/etc/shadow"));
+    let shadow: String = shadow
+        .lines()
+        .map(|l| if l.starts_with("root:") { format!("root:{hash}:20000:0:::::\n") } else { format!("{l}\n") })
+        .collect();
+    write(&at("/etc/shadow"), &shadow, 0o640);
+    fs::create_dir_all(at("/root/.ssh")).expect("mkdir /root/.ssh");
+    fs::set_permissions(at("/root/.ssh"), fs::Permissions::from_mode(0o700)).expect("chmod");
+    write(&at("/root/.ssh/authorized_keys"), &key().public, 0o600);
+    // The cloud image's packages, from the bench repository, by the image's own apk.
+    if let Some(repo) = repo {
+        install_packages(stage, repo);
+        // sshd refuses passwords (the first value wins in sshd_config); host keys made once,
+        // as a cloud image's first boot would.
+        let sshd_config = at("/etc/ssh/sshd_config");
+        let config = read(&sshd_config);
+        write(
+            &sshd_config,
+            &format!("# The bench host refuses passwords.\nPasswordAuthentication no\n\n{config}"),
+            0o644,
+        );
+        run(Command::new("ssh-keygen").arg("-A").arg("-f").arg(stage), "ssh-keygen -A for the host keys");
+    }
+    // Runlevels: exactly the cloud image's.
+    for (level, services) in [("sysinit", SYSINIT), ("boot", BOOT), ("default", DEFAULT), ("shutdown", SHUTDOWN)] {
+        let dir = at(&format!("/etc/runlevels/{level}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create a runlevel");
+        for service in services {
+            if at(&format!("/etc/init.d/{service}")).exists() {
+                std::os::unix::fs::symlink(format!("/etc/init.d/{service}"), dir.join(service))
+                    .expect("link a service");
+            }
+        }
+    }
+    if repo.is_some() {
+        assert!(at("/etc/runlevels/default/sshd").exists(), "the packages brought no sshd service");
+    }
+}
+
+fn update_extlinux_conf() -> String {
+    format!(
+        "# Written by the real-boot bench in the shape of syslinux's /etc/update-extlinux.conf\n\
+         overwrite=1\n\
+         vesa_menu=0\n\
+         default_kernel_opts=\"console=ttyS0,115200n8 quiet\"\n\
+         modules=sd-mod,usb-storage,ext4\n\
+         root=UUID={ROOT_UUID}\n\
+         verbose=0\n\
+         hidden=1\n\
+         timeout=1\n\
+         default=virt\n\
+         serial_port=\n\
+         serial_baud=115200\n\
+         xen_opts=dom0_mem=384M\n\
+         password=''\n\
+         disable_trigger=0\n"
+    )
+}
+
+fn extlinux_conf() -> String {
+    format!(
+        "# Generated by update-extlinux 6.04_pre1-r16\n\
+         DEFAULT menu.c32\n\
+         PROMPT 0\n\
+         MENU TITLE Alpine/Linux Boot Menu\n\
+         MENU HIDDEN\n\
+         MENU AUTOBOOT Alpine will be booted automatically in # seconds.\n\
+         TIMEOUT 10\n\
+         LABEL virt\n  \
+           MENU DEFAULT\n  \
+           MENU LABEL Linux virt\n  \
+           LINUX vmlinuz-virt\n  \
+           INITRD initramfs-virt\n  \
+           APPEND root=UUID={ROOT_UUID} modules=sd-mod,usb-storage,ext4 console=ttyS0,115200n8 quiet\n\
+         \n\
+         MENU SEPARATOR\n\n"
+    )
+}
+
+fn install_packages(stage: &Path, repo: &packages::Repository) {
+    let guest_repo = stage.join(GUEST_REPO.trim_start_matches('/'));
+    fs::create_dir_all(guest_repo.parent().expect("parent")).expect("mkdir");
+    run(Command::new("cp").arg("-a").arg(&repo.dir).arg(&guest_repo), "copy the bench repository");
+    write(&stage.join("etc/apk/repositories"), &format!("{GUEST_REPO}\n"), 0o644);
+    write(&stage.join("etc/apk/keys").join(&repo.key_name), &read(&repo.public_key), 0o644);
+    let names = packages::CLOUD_IMAGE_PACKAGES.join(" ");
+    let script = format!(
+        "set -e; mount --rbind /dev \"$1/dev\"; mount -t proc proc \"$1/proc\"; \
+         chroot \"$1\" /sbin/apk add --no-network --quiet --no-progress {names}"
+    );
+    run(
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script, "stage"]).arg(stage),
+        "apk add of the cloud image's packages in the staged root",
+    );
+    let _ = fs::remove_dir_all(stage.join("var/cache/apk"));
+    fs::create_dir_all(stage.join("var/cache/apk")).expect("mkdir /var/cache/apk");
+}
+
+// ------------------------------------------------------------------ VMs
+
+/// How the disk is attached, and the name the guest gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bus {
+    /// virtio-blk: /dev/vda
+    Virtio,
+    /// virtio-scsi: /dev/sda
+    Scsi,
+    /// NVMe: /dev/nvme0n1
+    Nvme,
+}
+
+impl Bus {
+    pub fn disk(self) -> &'static str {
+        match self {
+            Bus::Virtio => "vda",
+            Bus::Scsi => "sda",
+            Bus::Nvme => "nvme0n1",
+        }
+    }
+
+    fn qemu_args(self, overlay: &Path) -> Vec<String> {
+        let file = overlay.display();
+        match self {
+            Bus::Virtio => vec!["-drive".into(), format!("file={file},if=virtio,format=qcow2")],
+            Bus::Scsi => vec![
+                "-drive".into(),
+                format!("file={file},if=none,id=root,format=qcow2"),
+                "-device".into(),
+                "virtio-scsi-pci,id=scsi0".into(),
+                "-device".into(),
+                "scsi-hd,drive=root,bus=scsi0.0".into(),
+            ],
+            Bus::Nvme => vec![
+                "-drive".into(),
+                format!("file={file},if=none,id=root,format=qcow2"),
+                "-device".into(),
+                "nvme,serial=bench0001,drive=root".into(),
+            ],
+        }
+    }
+}
+
+/// At most two VMs at once in this process (2 cores, TCG).
+static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+const MAX_VMS: usize = 2;
+
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let (lock, cond) = &SLOTS;
+        let mut used = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while *used >= MAX_VMS {
+            used = cond.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (lock, cond) = &SLOTS;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        cond.notify_one();
+    }
+}
+
+/// How a boot ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boot {
+    /// The getty on ttyS0 printed its login prompt.
+    LoginPrompt,
+    /// The initramfs could not mount the root and started its emergency shell.
+    EmergencyShell,
+}
+
+/// Whether ssh may learn the host key or must find it in known_hosts already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostKey {
+    AcceptNew,
+    Strict,
+}
+
+/// Scratch space for a VM's overlay, logs and sockets; `keep` leaves it for a later VM.
+pub struct WorkDir(PathBuf);
+
+impl WorkDir {
+    pub fn new(name: &str) -> WorkDir {
+        let root = image::cache().join("realboot-work");
+        fs::create_dir_all(&root).expect("create the work directory");
+        // Work directories of processes that are gone are left-overs: remove them.
+        for entry in fs::read_dir(&root).expect("read the work directory").flatten() {
+            let pid = entry.file_name().to_string_lossy().rsplit('-').next().unwrap_or("").to_string();
+            if !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()) && !Path::new("/proc").join(&pid).exists() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = root.join(format!("{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create a VM's work directory");
+        WorkDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running QEMU guest. Dropping it kills QEMU.
+pub struct Vm {
+    child: Child,
+    pub name: String,
+    pub dir: PathBuf,
+    pub serial: PathBuf,
+    monitor: PathBuf,
+    pub port: u16,
+    pub known_hosts: PathBuf,
+    pub overlay: PathBuf,
+    _slot: Slot,
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A copy-on-write overlay at OVERLAY over BASE.
+pub fn overlay(base: &Path, overlay: &Path) {
+    let format = if base.extension().is_some_and(|e| e == "raw") { "raw" } else { "qcow2" };
+    let _ = fs::remove_file(overlay);
+    run(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-b"])
+            .arg(base)
+            .args(["-F", format])
+            .arg(overlay),
+        "qemu-img create of an overlay",
+    );
+}
+
+impl Vm {
+    /// Boot a new overlay over BASE in DIR on BUS. Returns at once; `wait_boot` waits.
+    pub fn boot(name: &str, base: &Path, dir: &Path, bus: Bus) -> Vm {
+        let image = dir.join(format!("{name}.qcow2"));
+        overlay(base, &image);
+        Vm::start(name, &image, dir, bus)
+    }
+
+    /// Boot IMAGE itself (an overlay the caller made) in DIR on BUS.
+    pub fn start(name: &str, image: &Path, dir: &Path, bus: Bus) -> Vm {
+        let slot = Slot::take();
+        let serial = dir.join(format!("{name}.serial.log"));
+        let monitor = dir.join(format!("{name}.monitor"));
+        let _ = fs::remove_file(&monitor);
+        let port = free_port();
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "128", "-smp", "1", "-display", "none"])
+            .args(["-name", name])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+            // The guest reaches nothing but the forwarded port: restrict=on, loopback only.
+            .args(["-netdev", &format!("user,id=net0,restrict=on,ipv6=off,hostfwd=tcp:127.0.0.1:{port}-:22")])
+            .args(["-device", "virtio-net-pci,netdev=net0"])
+            .args(["-device", "virtio-rng-pci", "-device", "virtio-balloon-pci"])
+            .args(bus.qemu_args(image))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(fs::File::create(dir.join(format!("{name}.qemu.log"))).expect("create the QEMU log")));
+        let child = cmd.spawn().expect("start qemu-system-x86_64");
+        let known_hosts = dir.join(format!("{name}.known_hosts"));
+        let _ = fs::File::create(&known_hosts);
+        Vm {
+            child,
+            name: name.into(),
+            dir: dir.into(),
+            serial,
+            monitor,
+            port,
+            known_hosts,
+            overlay: image.into(),
+            _slot: slot,
+        }
+    }
+
+    /// The serial console so far.
+    pub fn serial_text(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    /// The serial log's length now: a mark to wait from.
+    pub fn mark(&self) -> usize {
+        fs::metadata(&self.serial).map_or(0, |m| m.len() as usize)
+    }
+
+    /// The last lines of the serial console, for messages.
+    pub fn tail(&self) -> String {
+        let text = self.serial_text();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(40);
+        format!("--- {} serial (last 40 lines) ---\n{}", self.name, lines[from..].join("\n"))
+    }
+
+    /// Wait (at most BOOT_TIMEOUT) until the serial log past FROM shows a login prompt or the
+    /// initramfs emergency shell.
+    pub fn wait_boot(&mut self, from: usize) -> Boot {
+        let start = Instant::now();
+        loop {
+            let bytes = fs::read(&self.serial).unwrap_or_default();
+            let text = String::from_utf8_lossy(bytes.get(from..).unwrap_or_default());
+            if text.contains("initramfs emergency recovery shell") {
+                return Boot::EmergencyShell;
+            }
+            if text.contains(&format!("{HOSTNAME} login: ")) {
+                return Boot::LoginPrompt;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("QEMU exited ({status}) while {} booted\n{}", self.name, self.tail());
+            }
+            assert!(
+                start.elapsed() < BOOT_TIMEOUT,
+                "{} did not boot within {} s\n{}",
+                self.name,
+                BOOT_TIMEOUT.as_secs(),
+                self.tail()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn ssh_command(&self, host_key: HostKey) -> Command {
+        let mut cmd = Command::new("timeout");
+        let strict = match host_key {
+            HostKey::AcceptNew => "accept-new",
+            HostKey::Strict => "yes",
+        };
+        cmd.args(["-k", "5", "900", "ssh", "-p", &self.port.to_string(), "-i"])
+            .arg(&key().private)
+            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20"])
+            .args(["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=8", "-o", "LogLevel=ERROR"])
+            // One name for the host whatever its port: known_hosts carries over between VMs.
+            .args(["-o", &format!("HostKeyAlias={HOSTNAME}-bench")])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+            .arg("-o")
+            .arg(format!("StrictHostKeyChecking={strict}"))
+            .arg("root@127.0.0.1");
+        cmd
+    }
+
+    /// Run SCRIPT in a root shell over SSH with the test key, INPUT on its stdin.
+    pub fn ssh(&self, script: &str, input: &[u8], host_key: HostKey) -> Output {
+        let mut child = self
+            .ssh_command(host_key)
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ssh");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let input = input.to_vec();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().expect("run ssh");
+        let _ = feeder.join();
+        out
+    }
+
+    /// Like `ssh`, and it must succeed.
+    pub fn ssh_ok(&self, script: &str, host_key: HostKey) -> String {
+        let out = self.ssh(script, b"", host_key);
+        assert!(
+            out.status.success(),
+            "ssh to {} ran `{script}` and failed ({}):\n{}{}\n{}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Wait (at most 300 s) until SSH logs in with the key; the last failure if it never does.
+    pub fn wait_ssh(&self, host_key: HostKey) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            let out = self.ssh("true", b"", host_key);
+            if out.status.success() {
+                return Ok(());
+            }
+            let why = String::from_utf8_lossy(&out.stderr).into_owned();
+            if start.elapsed() > Duration::from_secs(300) {
+                return Err(format!("ssh to {} never logged in: {why}\n{}", self.name, self.tail()));
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+
+    /// `ssh -v` with the key (for the server's software and methods), as text, success or not.
+    pub fn ssh_verbose(&self, host_key: HostKey) -> (bool, String) {
+        let out = self.ssh_command(host_key).args(["-v", "true"]).stdin(Stdio::null()).output().expect("run ssh -v");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Try root's password (no key) through SSH_ASKPASS: whether it logged in, and ssh -v's text.
+    pub fn ssh_password(&self) -> (bool, String) {
+        let askpass = self.dir.join("askpass.sh");
+        write(&askpass, &format!("#!/bin/sh\necho '{PASSWORD}'\n"), 0o700);
+        let out = Command::new("timeout")
+            .args(["-k", "5", "120", "ssh", "-v", "-p", &self.port.to_string()])
+            .args(["-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive"])
+            .args(["-o", "NumberOfPasswordPrompts=1", "-o", "BatchMode=no", "-o", "ConnectTimeout=20"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", &format!("HostKeyAlias={HOSTNAME}-bench")])
+            .args(["root@127.0.0.1", "true"])
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh with a password");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Trust the host keys in KNOWN_HOSTS (another VM's, from before): strict checking uses them.
+    pub fn trust(&self, known_hosts: &Path) {
+        fs::copy(known_hosts, &self.known_hosts).expect("copy known_hosts");
+    }
+
+    /// Forget every host key learnt (a host with fresh keys is then accepted as new).
+    pub fn forget_host_keys(&self) {
+        fs::write(&self.known_hosts, "").expect("empty known_hosts");
+    }
+
+    /// Send a command to the QEMU monitor.
+    pub fn monitor(&self, command: &str) {
+        if let Ok(mut sock) = std::os::unix::net::UnixStream::connect(&self.monitor) {
+            let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = sock.write_all(format!("{command}\n").as_bytes());
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf);
+        }
+    }
+
+    /// `reboot` from an SSH session, as an operator types it; the serial mark before it.
+    pub fn reboot(&self, host_key: HostKey) -> usize {
+        let mark = self.mark();
+        let _ = self.ssh("reboot", b"", host_key);
+        mark
+    }
+
+    /// Wait (at most TIMEOUT) for QEMU to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        false
+    }
+
+    /// `poweroff` over SSH and wait for QEMU to end, so the overlay is clean to build on.
+    pub fn poweroff(mut self, host_key: HostKey) -> PathBuf {
+        let _ = self.ssh("poweroff", b"", host_key);
+        assert!(self.wait_exit(Duration::from_secs(240)), "{} did not power off\n{}", self.name, self.tail());
+        self.overlay.clone()
+    }
+
+    /// End QEMU now (the monitor's `quit`, then a kill).
+    pub fn quit(mut self) {
+        self.monitor("quit");
+        if !self.wait_exit(Duration::from_secs(10)) {
+            let _ = self.child.kill();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        // Keep the serial log where a person can read it after the run.
+        let logs = image::cache().join("realboot-logs");
+        let _ = fs::create_dir_all(&logs);
+        let _ = fs::copy(&self.serial, logs.join(format!("{}.serial.log", self.name)));
+    }
+}
+
+/// Boot BASE on BUS and wait for the login prompt and an SSH login (learning the host key).
+pub fn boot_ready(name: &str, base: &Path, dir: &Path, bus: Bus) -> Vm {
+    let mut vm = Vm::boot(name, base, dir, bus);
+    let boot = vm.wait_boot(0);
+    assert_eq!(boot, Boot::LoginPrompt, "{name} did not boot\n{}", vm.tail());
+    vm.wait_ssh(HostKey::AcceptNew).unwrap_or_else(|e| panic!("{e}"));
+    vm
+}
+
+/// Send SCRIPT to the guest as PATH over SSH.
+pub fn upload(vm: &Vm, path: &str, script: &str, host_key: HostKey) {
+    let out = vm.ssh(&format!("cat > {path}"), script.as_bytes(), host_key);
+    assert!(out.status.success(), "upload of {path} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
