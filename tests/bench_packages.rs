@@ -1,0 +1,151 @@
+//! The real-boot bench's package repository, proven on the real Alpine 3.23.6 userland: in
+//! a chroot of a copy of the image, the image's own apk-tools 3 trusts the signed index
+//! (and nothing unsigned), installs OpenSSH, dropbear and the cloud image's stand-ins with
+//! their scripts and `-openrc` packages, the built programs run there, and `apk del`
+//! removes it all again.
+
+mod image;
+#[path = "realboot/mod.rs"]
+mod realboot;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use realboot::packages;
+
+/// Where the repository sits in the chroot, as on the bench guest.
+const GUEST_REPO: &str = "/var/lib/bench-repo";
+
+/// Run SCRIPT with /bin/sh in a chroot of ROOT, with /dev and /proc mounted in a private
+/// mount namespace (gone when it ends) and no network.
+fn in_chroot(root: &Path, script: &str) -> Output {
+    let wrapper = "mount --rbind /dev \"$1/dev\" && mount -t proc proc \"$1/proc\" && exec chroot \"$1\" /bin/sh -c \"$2\"";
+    Command::new("unshare")
+        .args(["--mount", "--net", "--propagation", "private", "sh", "-c", wrapper, "chroot"])
+        .arg(root)
+        .arg(script)
+        .output()
+        .expect("run unshare")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Run SCRIPT in the chroot; panic with its output unless it succeeds. Returns its output.
+fn ok(root: &Path, script: &str) -> String {
+    let out = in_chroot(root, script);
+    assert!(out.status.success(), "`{script}` failed ({}):\n{}", out.status, text(&out));
+    text(&out)
+}
+
+#[test]
+fn the_bench_repository_installs_and_removes_on_the_real_userland() {
+    if let Some(why) = image::why_not().or_else(packages::why_not) {
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true, and the bench repository cannot be built: {why}");
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let repo = packages::repository();
+    let index = repo.dir.join("x86_64/APKINDEX.tar.gz");
+    assert!(index.is_file(), "{} is missing", index.display());
+
+    let work = tempfile::TempDir::new_in(image::cache()).expect("a scratch directory in the cache");
+    let root = work.path().join("root");
+    let copy = Command::new("cp").arg("-a").arg(image::root()).arg(&root).status().expect("cp");
+    assert!(copy.success(), "copy the image's root tree");
+    let guest_repo = root.join(GUEST_REPO.trim_start_matches('/'));
+    fs::create_dir_all(guest_repo.parent().unwrap()).unwrap();
+    assert!(Command::new("cp").arg("-a").arg(&repo.dir).arg(&guest_repo).status().unwrap().success());
+    fs::write(root.join("etc/apk/repositories"), format!("{GUEST_REPO}\n")).unwrap();
+
+    // Without the bench key, apk refuses the index: the signature is what it trusts.
+    let untrusted = in_chroot(&root, "apk add --no-network dropbear");
+    assert!(!untrusted.status.success(), "apk installed from the bench repository without its key:\n{}", text(&untrusted));
+    assert!(text(&untrusted).contains("UNTRUSTED"), "apk's refusal names no untrusted signature:\n{}", text(&untrusted));
+
+    fs::copy(&repo.public_key, root.join("etc/apk/keys").join(&repo.key_name)).unwrap();
+    let mut names: Vec<&str> = packages::CLOUD_IMAGE_PACKAGES.to_vec();
+    names.extend(["dropbear", "dropbear-convert"]);
+    let added = ok(&root, &format!("apk add --no-network {}", names.join(" ")));
+    assert!(!added.contains("UNTRUSTED"), "{added}");
+
+    // Alpine's split: the meta package's parts, and every -openrc package by install_if.
+    let expected = [
+        "openssh-server",
+        "openssh-server-common",
+        "openssh-server-common-openrc",
+        "openssh-keygen",
+        "openssh-client-default",
+        "openssh-client-common",
+        "openssh-sftp-server",
+        "dropbear-openrc",
+        "chrony-openrc",
+        "cloud-init-openrc",
+        "qemu-guest-agent-openrc",
+        "python3",
+        "py3-yaml",
+        "readline",
+        "gnutls",
+    ];
+    let installed = ok(&root, &format!("apk info -e {}", expected.join(" ")));
+    for name in expected {
+        assert!(installed.lines().any(|l| l == name), "{name} is not installed:\n{installed}\n{added}");
+    }
+    for path in [
+        "etc/init.d/sshd",
+        "etc/conf.d/sshd",
+        "etc/ssh/sshd_config",
+        "etc/init.d/dropbear",
+        "etc/conf.d/dropbear",
+        "etc/init.d/chronyd",
+        "etc/init.d/cloud-init-local",
+        "etc/init.d/cloud-final",
+        "etc/init.d/cloud-init-hotplugd",
+        "etc/init.d/qemu-guest-agent",
+        "usr/lib/ssh/sftp-server",
+    ] {
+        assert!(root.join(path).exists(), "/{path} is not installed");
+    }
+    // A cloud image's worth of disk: python3 and its kin are stand-ins of realistic size.
+    let python = fs::metadata(root.join("usr/lib/libpython3.12.so.1.0")).unwrap().len();
+    assert!(python > 4_000_000, "libpython3.12 is {python} bytes");
+
+    // bash's post-install added it to /etc/shells; it is a working shell.
+    let shells = fs::read_to_string(root.join("etc/shells")).unwrap();
+    assert!(shells.lines().any(|l| l == "/bin/bash"), "/etc/shells:\n{shells}");
+    assert_eq!(ok(&root, "/bin/bash -c 'echo $((6 * 7))'").trim(), "42");
+
+    // The built programs run on the real userland.
+    let keys = ok(&root, "ssh-keygen -A && ls /etc/ssh");
+    assert!(keys.contains("ssh_host_ed25519_key.pub"), "{keys}");
+    ok(&root, "/usr/sbin/sshd -t");
+    let config = ok(&root, "/usr/sbin/sshd -T");
+    for line in ["permitrootlogin without-password", "subsystem sftp /usr/lib/ssh/sftp-server", "pidfile /run/sshd.pid"] {
+        assert!(config.lines().any(|l| l == line), "sshd -T has no `{line}`:\n{config}");
+    }
+    let version = in_chroot(&root, "/usr/sbin/dropbear -V");
+    assert!(text(&version).contains("Dropbear v20"), "dropbear -V:\n{}", text(&version));
+    let generated = ok(&root, "dropbearkey -t ed25519 -f /tmp/k");
+    assert!(generated.contains("ssh-ed25519 AAAA"), "{generated}");
+    let converted = ok(
+        &root,
+        "dropbearconvert openssh dropbear /etc/ssh/ssh_host_ed25519_key /tmp/converted && dropbearkey -y -f /tmp/converted",
+    );
+    let openssh_key = fs::read_to_string(root.join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
+    let openssh_blob = openssh_key.split_whitespace().nth(1).unwrap();
+    assert!(converted.contains(openssh_blob), "the converted host key is not sshd's:\n{converted}\n{openssh_key}");
+    // The init scripts are valid shell for the image's busybox.
+    ok(&root, "for s in sshd dropbear chronyd cloud-init cloud-final cloud-init-hotplugd qemu-guest-agent; do sh -n /etc/init.d/$s || exit 1; done");
+
+    // And apk removes it all: bash's pre-deinstall takes /bin/bash out of /etc/shells.
+    ok(&root, &format!("apk del --no-network {}", names.join(" ")));
+    let left = in_chroot(&root, &format!("apk info -e {} {}", names.join(" "), expected.join(" ")));
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "still installed:\n{}", text(&left));
+    let shells = fs::read_to_string(root.join("etc/shells")).unwrap();
+    assert!(!shells.lines().any(|l| l == "/bin/bash"), "/etc/shells still has bash:\n{shells}");
+    for path in ["bin/bash", "usr/sbin/sshd", "usr/sbin/dropbear", "etc/init.d/sshd", "usr/lib/libpython3.12.so.1.0"] {
+        assert!(!root.join(path).exists(), "/{path} is still there after apk del");
+    }
+}
