@@ -2,7 +2,7 @@
 //! per profile per process, then copied), running commands in it under
 //! `chroot` in a private network namespace, and reading its state back.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -11,11 +11,12 @@ use std::time::Instant;
 
 use super::profile::Profile;
 use super::tree::Tree;
-use super::{apk, check, extract_minirootfs, paths, work_dir};
+use super::{Release, apk, check, extract_minirootfs, paths, work_dir};
 
 /// Paths that `tree()` and `du_kb()` leave out (with everything beneath):
 /// - `/.sandbox`: the harness's own directory: the stand-ins' call log
-///   (`calls.log`) and the local apk repository (`repo/`);
+///   (`calls.log`), the local apk repository (`repo/`) and the real tools
+///   that have a recorder in front (`real/`);
 /// - `/root/script.sh`: where `run_script` puts the script it runs.
 pub const EXCLUDED: &[&str] = &["/.sandbox", "/root/script.sh"];
 
@@ -23,6 +24,10 @@ pub const EXCLUDED: &[&str] = &["/.sandbox", "/root/script.sh"];
 pub const CALL_LOG: &str = "/.sandbox/calls.log";
 /// The local repository inside the host, the only line of /etc/apk/repositories.
 pub const REPO_PATH: &str = "/.sandbox/repo";
+
+/// Set in every run, so that the real mkinitfs is reproducible (a run cut
+/// short and run again must end like a clean run, byte for byte).
+pub const SOURCE_DATE_EPOCH: &str = "1763000000";
 
 /// Longest a single `run` may take before it is killed.
 const RUN_TIMEOUT_SECS: &str = "300";
@@ -88,7 +93,8 @@ impl Host {
 
     /// Runs `/bin/sh -c cmd` inside the host: `chroot` under `unshare --net`
     /// (eth0 carries the profile's documentation-range addresses; nothing
-    /// leaves the namespace), with only PATH and `env` set, stdin empty.
+    /// leaves the namespace), with only PATH, [`SOURCE_DATE_EPOCH`] and `env`
+    /// set, stdin empty.
     pub fn run(&self, cmd: &str, env: &[(&str, &str)]) -> Output {
         run_in(&self.root, &self.profile, cmd, env)
     }
@@ -171,6 +177,40 @@ impl Host {
         let _ = std::fs::remove_file(log);
     }
 
+    /// The files in /boot/initramfs-virt: path (no leading slash) -> content.
+    /// A real initramfs (gzip'd newc cpio, from the real mkinitfs) is read as
+    /// such; the 3.22 stand-in's text form is read into the same shape, its
+    /// modules under `lib/modules/<kernel>/` (content empty).
+    pub fn initramfs(&self) -> BTreeMap<String, Vec<u8>> {
+        let bytes = std::fs::read(self.host_path("/boot/initramfs-virt")).expect("read /boot/initramfs-virt");
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            let mut cpio = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(bytes.as_slice()), &mut cpio)
+                .expect("gunzip the initramfs");
+            return newc_files(&cpio);
+        }
+        let text = String::from_utf8(bytes).expect("the stand-in's initramfs is text");
+        let kernel = text.lines().find_map(|l| l.strip_prefix("kernel=")).unwrap_or_default().to_string();
+        let mut files = BTreeMap::new();
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            if let Some(m) = line.strip_prefix("module ") {
+                files.insert(format!("lib/modules/{kernel}/{m}"), Vec::new());
+            } else if let Some(f) = line.strip_prefix("file /") {
+                files.insert(f.to_string(), Vec::new());
+                current = Some(f.to_string());
+                continue;
+            } else if let (Some(c), Some(content)) = (&current, line.strip_prefix("| ")) {
+                let data = files.get_mut(c).expect("the current file");
+                data.extend_from_slice(content.as_bytes());
+                data.push(b'\n');
+                continue;
+            }
+            current = None;
+        }
+        files
+    }
+
     /// Disk blocks used by the tree (minus [`EXCLUDED`]), in KiB, hard links
     /// counted once: what `du -sk` would say of the host's disk.
     pub fn du_kb(&self) -> u64 {
@@ -200,15 +240,26 @@ fn template(name: &str) -> PathBuf {
 
 /// Builds a host for `profile` at `root` (which must not exist yet).
 fn provision(profile: &Profile, root: &Path) {
-    extract_minirootfs(root);
+    let image = profile.release == Release::V3_23;
+    if image {
+        // The real Alpine 3.23.6 install, made a cloud VPS's again.
+        let copy_started = Instant::now();
+        check(Command::new("cp").arg("-a").arg(super::image::root()).arg(root), "copy the image's root tree");
+        eprintln!("sandbox: profile `{}`: image copied in {:.2?}", profile.name, copy_started.elapsed());
+        undo_container_build(root);
+    } else {
+        extract_minirootfs(root);
+    }
     let repo = apk::repo(profile.release);
 
-    // Release configuration files that no package ships (alpine-baselayout's).
+    // Release configuration files. On the minirootfs, those no package of the
+    // repository ships (alpine-baselayout's); on the image, all of them: they
+    // are its own bytes, but for what its container build changed.
     let shipped: HashSet<&str> = repo.package_paths.iter().map(String::as_str).collect();
     for rel in shared_config_files(profile) {
         let abs = format!("/{rel}");
         let in_shipped_dir = repo.shared_dirs.iter().any(|d| abs.starts_with(&format!("{d}/")));
-        if !shipped.contains(abs.as_str()) && !in_shipped_dir {
+        if image || (!shipped.contains(abs.as_str()) && !in_shipped_dir) {
             let data = std::fs::read(paths::shared_file(&rel, profile.release)).expect("read shared file");
             write_file(root, &rel, &data, 0o644);
         }
@@ -228,6 +279,7 @@ fn provision(profile: &Profile, root: &Path) {
     for (name, major, minor) in
         [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
     {
+        let _ = std::fs::remove_file(root.join("dev").join(name));
         check(
             Command::new("mknod").args(["-m", "666"]).arg(root.join("dev").join(name)).args([
                 "c",
@@ -238,7 +290,9 @@ fn provision(profile: &Profile, root: &Path) {
         );
     }
 
+    let apk_started = Instant::now();
     let out = run_in(root, profile, &format!("apk add --no-progress {}", profile.world.join(" ")), &[]);
+    eprintln!("sandbox: profile `{}`: apk add of its world in {:.2?}", profile.name, apk_started.elapsed());
     if !out.status.success() {
         panic!(
             "profile `{}`: apk add failed:\n{}{}",
@@ -266,6 +320,12 @@ fn provision(profile: &Profile, root: &Path) {
         for (name, data) in ssh_host_keys() {
             let mode = if name.ends_with(".pub") { 0o644 } else { 0o600 };
             write_file(root, &format!("/etc/ssh/{name}"), data, mode);
+        }
+    }
+    // The profile's runlevels are the whole of them (the image's own links go).
+    for level in list_dir(&root.join("etc/runlevels")) {
+        for svc in list_dir(&root.join("etc/runlevels").join(&level)) {
+            std::fs::remove_file(root.join("etc/runlevels").join(&level).join(svc)).expect("unlink service");
         }
     }
     for (level, services) in &profile.runlevels {
@@ -303,21 +363,80 @@ fn provision(profile: &Profile, root: &Path) {
         std::fs::write(&p, text).expect("write edited file");
     }
     // busybox's reboot would act on the machine: the stand-in only records.
-    let reboot = std::fs::read(paths::sandbox().join("standins/reboot")).expect("read reboot stand-in");
-    let _ = std::fs::remove_file(root.join("sbin/reboot"));
-    write_file(root, "/sbin/reboot", &reboot, 0o755);
+    install_standin(root, "/sbin/reboot", "reboot");
+    if image {
+        // Real OpenRC, but nothing may start a daemon: rc-service, openrc and
+        // openrc-run (every init script's interpreter) are stand-ins. The real
+        // tools the script changes state with get a recorder in front.
+        for (path, standin) in
+            [("/sbin/rc-service", "rc-service"), ("/sbin/openrc", "openrc"), ("/sbin/openrc-run", "openrc-run")]
+        {
+            install_standin(root, path, standin);
+        }
+        for path in RECORDED {
+            let name = path.rsplit('/').next().expect("a file name");
+            let real = root.join(REAL_DIR.trim_start_matches('/')).join(name);
+            std::fs::create_dir_all(real.parent().expect("parent")).expect("create the real tools' directory");
+            std::fs::rename(root.join(path.trim_start_matches('/')), &real).expect("move a real tool aside");
+            install_standin(root, path, "record");
+        }
+    }
 
     // Boot files as the kernel's install leaves them: its trigger runs
-    // mkinitfs, whose new initramfs fires syslinux's update-extlinux.
+    // mkinitfs, whose new initramfs fires syslinux's update-extlinux. The
+    // image's initramfs is the one its own kernel install built.
     let out = run_in(
         root,
         profile,
-        "set -e; if [ -x /sbin/mkinitfs ]; then mkinitfs \"$(cat /usr/share/kernel/virt/kernel.release)\" >/dev/null; fi; \
+        "set -e; if [ ! -e /boot/initramfs-virt ]; then mkinitfs \"$(cat /usr/share/kernel/virt/kernel.release)\" >/dev/null; fi; \
          if [ -x /sbin/update-extlinux ]; then update-extlinux; fi",
         &[],
     );
     assert!(out.status.success(), "boot files: {}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_file(root.join(CALL_LOG.trim_start_matches('/')));
+    if image {
+        // apk-tools 3 logs each transaction with its time: the harness's own
+        // installs are not the host's history, and would make builds differ.
+        std::fs::copy(super::image::root().join("var/log/apk.log"), root.join("var/log/apk.log"))
+            .expect("put the image's apk.log back");
+    }
+}
+
+/// Real tools of the image that change state, recorded in the call log by
+/// `standins/record` at their own path, which then runs the real one, moved to
+/// [`REAL_DIR`].
+pub const RECORDED: &[&str] = &["/sbin/rc-update", "/sbin/mkinitfs"];
+/// Where the recorded real tools live inside a host.
+pub const REAL_DIR: &str = "/.sandbox/real";
+
+/// Replaces `path` (a file or symlink, or nothing) with a stand-in, mode 0755.
+fn install_standin(root: &Path, path: &str, standin: &str) {
+    let data = std::fs::read(paths::sandbox().join("standins").join(standin)).expect("read a stand-in");
+    let _ = std::fs::remove_file(root.join(path.trim_start_matches('/')));
+    write_file(root, path, &data, 0o755);
+}
+
+/// Undoes what building the image as a container changed (FACTS.md), so that
+/// it is an installed VPS again: `rc_sys="lxc"` (OpenRC would skip services),
+/// `/.dockerenv`, its agent and `setup-dns` service (not Alpine's; their
+/// runlevel links go with the profile's runlevels). `/etc/modules` (9p) gets
+/// Alpine's text back with the release files, and `/etc/fstab` a root line
+/// from the profile.
+fn undo_container_build(root: &Path) {
+    for path in [
+        "/.dockerenv",
+        "/etc/init.d/quicksand-guest-agent",
+        "/usr/local/bin/quicksand-guest-agent",
+        "/etc/init.d/setup-dns",
+        "/etc/resolv.conf.quicksand",
+    ] {
+        std::fs::remove_file(root.join(path.trim_start_matches('/')))
+            .unwrap_or_else(|e| panic!("the image has no {path} to remove: {e}"));
+    }
+    let rc_conf = root.join("etc/rc.conf");
+    let text = std::fs::read_to_string(&rc_conf).expect("read the image's rc.conf");
+    assert_eq!(text.matches("\nrc_sys=\"lxc\"\n").count(), 1, "the image's rc.conf sets rc_sys=\"lxc\" once");
+    std::fs::write(&rc_conf, text.replace("\nrc_sys=\"lxc\"\n", "\n#rc_sys=\"\"\n")).expect("write rc.conf");
 }
 
 /// Relative paths of the release's files under ../shared/alpine/files
@@ -326,7 +445,7 @@ fn shared_config_files(profile: &Profile) -> BTreeSet<String> {
     let files = paths::alpine().join("files");
     let mut set = BTreeSet::new();
     collect_files(&files, "", &mut set);
-    if profile.release == super::Release::V3_22 {
+    if profile.release == Release::V3_22 {
         collect_files(&files.join("_3.22"), "", &mut set);
     }
     set
@@ -408,11 +527,36 @@ fn run_in(root: &Path, profile: &Profile, cmd: &str, env: &[(&str, &str)]) -> Ou
         .arg(cmd)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        // The real mkinitfs then builds the same bytes from the same inputs.
+        .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
         .stdin(Stdio::null());
     for (k, v) in env {
         c.env(k, v);
     }
     c.output().expect("run a command in the sandbox")
+}
+
+/// The regular files of a newc cpio archive: path -> content.
+fn newc_files(mut cpio: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let hex = |b: &[u8]| u32::from_str_radix(std::str::from_utf8(b).expect("cpio header"), 16).expect("cpio hex");
+    let pad = |n: usize| (4 - n % 4) % 4;
+    let mut files = BTreeMap::new();
+    while cpio.len() >= 110 {
+        assert!(&cpio[..6] == b"070701", "not a newc cpio header");
+        let mode = hex(&cpio[14..22]);
+        let size = hex(&cpio[54..62]) as usize;
+        let name_len = hex(&cpio[94..102]) as usize;
+        let name = String::from_utf8_lossy(&cpio[110..110 + name_len - 1]).into_owned();
+        let data_start = 110 + name_len + pad(110 + name_len);
+        if name == "TRAILER!!!" {
+            break;
+        }
+        if mode & 0o170000 == 0o100000 {
+            files.insert(name.trim_start_matches("./").to_string(), cpio[data_start..data_start + size].to_vec());
+        }
+        cpio = &cpio[data_start + size + pad(size)..];
+    }
+    files
 }
 
 /// Resolves `path` inside `root` the way the chroot would (symlinks,
