@@ -20,7 +20,8 @@ const GUEST_REPO: &str = "/var/lib/bench-repo";
 /// Run SCRIPT with /bin/sh in a chroot of ROOT, with /dev and /proc mounted in a private
 /// mount namespace (gone when it ends) and no network.
 fn in_chroot(root: &Path, script: &str) -> Output {
-    let wrapper = "mount --rbind /dev \"$1/dev\" && mount -t proc proc \"$1/proc\" && exec chroot \"$1\" /bin/sh -c \"$2\"";
+    let wrapper =
+        "mount --rbind /dev \"$1/dev\" && mount -t proc proc \"$1/proc\" && exec chroot \"$1\" /bin/sh -c \"$2\"";
     Command::new("unshare")
         .args(["--mount", "--net", "--propagation", "private", "sh", "-c", wrapper, "chroot"])
         .arg(root)
@@ -43,7 +44,10 @@ fn ok(root: &Path, script: &str) -> String {
 #[test]
 fn the_bench_repository_installs_and_removes_on_the_real_userland() {
     if let Some(why) = image::why_not().or_else(packages::why_not) {
-        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true, and the bench repository cannot be built: {why}");
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true, and the bench repository cannot be built: {why}"
+        );
         eprintln!("SKIPPED: {why}");
         return;
     }
@@ -62,8 +66,16 @@ fn the_bench_repository_installs_and_removes_on_the_real_userland() {
 
     // Without the bench key, apk refuses the index: the signature is what it trusts.
     let untrusted = in_chroot(&root, "apk add --no-network dropbear");
-    assert!(!untrusted.status.success(), "apk installed from the bench repository without its key:\n{}", text(&untrusted));
-    assert!(text(&untrusted).contains("UNTRUSTED"), "apk's refusal names no untrusted signature:\n{}", text(&untrusted));
+    assert!(
+        !untrusted.status.success(),
+        "apk installed from the bench repository without its key:\n{}",
+        text(&untrusted)
+    );
+    assert!(
+        text(&untrusted).contains("UNTRUSTED"),
+        "apk's refusal names no untrusted signature:\n{}",
+        text(&untrusted)
+    );
 
     fs::copy(&repo.public_key, root.join("etc/apk/keys").join(&repo.key_name)).unwrap();
     let mut names: Vec<&str> = packages::CLOUD_IMAGE_PACKAGES.to_vec();
@@ -122,7 +134,8 @@ fn the_bench_repository_installs_and_removes_on_the_real_userland() {
     assert!(keys.contains("ssh_host_ed25519_key.pub"), "{keys}");
     ok(&root, "/usr/sbin/sshd -t");
     let config = ok(&root, "/usr/sbin/sshd -T");
-    for line in ["permitrootlogin without-password", "subsystem sftp /usr/lib/ssh/sftp-server", "pidfile /run/sshd.pid"] {
+    for line in ["permitrootlogin without-password", "subsystem sftp /usr/lib/ssh/sftp-server", "pidfile /run/sshd.pid"]
+    {
         assert!(config.lines().any(|l| l == line), "sshd -T has no `{line}`:\n{config}");
     }
     let version = in_chroot(&root, "/usr/sbin/dropbear -V");
@@ -137,7 +150,10 @@ fn the_bench_repository_installs_and_removes_on_the_real_userland() {
     let openssh_blob = openssh_key.split_whitespace().nth(1).unwrap();
     assert!(converted.contains(openssh_blob), "the converted host key is not sshd's:\n{converted}\n{openssh_key}");
     // The init scripts are valid shell for the image's busybox.
-    ok(&root, "for s in sshd dropbear chronyd cloud-init cloud-final cloud-init-hotplugd qemu-guest-agent; do sh -n /etc/init.d/$s || exit 1; done");
+    ok(
+        &root,
+        "for s in sshd dropbear chronyd cloud-init cloud-final cloud-init-hotplugd qemu-guest-agent; do sh -n /etc/init.d/$s || exit 1; done",
+    );
 
     // And apk removes it all: bash's pre-deinstall takes /bin/bash out of /etc/shells.
     ok(&root, &format!("apk del --no-network {}", names.join(" ")));
