@@ -8,7 +8,9 @@ mod image;
 #[path = "realboot/mod.rs"]
 mod realboot;
 
+use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -17,17 +19,24 @@ use realboot::packages;
 /// Where the repository sits in the chroot, as on the bench guest.
 const GUEST_REPO: &str = "/var/lib/bench-repo";
 
-/// Run SCRIPT with /bin/sh in a chroot of ROOT, with /dev and /proc mounted in a private
-/// mount namespace (gone when it ends) and no network.
-fn in_chroot(root: &Path, script: &str) -> Output {
-    let wrapper =
-        "mount --rbind /dev \"$1/dev\" && mount -t proc proc \"$1/proc\" && exec chroot \"$1\" /bin/sh -c \"$2\"";
+/// Mount /dev and /proc in the chroot at $1, in a private mount, network and pid namespace:
+/// whatever runs there (a daemon too) ends with it, and the host's network is out of reach.
+const NAMESPACE: &str = "mount --rbind /dev \"$1/dev\" && mount -t proc proc \"$1/proc\" && ip link set lo up";
+
+/// Run SCRIPT with the host's sh inside NAMESPACE; its arguments are ARGS, the chroot first.
+fn in_namespace(script: &str, args: &[&OsStr]) -> Output {
     Command::new("unshare")
-        .args(["--mount", "--net", "--propagation", "private", "sh", "-c", wrapper, "chroot"])
-        .arg(root)
-        .arg(script)
+        .args(["--mount", "--net", "--pid", "--fork", "--propagation", "private", "sh", "-c"])
+        .arg(format!("{NAMESPACE} && {script}"))
+        .arg("namespace")
+        .args(args)
         .output()
         .expect("run unshare")
+}
+
+/// Run SCRIPT with the image's /bin/sh in a chroot of ROOT, inside NAMESPACE.
+fn in_chroot(root: &Path, script: &str) -> Output {
+    in_namespace("exec chroot \"$1\" /bin/sh -c \"$2\"", &[root.as_os_str(), OsStr::new(script)])
 }
 
 fn text(out: &Output) -> String {
@@ -41,9 +50,16 @@ fn ok(root: &Path, script: &str) -> String {
     text(&out)
 }
 
+/// The host's tools that drive the chroot and log into it.
+fn missing_client_tools() -> Option<String> {
+    let tools = [("unshare", "--version"), ("ip", "-V"), ("ssh", "-V"), ("ssh-keygen", "-?")];
+    let missing = tools.into_iter().find(|(tool, arg)| Command::new(tool).arg(arg).output().is_err())?;
+    Some(format!("`{}` is not installed (util-linux, iproute2, openssh-client)", missing.0))
+}
+
 #[test]
 fn the_bench_repository_installs_and_removes_on_the_real_userland() {
-    if let Some(why) = image::why_not().or_else(packages::why_not) {
+    if let Some(why) = image::why_not().or_else(packages::why_not).or_else(missing_client_tools) {
         assert!(
             std::env::var("CI").map_or(true, |v| v != "true"),
             "CI=true, and the bench repository cannot be built: {why}"
@@ -149,6 +165,36 @@ fn the_bench_repository_installs_and_removes_on_the_real_userland() {
     let openssh_key = fs::read_to_string(root.join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
     let openssh_blob = openssh_key.split_whitespace().nth(1).unwrap();
     assert!(converted.contains(openssh_blob), "the converted host key is not sshd's:\n{converted}\n{openssh_key}");
+
+    // Both servers serve a real login to OpenSSH's client, with sshd's host key: dropbear
+    // presents it once converted, so one known_hosts entry with strict checking fits both.
+    let client_key = work.path().join("id_ed25519");
+    let keygen = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&client_key).status();
+    assert!(keygen.unwrap().success(), "ssh-keygen for the client key");
+    let ssh_dir = root.join("root/.ssh");
+    fs::create_dir_all(&ssh_dir).unwrap();
+    fs::set_permissions(&ssh_dir, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::copy(client_key.with_extension("pub"), ssh_dir.join("authorized_keys")).unwrap();
+    fs::copy(root.join("tmp/converted"), root.join("etc/dropbear/dropbear_ed25519_host_key")).unwrap();
+    let host_key: Vec<&str> = openssh_key.split_whitespace().take(2).collect();
+    let known_hosts = work.path().join("known_hosts");
+    let entries = format!("[127.0.0.1]:2222 {0}\n[127.0.0.1]:2223 {0}\n", host_key.join(" "));
+    fs::write(&known_hosts, entries).unwrap();
+    let logins = in_namespace(
+        "chroot \"$1\" /usr/sbin/sshd -p 2222 && chroot \"$1\" /usr/sbin/dropbear -p 127.0.0.1:2223 && \
+         for port in 2222 2223; do \
+           ssh -i \"$2\" -o UserKnownHostsFile=\"$3\" -o StrictHostKeyChecking=yes -o BatchMode=yes -p $port \
+             root@127.0.0.1 'echo \"$(cat /etc/alpine-release) $SSH_CONNECTION\"' || exit 1; \
+         done",
+        &[root.as_os_str(), client_key.as_os_str(), known_hosts.as_os_str()],
+    );
+    let said = String::from_utf8_lossy(&logins.stdout);
+    assert!(logins.status.success(), "ssh logins to sshd and dropbear failed:\n{}", text(&logins));
+    let ports: Vec<&str> =
+        said.lines().filter_map(|l| l.strip_prefix(&format!("{} 127.0.0.1 ", image::RELEASE))).collect();
+    assert_eq!(ports.len(), 2, "two logins, each reporting the image's release:\n{}", text(&logins));
+    assert!(ports[0].ends_with(" 2222") && ports[1].ends_with(" 2223"), "{said}");
+
     // The init scripts are valid shell for the image's busybox.
     ok(
         &root,
