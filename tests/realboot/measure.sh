@@ -3,7 +3,7 @@
 # measure.sh SETTLE: run detached on the guest. Waits until the gettys on ttyS0
 # and tty1 run (the end of the boot), SETTLE seconds more, then prints RAM, disk,
 # modules and userspace processes as `key value` lines and `end`. Processes of
-# this script's own session are left out.
+# this script's own session (started with setsid) are left out.
 
 # procs: `sid command line` of each userspace process.
 procs() {
@@ -23,7 +23,8 @@ gettys_up() {
 }
 
 main() {
-	local settle=${1:-30} waited=0 me=$$
+	local settle=${1:-30} waited=0 me
+	me=$(sed 's/.*) //' "/proc/$$/stat" | cut -d' ' -f4)
 	until gettys_up; do
 		if [ "$waited" -ge 600 ]; then
 			echo "error the gettys on ttyS0 and tty1 did not start within 600 s"

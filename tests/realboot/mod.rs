@@ -173,17 +173,10 @@ pub fn disk() -> PathBuf {
     DISK.get_or_init(|| {
         // Without the bench repository (while packages.rs is unavailable) the disk boots, without SSH.
         let repo = if packages::why_not().is_none() { Some(packages::repository()) } else { None };
-        let index = repo
-            .map(|r| fs::read_dir(&r.dir).expect("read the bench repository").flatten().collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".apk") || e.file_name() == "APKINDEX.tar.gz")
-            .map(|e| {
-                let meta = e.metadata().expect("stat");
-                format!("{} {}", e.file_name().to_string_lossy(), meta.len())
-            })
-            .collect::<Vec<_>>();
-        let mut index = index;
+        let mut index = Vec::new();
+        if let Some(repo) = repo {
+            list_files(&repo.dir, &mut index);
+        }
         index.sort();
         let scripts = [read(&file("build-disk.sh")), read(&file("mdev.initd"))].concat();
         let stamp = short_hash(&format!("{DISK_VERSION}\n{}\n{}\n{scripts}", index.join("\n"), key().public));
@@ -201,6 +194,18 @@ pub fn disk() -> PathBuf {
         })
     })
     .clone()
+}
+
+/// `path size` of every file under DIR, recursively.
+fn list_files(dir: &Path, out: &mut Vec<String>) {
+    for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())).flatten() {
+        let meta = entry.metadata().expect("stat");
+        if meta.is_dir() {
+            list_files(&entry.path(), out);
+        } else {
+            out.push(format!("{} {}", entry.path().display(), meta.len()));
+        }
+    }
 }
 
 fn short_hash(text: &str) -> String {
@@ -294,7 +299,7 @@ fn stage_root(stage: &Path, repo: Option<&packages::Repository>) {
         }
     }
     if repo.is_some() {
-        assert!(at("/etc/runlevels/default/sshd").exists(), "the packages brought no sshd service");
+        assert!(at("/etc/runlevels/default/sshd").symlink_metadata().is_ok(), "the packages brought no sshd service");
     }
 }
 
