@@ -87,8 +87,19 @@ impl FactArgs {
     }
 }
 
-/// Run the command line; the text for stdout, or the error for stderr.
-pub fn run(cli: Cli) -> Result<String, Error> {
+/// What a command prints on stdout, and whether it is a script to run on a host.
+pub struct Output {
+    pub text: String,
+    pub is_script: bool,
+}
+
+/// Run the command line; the output for stdout, or the error for stderr.
+pub fn run(cli: Cli) -> Result<Output, Error> {
+    let is_script = matches!(cli.command, None | Some(Command::Script | Command::Probe));
+    Ok(Output { text: run_command(cli)?, is_script })
+}
+
+fn run_command(cli: Cli) -> Result<String, Error> {
     if let Some(command @ (Command::Probe | Command::Targets)) = &cli.command
         && cli.facts.any_given()
     {
@@ -124,7 +135,8 @@ fn changes(steps: &[crate::target::Action]) -> String {
         .map(|step| match step {
             Action::WriteFile { path, .. } => format!("writes {path}"),
             Action::EditList { path, key, .. } => format!("edits {key}= in {path}"),
-            Action::Replace { path, .. } => format!("edits {path}"),
+            Action::Replace { path, into: None, .. } => format!("edits {path}"),
+            Action::Replace { path, into: Some(into), .. } => format!("writes {into}, an edited copy of {path}"),
             Action::KernelCmdline { .. } => "edits the kernel command line".into(),
             Action::Mkinitfs {} => "runs mkinitfs".into(),
             Action::PackagesAdd { .. } => "installs packages".into(),

@@ -163,6 +163,8 @@ facts! {
     ssh_root_login: RootLogin = RootLogin::ProhibitPassword,
         "sshd's PermitRootLogin now; prohibit-password becomes -g, no becomes -w",
         when ssh = "dropbear";
+    sudo_doas: SudoDoas = SudoDoas::Auto,
+        "sudo and doas: auto removes them only where root can log in over SSH directly (checked on the host); keep; remove";
 }
 
 pub const DEFAULT_TARGET: &str = "alpine-3.23-kvm";
@@ -195,7 +197,7 @@ macro_rules! choice {
     )*};
 }
 
-choice!(Disk, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin);
+choice!(Disk, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas);
 
 /// Which kind of disk holds the root filesystem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -258,6 +260,17 @@ pub enum RootLogin {
     Yes,
     ProhibitPassword,
     No,
+}
+
+/// Whether sudo and doas go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SudoDoas {
+    /// remove them only where root can log in over SSH directly
+    Auto,
+    /// keep them
+    Keep,
+    /// remove them: root has another way in
+    Remove,
 }
 
 /// The name of a target (`targets/NAME.toml`).

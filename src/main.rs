@@ -16,8 +16,13 @@ fn main() -> ExitCode {
     match cli::run(cli::Cli::parse()) {
         Ok(output) => {
             let mut stdout = std::io::stdout().lock();
-            match stdout.write_all(output.as_bytes()).and_then(|()| stdout.flush()) {
-                Ok(()) => ExitCode::SUCCESS,
+            match stdout.write_all(output.text.as_bytes()).and_then(|()| stdout.flush()) {
+                Ok(()) => {
+                    if output.is_script {
+                        eprintln!("{}", script::integrity_note(&output.text));
+                    }
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("mingen: cannot write the output: {e}");
                     ExitCode::FAILURE

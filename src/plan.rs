@@ -69,8 +69,8 @@ fn items(list: &[Item], facts: &Facts) -> Vec<String> {
 fn resolve(action: &Action, facts: &Facts) -> Action<String> {
     let f = |s: &str| fill(s, facts);
     match action {
-        Action::WriteFile { path, mode, content } => {
-            Action::WriteFile { path: f(path), mode: mode.clone(), content: f(content) }
+        Action::WriteFile { path, mode, content, create_dir } => {
+            Action::WriteFile { path: f(path), mode: mode.clone(), content: f(content), create_dir: *create_dir }
         }
         Action::EditList { path, key, separator, set, add, remove } => Action::EditList {
             path: f(path),
@@ -80,9 +80,12 @@ fn resolve(action: &Action, facts: &Facts) -> Action<String> {
             add: items(add, facts),
             remove: items(remove, facts),
         },
-        Action::Replace { path, find, replace } => {
-            Action::Replace { path: f(path), find: f(find), replace: f(replace) }
-        }
+        Action::Replace { path, find, replace, into } => Action::Replace {
+            path: f(path),
+            find: f(find),
+            replace: f(replace),
+            into: into.as_deref().map(f),
+        },
         Action::KernelCmdline { remove_modules, add_options } => Action::KernelCmdline {
             remove_modules: items(remove_modules, facts),
             add_options: items(add_options, facts),
@@ -279,7 +282,7 @@ mod tests {
         let (names, prefixes) = plan.packages_to_remove();
         assert!(!names.contains(&"qemu-guest-agent".to_string()));
         assert!(!prefixes.contains(&"py3-".to_string()) && prefixes.contains(&"cloud-init".to_string()));
-        assert_eq!(plan.packages_to_add(true), vec!["python3"]);
+        assert_eq!(plan.packages_to_add(true), vec!["python3", "e2fsprogs"]);
     }
 
     #[test]

@@ -114,9 +114,15 @@ pub fn dropbear_opts(facts: &Facts) -> String {
 }
 
 /// A preflight line for one check of a rule.
-fn check_line(check: Check, facts: &Facts) -> Result<String, Error> {
+fn check_line(check: Check, plan: &Plan) -> Result<String, Error> {
+    let facts = &plan.facts;
     Ok(match check {
         Check::StaticNetwork => "check_static_network".into(),
+        Check::LoginShells => {
+            let (names, prefixes) = plan.packages_to_remove();
+            format!("check_login_shells {} {}", q(&names.join(" "))?, q(&prefixes.join(" "))?)
+        }
+        Check::SudoDoas => format!("check_sudo_doas {}", q(&facts.get("sudo_doas").expect("known fact"))?),
         Check::Ipv6Unused => "check_ipv6_unused".into(),
         Check::SshdSettings => {
             let ports = facts.ssh_ports.sorted().iter().map(u16::to_string).collect::<Vec<_>>().join(" ");
@@ -148,10 +154,14 @@ fn q(value: &str) -> Result<String, Error> {
 fn step_needs(step: &Action<String>, boot_loader: BootLoader) -> Result<Vec<String>, Error> {
     let parent = |path: &str| path.rsplit_once('/').map(|(dir, _)| dir.to_string()).unwrap_or_default();
     Ok(match step {
-        Action::WriteFile { path, .. } => vec![format!("need_dir {}", q(&parent(path))?)],
+        Action::WriteFile { path, create_dir: false, .. } => vec![format!("need_dir {}", q(&parent(path))?)],
         Action::EditList { path, key, .. } => vec![format!("need_assignment {} {}", q(path)?, q(key)?)],
-        Action::Replace { path, find, replace } => {
-            vec![format!("need_text {} {} {}", q(path)?, q(find)?, q(replace)?)]
+        Action::Replace { path, find, replace, into } => {
+            let mut needs = vec![format!("need_text {} {} {}", q(path)?, q(find)?, q(replace)?)];
+            if let Some(into) = into {
+                needs.push(format!("need_dir {}", q(&parent(into))?));
+            }
+            needs
         }
         Action::KernelCmdline { .. } => match boot_loader {
             BootLoader::Extlinux => vec![
@@ -174,9 +184,13 @@ fn step_needs(step: &Action<String>, boot_loader: BootLoader) -> Result<Vec<Stri
 /// The files a step may change, for the backup.
 fn step_files(step: &Action<String>, boot_loader: BootLoader) -> Vec<String> {
     match step {
+        Action::WriteFile { path, create_dir: true, .. } => {
+            vec![path.rsplit_once('/').map(|(dir, _)| dir.to_string()).unwrap_or_default(), path.clone()]
+        }
         Action::WriteFile { path, .. }
         | Action::EditList { path, .. }
-        | Action::Replace { path, .. }
+        | Action::Replace { path, into: None, .. }
+        | Action::Replace { into: Some(path), .. }
         | Action::WriteValue { path, .. } => vec![path.clone()],
         Action::KernelCmdline { .. } => match boot_loader {
             BootLoader::Extlinux => vec!["/etc/update-extlinux.conf".into(), "/boot/extlinux.conf".into()],
@@ -188,6 +202,22 @@ fn step_files(step: &Action<String>, boot_loader: BootLoader) -> Vec<String> {
         }
         _ => Vec::new(),
     }
+}
+
+/// What mingen says on stderr beside a script: its size and sha256, and the
+/// command that checks a copy (pasted or sent) on the host before it runs.
+pub fn integrity_note(text: &str) -> String {
+    use sha2::Digest;
+    let sum = hex_digest(&sha2::Sha256::digest(text.as_bytes()));
+    format!(
+        "mingen: the script is {} bytes, sha256 {sum}; check a copy on the host with:\n  \
+         echo '{sum}  minimise.sh' | sha256sum -c - && wc -c minimise.sh",
+        text.len()
+    )
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The one-shot that finishes a user-data run at boot, if nothing finished it before.
@@ -216,7 +246,7 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
         }
     }
     for check in checks {
-        needs.push(check_line(check, &plan.facts)?);
+        needs.push(check_line(check, plan)?);
     }
     let (add_after, remove_after) = plan.transaction_points();
     let (remove_names, remove_prefixes) = plan.packages_to_remove();

@@ -53,7 +53,14 @@ pub enum Item {
 #[serde(tag = "do", rename_all = "kebab-case", deny_unknown_fields, bound(deserialize = "I: Deserialize<'de>"))]
 pub enum Action<I = Item> {
     /// Write a whole file.
-    WriteFile { path: String, mode: String, content: String },
+    WriteFile {
+        path: String,
+        mode: String,
+        content: String,
+        /// Create the file's directory when it is missing (else that is a preflight mismatch).
+        #[serde(default)]
+        create_dir: bool,
+    },
     /// Edit the list in a `KEY="a b c"` (or `KEY=a,b,c`) shell assignment.
     EditList {
         path: String,
@@ -66,8 +73,15 @@ pub enum Action<I = Item> {
         #[serde(default)]
         remove: Vec<I>,
     },
-    /// On each line holding `find` and not yet `replace`, put `replace` in its place.
-    Replace { path: String, find: String, replace: String },
+    /// On each line holding `find` and not yet `replace`, put `replace` in its place;
+    /// the result goes to `into` when given (a file that overrides `path`), else to `path`.
+    Replace {
+        path: String,
+        find: String,
+        replace: String,
+        #[serde(default)]
+        into: Option<String>,
+    },
     /// Edit the kernel command line where the boot loader keeps it.
     KernelCmdline {
         #[serde(default)]
@@ -128,6 +142,10 @@ pub enum Check {
     Ipv6Unused,
     /// sshd's ports, password and root-login policy are the facts', and dropbear can carry them.
     SshdSettings,
+    /// No account that can log in loses its login shell with the packages removed.
+    LoginShells,
+    /// Removing sudo and doas leaves root a way in (fact `sudo_doas`).
+    SudoDoas,
 }
 
 /// The guide's stages, in order.
@@ -428,7 +446,7 @@ fn check_items(items: &[Item]) -> Result<(), String> {
 impl Action {
     fn validate(&self) -> Result<(), String> {
         match self {
-            Action::WriteFile { path, mode, content } => {
+            Action::WriteFile { path, mode, content, .. } => {
                 check_path(path)?;
                 if !(mode.len() == 4 && mode.starts_with('0') && mode.chars().all(|c| ('0'..='7').contains(&c))) {
                     return Err(format!("mode `{mode}` must be four octal digits"));
@@ -455,8 +473,11 @@ impl Action {
                 check_items(add)?;
                 check_items(remove)
             }
-            Action::Replace { path, find, replace } => {
+            Action::Replace { path, find, replace, into } => {
                 check_path(path)?;
+                if let Some(into) = into {
+                    check_path(into)?;
+                }
                 if find.is_empty() || find.contains('\n') || replace.contains('\n') || find == replace {
                     return Err(format!("replace in `{path}`: `find` and `replace` must be different single lines"));
                 }

@@ -100,6 +100,13 @@ install_file() {
 	fi && mv -f "$path.mingen-new" "$path"
 }
 
+# make_parent_dir PATH: create the directory PATH goes in, if it is missing.
+make_parent_dir() {
+	if [ ! -d "${1%/*}" ]; then
+		change "create ${1%/*}" mkdir -p "${1%/*}"
+	fi
+}
+
 # write_file PATH MODE: give PATH the content read from standard input.
 write_file() {
 	cat >"$WORK/new" || err "cannot write to $WORK"
@@ -209,8 +216,8 @@ set_assignment() {
 	put_file "$path" 0644 "$WORK/new"
 }
 
-# replace_text PATH FIND REPLACE: on each line holding FIND and not REPLACE, put
-# REPLACE in the place of the first FIND.
+# replace_text PATH FIND REPLACE INTO: on each line of PATH holding FIND and not
+# REPLACE, put REPLACE in the place of the first FIND; the result goes to INTO.
 replace_text() {
 	FIND=$2 REPL=$3 awk '
 	{
@@ -220,7 +227,7 @@ replace_text() {
 			line = substr(line, 1, i - 1) ENVIRON["REPL"] substr(line, i + length(ENVIRON["FIND"]))
 		print line
 	}' <"$1" >"$WORK/new" || err "could not read $1"
-	put_file "$1" 0644 "$WORK/new"
+	put_file "$4" 0644 "$WORK/new"
 }
 
 # write_value PATH VALUE: write a kernel setting (sysfs) now.
@@ -288,9 +295,9 @@ world_has() {
 	END { exit !found }' /etc/apk/world
 }
 
-# installed NAME...: print the NAMEs that are installed (apk info -e).
+# installed NAME...: print the NAMEs that are installed (apk info -e, offline).
 installed() {
-	apk info -e "$@" 2>/dev/null || true
+	apk --no-network info -e "$@" 2>/dev/null || true
 }
 
 # removal_candidates NAMES PREFIXES: the installed packages among NAMES or
@@ -298,9 +305,11 @@ installed() {
 removal_candidates() {
 	# shellcheck disable=SC2086 # one word per package name
 	installed $1
-	apk info 2>/dev/null | PREFIXES=$2 awk '
+	# apk's database, read directly: plain `apk info` refreshes the indexes first.
+	PREFIXES=$2 awk '
 	BEGIN { n = split(ENVIRON["PREFIXES"], p, " ") }
-	{ for (i = 1; i <= n; i++) if (index($1, p[i]) == 1) { print $1; next } }'
+	/^P:/ { name = substr($0, 3); for (i = 1; i <= n; i++) if (index(name, p[i]) == 1) { print name; next } }' \
+		/lib/apk/db/installed 2>/dev/null || :
 }
 
 # apk_install NAMES IF_INSTALLED: one `apk add` for NAMES, and for IF_INSTALLED
@@ -320,8 +329,13 @@ apk_install() {
 # apk_remove NAMES PREFIXES: one `apk del` for the installed packages named, if
 # one of them is still in the world file (else apk would only say it keeps them).
 apk_remove() {
-	local candidates name in_world=no
-	candidates=$(removal_candidates "$1" "$2" | sort -u | tr '\n' ' ')
+	local candidates="" name in_world=no
+	for name in $(removal_candidates "$1" "$2" | sort -u); do
+		case " $KEPT " in
+		*" $name "*) ;;
+		*) candidates="$candidates$name " ;;
+		esac
+	done
 	for name in $candidates; do
 		if world_has "$name"; then
 			in_world=yes
@@ -329,7 +343,7 @@ apk_remove() {
 	done
 	if [ "$in_world" = yes ]; then
 		# shellcheck disable=SC2086 # one word per package name
-		change "remove ${candidates% }" apk del --quiet $candidates
+		change "remove ${candidates% }" apk --no-network del --quiet $candidates
 	fi
 }
 
@@ -349,15 +363,16 @@ rebuild_initramfs() {
 
 {% include "host_reading.sh" %}
 
-# check_sshd_settings PORTS PASSWORD ROOT_LOGIN: sshd's settings are the facts'
-# and dropbear can carry them.
+# check_sshd_settings PORTS PASSWORD ROOT_LOGIN: sshd's settings (its config
+# file and the arguments in /etc/conf.d/sshd) are the facts', and dropbear can
+# carry every one of them.
 check_sshd_settings() {
-	local settings ports password root listen opts
+	local settings ports password root listen found live
 	if ! command -v sshd >/dev/null 2>&1; then
 		return 0 # OpenSSH is gone already: a run before this one carried its settings
 	fi
-	[ -f /etc/ssh/sshd_config ] || {
-		mismatch "fact \`ssh\` is dropbear, but /etc/ssh/sshd_config is missing, so sshd's settings cannot be carried"
+	[ -f "$(sshd_cfgfile)" ] || {
+		mismatch "fact \`ssh\` is dropbear, but sshd's config file $(sshd_cfgfile) is missing, so its settings cannot be carried"
 		return 0
 	}
 	settings=$(sshd_settings)
@@ -368,7 +383,11 @@ check_sshd_settings() {
 	listen=$(printf '%s\n' "$settings" | awk '$1 == "listenaddress" && $2 != "0.0.0.0" && $2 != "::" { print $2 }' | tr '\n' ' ')
 	[ "$root" != without-password ] || root=prohibit-password
 	if [ "${ports:-22}" != "$1" ]; then
-		mismatch "fact \`ssh_ports\` is [$1], but sshd listens on port(s) ${ports:-22}"
+		mismatch "fact \`ssh_ports\` is [$1], but sshd listens on port(s) ${ports:-22} (its config and /etc/conf.d/sshd)"
+	fi
+	live=$(sshd_listening_ports)
+	if [ -n "$live" ] && [ "$live" != "$1" ]; then
+		mismatch "fact \`ssh_ports\` is [$1], but the running sshd listens on port(s) $live (netstat)"
 	fi
 	if [ "${password:-yes}" != "$2" ]; then
 		mismatch "fact \`ssh_password_auth\` is $2, but sshd has PasswordAuthentication ${password:-yes}"
@@ -384,11 +403,75 @@ check_sshd_settings() {
 	if [ -n "$listen" ]; then
 		mismatch "sshd has ListenAddress ${listen% }, which mingen does not carry to dropbear: keep OpenSSH (ssh = \"openssh\")"
 	fi
-	# Options on sshd's command line override its configuration file.
-	opts=$(awk -F= '$1 == "SSHD_OPTS" { v = $2; gsub(/["\047[:space:]]/, "", v); print v }' /etc/conf.d/sshd 2>/dev/null || :)
-	if [ -n "$opts" ]; then
-		mismatch "sshd is started with SSHD_OPTS in /etc/conf.d/sshd, which mingen does not carry to dropbear: keep OpenSSH (ssh = \"openssh\")"
+	# What dropbear has no way to do: dropping it would let in more than before,
+	# or lock out who logs in through it.
+	found=$(sshd_uncarried "$settings")
+	if [ -n "$found" ]; then
+		printf '%s\n' "$found" | while IFS= read -r setting; do
+			say "preflight: sshd has $setting, which dropbear cannot carry: keep OpenSSH (ssh = \"openssh\")"
+		done
+		PREFLIGHT_FAILED=1
 	fi
+}
+
+# sshd_listening_ports: the TCP ports the running sshd listens on, sorted and
+# separated by spaces; empty when that cannot be seen (no netstat, not running).
+sshd_listening_ports() {
+	local ports
+	ports=$(netstat -ltnp 2>/dev/null | awk '$NF ~ /\/sshd/ { n = $4; sub(/.*:/, "", n); print n }' | sort -nu | tr '\n' ' ')
+	printf '%s' "${ports% }"
+}
+
+# ---------------------------------------------------------------- who can still log in
+
+# KEPT: packages a rule would remove that this host needs to let someone log in,
+# with the reason said once; apk_remove leaves them installed.
+KEPT=
+
+keep_package() {
+	case " $KEPT " in
+	*" $1 "*) return 0 ;;
+	esac
+	KEPT="$KEPT $1"
+	say "preflight: keeps $1: $2"
+}
+
+# check_login_shells NAMES PREFIXES: no account that can log in loses its shell
+# with the packages the run removes; a package that holds such a shell is kept.
+check_login_shells() {
+	local removed name shell home owner
+	removed=" $(removal_candidates "$1" "$2" | tr '\n' ' ') "
+	login_accounts | while read -r name shell home; do
+		owner=$(owner_of "$shell")
+		[ -n "$owner" ] || continue
+		case $removed in
+		*" $owner "*) printf '%s %s %s\n' "$owner" "$name" "$shell" ;;
+		esac
+	done >"$WORK/shells"
+	while read -r owner name shell; do
+		keep_package "$owner" "account $name logs in with $shell, which $owner holds"
+	done <"$WORK/shells"
+}
+
+# check_sudo_doas auto|remove: removing sudo and doas leaves a way in as root.
+# auto keeps them unless root can log in directly; a run that came through sudo
+# or doas stops before taking that way away.
+check_sudo_doas() {
+	local tool user
+	for tool in sudo doas; do
+		[ -n "$(installed "$tool")" ] || continue
+		if [ "$1" = auto ] && ! root_can_log_in; then
+			keep_package "$tool" "root cannot log in over SSH directly (no key line without a forced command, or PermitRootLogin no); set sudo_doas = \"remove\" to remove it anyway"
+			continue
+		fi
+		case $tool in
+		sudo) user=${SUDO_USER:-} ;;
+		doas) user=${DOAS_USER:-} ;;
+		esac
+		if [ -n "$user" ]; then
+			mismatch "this run came through $tool (as $user), which the run would remove: run it as root directly, or set sudo_doas = \"keep\""
+		fi
+	done
 }
 
 # carry_host_keys: convert each OpenSSH host key for dropbear, so clients see
@@ -486,7 +569,7 @@ need_init_script() {
 # in a repository index it has).
 need_installable() {
 	local missing name
-	missing=$(for name in "$@"; do apk info -e "$name" >/dev/null 2>&1 || printf ' %s' "$name"; done)
+	missing=$(for name in "$@"; do apk --no-network info -e "$name" >/dev/null 2>&1 || printf ' %s' "$name"; done)
 	if [ -n "$missing" ] && ! apk add --simulate --quiet "$@" >/dev/null 2>&1; then
 		mismatch "apk cannot install$missing: is the repository reachable? (try \`apk update\`)"
 	fi
@@ -549,13 +632,15 @@ check_ipv6_unused() {
 # ---------------------------------------------------------------- backup and undo
 
 # backup_file PATH: keep the first copy of PATH (mode and owner too), or note
-# that it did not exist, so undo.sh can put it back or delete it.
+# that it did not exist, so undo.sh can put it back or delete it (a directory too).
 backup_file() {
 	local copy=$MINGEN_BACKUP$1
 	if [ -e "$copy" ] || grep -qxF -e "$1" "$MINGEN_BACKUP/absent.list" 2>/dev/null; then
 		return 0
 	fi
-	if [ -e "$1" ]; then
+	if [ -d "$1" ]; then
+		return 0 # a directory that exists stays: only one the run creates goes
+	elif [ -e "$1" ]; then
 		if ! { mkdir -p "${copy%/*}" && cp -p "$1" "$copy.tmp" && mv -f "$copy.tmp" "$copy"; }; then
 			err "cannot back up $1 to $copy"
 		fi

@@ -35,16 +35,95 @@ sshd_config_lines() {
 	done <"$1"
 }
 
-# sshd_settings: sshd's effective port, listenaddress, passwordauthentication and
-# permitrootlogin, one `keyword value` a line (first value wins, as in sshd).
+# sshd_cfgfile, sshd_args: the config file and the extra arguments OpenRC starts
+# sshd with, read from /etc/conf.d/sshd as Alpine's init script reads it
+# (cfgfile, else SSHD_CONFIG or SSHD_CONFDIR; command_args, else SSHD_OPTS).
+sshd_cfgfile() {
+	(
+		cfgfile='' SSHD_CONFIG='' SSHD_CONFDIR=''
+		if [ -f /etc/conf.d/sshd ]; then
+			# shellcheck disable=SC1091 # the host's own file, sourced as OpenRC sources it
+			. /etc/conf.d/sshd >/dev/null 2>&1 || :
+		fi
+		printf '%s\n' "${cfgfile:-${SSHD_CONFIG:-${SSHD_CONFDIR:-/etc/ssh}/sshd_config}}"
+	)
+}
+
+sshd_args() {
+	(
+		command_args='' SSHD_OPTS=''
+		if [ -f /etc/conf.d/sshd ]; then
+			# shellcheck disable=SC1091 # the host's own file, sourced as OpenRC sources it
+			. /etc/conf.d/sshd >/dev/null 2>&1 || :
+		fi
+		printf '%s\n' "${command_args:-${SSHD_OPTS:-}}"
+	)
+}
+
+# sshd_settings: sshd's settings as OpenRC starts it: the arguments from
+# /etc/conf.d/sshd (`-p`, `-o`, `-f`) over its config file, Includes read in
+# place. One `keyword value...` a line, keywords in lower case: every `port` and
+# `listenaddress`, the first value of any other keyword (as sshd takes it),
+# `match` when a Match block follows, and `argument ARG` for each argument that
+# is not `-p`, `-o` or `-f`.
 sshd_settings() {
-	sshd_config_lines /etc/ssh/sshd_config | awk '
+	local cfg args
+	cfg=$(sshd_cfgfile)
+	args=$(sshd_args)
+	# A `-f FILE` argument names the config file instead.
+	cfg=$(ARGS=$args CFG=$cfg awk 'BEGIN {
+		n = split(ENVIRON["ARGS"], a, " "); f = ENVIRON["CFG"]
+		for (i = 1; i <= n; i++) if (a[i] == "-f") f = a[++i]; else if (a[i] ~ /^-f./) f = substr(a[i], 3)
+		print f }')
+	[ -f "$cfg" ] || return 0
+	sshd_config_lines "$cfg" | ARGS=$args awk '
+	function take(k, v) {
+		if (k == "port") { if (!cmdport) print k, v; return }
+		if (k == "listenaddress") { print k, v; return }
+		if (k in seen) return
+		seen[k] = 1
+		if (k == "passwordauthentication" || k == "permitrootlogin") v = tolower(v)
+		print k, v
+	}
+	BEGIN {
+		n = split(ENVIRON["ARGS"], a, " ")
+		for (i = 1; i <= n; i++) {
+			w = a[i]
+			if (w == "-p" || w == "-o" || w == "-f") { v = a[++i]; w = w v }
+			c = substr(w, 1, 2); v = substr(w, 3)
+			if (c == "-p") { print "port", v; cmdport = 1 }
+			else if (c == "-o") {
+				k = v; sub(/=.*/, "", k); sub(/^[^=]*=/, "", v)
+				k = tolower(k)
+				if (k == "port") { print "port", v; cmdport = 1 } else take(k, v)
+			} else if (c != "-f") print "argument", w
+		}
+	}
 	{ sub(/^[ \t]+/, ""); sub(/=/, " ") }
 	/^#/ || NF < 2 { next }
-	{ k = tolower($1); v = $2 }
-	k == "match" { exit }
-	k == "port" || k == "listenaddress" { print k, v; next }
-	(k == "passwordauthentication" || k == "permitrootlogin") && !(k in seen) { seen[k] = 1; print k, tolower(v) }'
+	{ k = tolower($1); v = $2; for (i = 3; i <= NF; i++) v = v " " $i }
+	k == "match" { print "match"; exit }
+	{ take(k, v) }'
+}
+
+# sshd_uncarried SETTINGS: what in sshd_settings' output dropbear cannot carry
+# (dropping it would let in more than before, or lock out who logs in through
+# it), one description a line.
+sshd_uncarried() {
+	printf '%s\n' "$1" | awk '
+	$1 == "authorizedkeysfile" {
+		v = $0; sub(/^[^ ]+ /, "", v)
+		if (v != ".ssh/authorized_keys" && v != ".ssh/authorized_keys .ssh/authorized_keys2" && v != "%h/.ssh/authorized_keys") print "AuthorizedKeysFile " v " (dropbear reads only ~/.ssh/authorized_keys)"
+	}
+	$1 == "trustedusercakeys" && tolower($2) != "none" { print "TrustedUserCAKeys " $2 " (dropbear has no certificates)" }
+	$1 == "authorizedkeyscommand" && tolower($2) != "none" { print "AuthorizedKeysCommand " $2 }
+	$1 == "authenticationmethods" && tolower($2) != "any" { print "AuthenticationMethods " $2 }
+	$1 == "allowusers" || $1 == "denyusers" || $1 == "allowgroups" || $1 == "denygroups" {
+		name["allowusers"] = "AllowUsers"; name["denyusers"] = "DenyUsers"; name["allowgroups"] = "AllowGroups"; name["denygroups"] = "DenyGroups"
+		v = $0; sub(/^[^ ]+ /, "", v); print name[$1] " " v " (dropping it lets in more users than before)"
+	}
+	$1 == "match" { print "a Match block (dropbear has no per-user settings)" }
+	$1 == "argument" { print "the argument " $2 " in /etc/conf.d/sshd" }'
 }
 
 # interfaces_lines: /etc/network/interfaces with its `source` and
@@ -72,4 +151,59 @@ interfaces_lines() {
 		*) printf '%s\n' "$line" ;;
 		esac
 	done </etc/network/interfaces
+}
+
+# login_accounts: `NAME SHELL HOME` for each account that can log in: it has a
+# usable password (not locked, `!` or `*`) or an authorized_keys file.
+login_accounts() {
+	awk -F: 'FILENAME == "/etc/shadow" { if ($2 !~ /^[!*]/) pw[$1] = 1; next }
+	$7 != "" && $7 !~ /(nologin|false)$/ { print $1, $7, $6, ($1 in pw) ? "password" : "" }' \
+		/etc/shadow /etc/passwd 2>/dev/null |
+		while read -r name shell home password; do
+			if [ -n "$password" ] || [ -s "$home/.ssh/authorized_keys" ]; then
+				printf '%s %s %s\n' "$name" "$shell" "$home"
+			fi
+		done
+}
+
+# owner_of PATH: the installed package that holds PATH (apk's database, offline).
+owner_of() {
+	FILE=${1#/} awk '
+	/^P:/ { p = substr($0, 3) }
+	/^F:/ { d = substr($0, 3) }
+	/^R:/ && d "/" substr($0, 3) == ENVIRON["FILE"] { print p; exit }' /lib/apk/db/installed
+}
+
+# root_can_log_in: root can log in over SSH without sudo or doas: sshd (or
+# dropbear) lets root in, and root has a key line with no forced command, or a
+# password where passwords are allowed.
+root_can_log_in() {
+	local settings root password shadow opts
+	if command -v sshd >/dev/null 2>&1; then
+		settings=$(sshd_settings)
+		root=$(printf '%s\n' "$settings" | awk '$1 == "permitrootlogin" { print $2 }')
+		password=$(printf '%s\n' "$settings" | awk '$1 == "passwordauthentication" { print $2 }')
+		root=${root:-prohibit-password}
+		[ "$root" != without-password ] || root=prohibit-password
+	else
+		opts=$(sed -n 's/^[[:space:]]*DROPBEAR_OPTS=//p' /etc/conf.d/dropbear 2>/dev/null | tail -n 1)
+		root=yes password=yes
+		case " $opts " in *" -g "*) root=prohibit-password ;; esac
+		case " $opts " in *" -w "*) root=no ;; esac
+		case " $opts " in *" -s "*) password=no ;; esac
+	fi
+	[ "$root" != no ] || return 1
+	if [ "$root" = yes ] && [ "${password:-yes}" = yes ]; then
+		shadow=$(awk -F: '$1 == "root" { print $2 }' /etc/shadow 2>/dev/null)
+		case $shadow in
+		'' | '!'* | '*'*) ;;
+		*) return 0 ;;
+		esac
+	fi
+	[ "$root" = yes ] || [ "$root" = prohibit-password ] || return 1
+	awk '
+	/^[ \t]*(#|$)/ { next }
+	$1 ~ /^(ssh-|ecdsa-|sk-)/ { found = 1; exit }
+	$1 !~ /(^|,)command=/ && $2 ~ /^(ssh-|ecdsa-|sk-)/ { found = 1; exit }
+	END { exit !found }' /root/.ssh/authorized_keys 2>/dev/null
 }

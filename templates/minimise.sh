@@ -42,6 +42,9 @@
 # `main` runs as `main "$@" || exit 1`, which turns `set -e` off inside it (POSIX):
 # every command that can fail is checked where it runs (`change`, `|| err`).
 set -eu
+# A paste cut short defines functions and never reaches `main`: say so, and fail.
+MINGEN_MAIN_RAN=0
+trap '[ "$MINGEN_MAIN_RAN" = 1 ] || { echo "mingen: this script ended before main ran: it was cut short (compare its size and sha256 with what mingen printed)" >&2; exit 1; }' EXIT
 {% if format == "user-data" %}
 # 1 in the run that finishes the job after cloud-init (see finish_after_cloud_init).
 MINGEN_DEFERRED=${MINGEN_DEFERRED:-0}
@@ -96,7 +99,7 @@ prepare() {
 {%- for path in backup_paths %}
 		{{ path|sh }} \
 {%- endfor %}
-		$(removal_candidates {{ remove_names|sh }} {{ remove_prefixes|sh }} | xargs -r apk info -L 2>/dev/null | sed -n 's|^etc/|/etc/|p'); do
+		$(removal_candidates {{ remove_names|sh }} {{ remove_prefixes|sh }} | xargs -r apk --no-network info -L 2>/dev/null | sed -n 's|^etc/|/etc/|p'); do
 		backup_file "$path"
 	done
 	keep_once "$MINGEN_STATE/runlevels.before" list_runlevels
@@ -129,13 +132,16 @@ rule_{{ rule.func }}() {
 	say {{ rule.announce|sh }}
 {%- for step in rule.steps %}
 {%- match step %}
-{%- when Action::WriteFile { path, mode, content } %}
+{%- when Action::WriteFile { path, mode, content, create_dir } %}
+{%- if *create_dir %}
+	make_parent_dir {{ path|sh }}
+{%- endif %}
 	write_file {{ path|sh }} {{ mode }} <<'MINGEN_EOF'
 {{ content }}MINGEN_EOF
 {%- when Action::EditList { path, key, separator, set, add, remove } %}
 	edit_assignment {{ path|sh }} {{ key|sh }} {{ separator|sh }} {{ set.join(" ")|sh }} {{ add.join(" ")|sh }} {{ remove.join(" ")|sh }}
-{%- when Action::Replace { path, find, replace } %}
-	replace_text {{ path|sh }} {{ find|sh }} {{ replace|sh }}
+{%- when Action::Replace { path, find, replace, into } %}
+	replace_text {{ path|sh }} {{ find|sh }} {{ replace|sh }} {{ into.as_deref().unwrap_or(path)|sh }}
 {%- when Action::KernelCmdline { remove_modules, add_options } %}
 	edit_assignment /etc/update-extlinux.conf modules , '' '' {{ remove_modules.join(" ")|sh }}
 	edit_assignment /etc/update-extlinux.conf default_kernel_opts ' ' '' {{ add_options.join(" ")|sh }} ''
@@ -249,6 +255,7 @@ finish() {
 }
 
 main() {
+	MINGEN_MAIN_RAN=1
 	# Output that cannot be written (a closed terminal) must not end the run.
 	trap '' PIPE
 {%- if format == "user-data" %}

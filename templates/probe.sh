@@ -133,10 +133,12 @@ world_names() {
 
 {% include "host_reading.sh" %}
 
-# sshd_effective: the same four settings as sshd itself has them (`sshd -T`).
+# sshd_effective: the same four settings as sshd itself has them (`sshd -T`, with
+# the config file and arguments OpenRC starts it with).
 sshd_effective() {
 	local out
-	out=$("$SSHD" -T 2>/dev/null) || return 1
+	# shellcheck disable=SC2046 # the arguments from /etc/conf.d/sshd, one word each, as OpenRC passes them
+	out=$("$SSHD" -T -f "$(sshd_cfgfile)" $(sshd_args) 2>/dev/null) || return 1
 	printf '%s\n' "$out" | awk '
 	{ k = tolower($1) }
 	k == "port" || k == "listenaddress" { print k, $2 }
@@ -238,8 +240,8 @@ read_sshd() {
 	if [ "$1" = no ]; then
 		ssh_note "sshd is installed but not started"
 	fi
-	if [ ! -f /etc/ssh/sshd_config ]; then
-		SSH_FROM="sshd (no /etc/ssh/sshd_config)"
+	if [ ! -f "$(sshd_cfgfile)" ]; then
+		SSH_FROM="sshd (no $(sshd_cfgfile))"
 		SSH_SERVER=openssh
 		ssh_note "!/etc/ssh/sshd_config is missing: its settings cannot be carried to dropbear (the script's preflight stops on that), so OpenSSH stays"
 		if [ "$(id -u)" = 0 ] && effective=$(sshd_effective) && [ -n "$effective" ]; then
@@ -293,13 +295,11 @@ read_sshd() {
 		SSH_SERVER=openssh
 		ssh_note "!sshd listens only on${listen} (ListenAddress), which mingen does not carry to dropbear: OpenSSH stays"
 	fi
-	opts=$(sed -n 's/^[[:space:]]*SSHD_OPTS=//p' /etc/conf.d/sshd 2>/dev/null | tail -n 1 | tr -d "\"'")
-	case " $opts" in
-	*" -"[opf]*)
+	opts=$(sshd_uncarried "$config")
+	if [ -n "$opts" ]; then
 		SSH_SERVER=openssh
-		ssh_note "!/etc/conf.d/sshd passes SSHD_OPTS=$opts, which neither \`sshd -T\` nor the script reads: OpenSSH stays"
-		;;
-	esac
+		ssh_note "!sshd has $(printf '%s\n' "$opts" | awk '{ printf "%s%s", sep, $0; sep = "; " }'), which dropbear cannot carry: OpenSSH stays"
+	fi
 	[ -n "$config" ] || return 0
 
 	# The script's preflight reads sshd_config, not sshd -T: where the two
@@ -747,6 +747,25 @@ ssh_section() {
 	esac
 }
 
+# access_section: who logs in, and how root is reached: what the script keeps.
+access_section() {
+	local name shell home owner
+	printf '\n'
+	if root_can_log_in; then
+		note "root can log in over SSH directly (a key line without a forced command, or a password where passwords are allowed): sudo and doas can go"
+	else
+		check "root cannot log in over SSH directly (no key line without a forced command, no password login): the script keeps sudo and doas, your way in as root; set sudo_doas = \"remove\" only if you have another"
+	fi
+	fact sudo_doas auto
+	login_accounts | while read -r name shell home; do
+		owner=$(owner_of "$shell")
+		case $owner in
+		'' | busybox) ;;
+		*) note "account $name logs in with $shell, which package $owner holds: the script keeps $owner" ;;
+		esac
+	done
+}
+
 probe() {
 	APK=$(tool apk)
 	RC_SERVICE=$(tool rc-service)
@@ -767,6 +786,7 @@ probe() {
 	python_section
 	network_section
 	ssh_section
+	access_section
 }
 
 main() {

@@ -29,12 +29,16 @@ started() {
 restore_files() {
 	local path copy
 	if [ -f "$BACKUP/absent.list" ]; then
-		while IFS= read -r path; do
-			if [ -e "$path" ] || [ -L "$path" ]; then
+		# Deepest first, so a directory the run created is empty when its turn comes.
+		sort -r "$BACKUP/absent.list" | while IFS= read -r path; do
+			if [ -d "$path" ] && [ ! -L "$path" ]; then
+				say "delete $path"
+				rmdir "$path" || say "$path is not empty: left in place"
+			elif [ -e "$path" ] || [ -L "$path" ]; then
 				say "delete $path"
 				rm -f "$path" || err "cannot delete $path"
 			fi
-		done <"$BACKUP/absent.list"
+		done
 	fi
 	(cd "$BACKUP" && find . -type f ! -name absent.list) | while IFS= read -r copy; do
 		path=${copy#.}

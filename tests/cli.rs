@@ -217,3 +217,19 @@ fn targets_lists_both_releases_and_help_has_examples() {
     let run = mingen(&["--version"]);
     assert!(run.stdout.contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn the_script_comes_with_its_size_and_sha256_and_a_cut_paste_fails_loudly() {
+    use sha2::Digest;
+    let run = mingen(&[]);
+    assert_eq!(run.status, 0);
+    let sum: String = sha2::Sha256::digest(run.stdout.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    assert!(run.stderr.contains(&format!("{} bytes, sha256 {sum}", run.stdout.len())), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("echo '{sum}  minimise.sh' | sha256sum -c -")), "{}", run.stderr);
+    assert!(mingen(&["plan"]).stderr.is_empty(), "only scripts carry the note");
+    // A paste that lost its end: the functions are defined, main never runs.
+    let cut: String = run.stdout.lines().take_while(|l| !l.starts_with("main \"$@\"")).collect::<Vec<_>>().join("\n");
+    let out = std::process::Command::new("sh").arg("-c").arg(&cut).output().expect("run sh");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ended before main ran"));
+}

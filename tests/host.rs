@@ -52,13 +52,17 @@ fn assert_success(out: &Output, what: &str) {
 }
 
 /// The calls that change state: everything but status queries and read-only apk.
+/// The apk applet of a call (`info`, `add`, `del`...), after apk's global options.
+fn apk_applet(call: &sandbox::Call) -> Option<&str> {
+    call.args.iter().map(String::as_str).find(|a| !a.starts_with("--"))
+}
+
 fn state_changing_calls(host: &Host) -> Vec<String> {
     host.calls()
         .into_iter()
         .filter(|c| {
-            let read_only_apk = c.program == "apk"
-                && (matches!(c.args.first().map(String::as_str), Some("info"))
-                    || c.args.iter().any(|a| a == "--simulate"));
+            let read_only_apk =
+                c.program == "apk" && (apk_applet(c) == Some("info") || c.args.iter().any(|a| a == "--simulate"));
             let status = c.program == "rc-service" && c.args.get(1).is_some_and(|a| a == "status");
             !(read_only_apk || status)
         })
@@ -69,7 +73,7 @@ fn state_changing_calls(host: &Host) -> Vec<String> {
 fn apk_transactions(host: &Host) -> Vec<String> {
     host.calls()
         .into_iter()
-        .filter(|c| c.program == "apk" && matches!(c.args.first().map(String::as_str), Some("add" | "del")))
+        .filter(|c| c.program == "apk" && matches!(apk_applet(c), Some("add" | "del")))
         .filter(|c| !c.args.iter().any(|a| a == "--simulate"))
         .map(|c| c.line())
         .collect()
@@ -122,9 +126,14 @@ fn assert_guide_end_state(
     let kver = host.read("/usr/share/kernel/virt/kernel.release");
     assert_eq!(mkinitfs.len(), 1, "mkinitfs runs exactly once");
     assert_eq!(mkinitfs[0].args, vec![kver.trim().to_string()]);
-    let initramfs = host.read("/boot/initramfs-virt");
-    assert!(initramfs.contains(&format!("\nfeatures={features}\n")), "{initramfs}");
-    assert!(initramfs.contains("| blacklist virtio_balloon"), "the blacklist reaches the initramfs");
+    // The features, read from what the initramfs holds (real on 3.23): scsi keeps
+    // the virtio-scsi disk's driver; ata, nvme and usb are gone.
+    let initramfs = host.initramfs();
+    let has = |m: &str| initramfs.keys().any(|p| p.contains("/modules/") && p.contains(&format!("/{m}.ko")));
+    assert_eq!(has("virtio_scsi"), disk == "sda", "virtio_scsi in the initramfs ({features})");
+    assert!(has("virtio_blk") && has("ext4") && !has("nvme") && !has("usb-storage"), "{features}");
+    let blacklist = initramfs.get("etc/modprobe.d/blacklist-balloon.conf").map(|b| text(b)).unwrap_or_default();
+    assert!(blacklist.contains("blacklist virtio_balloon"), "the blacklist reaches the initramfs");
 
     // Stage 2: dropbear in, OpenSSH out, keys carried.
     let installed = host.installed();
@@ -215,12 +224,19 @@ fn assert_guide_end_state(
     for name in ["dropbear", "ntpd", "local"] {
         expected.insert(("default".into(), name.into()));
     }
+    // osclock provides `clock`, so that OpenRC does not start hwclock for syslog.
+    expected.insert(("boot".into(), "osclock".into()));
     assert_eq!(host.runlevels(), expected, "runlevels");
 
-    // Stage 6.
-    let sysctl = host.read("/usr/lib/sysctl.d/00-alpine.conf");
-    for line in sysctl.lines().filter(|l| l.contains("net.ipv6")) {
-        assert_eq!(line.starts_with("# net.ipv6"), !ipv6_used, "{line}");
+    // Stage 6: the IPv6 sysctls are commented out in a copy under /etc, which
+    // OpenRC's sysctl reads in place of the /usr/lib file an upgrade may replace.
+    let shipped = host.read("/usr/lib/sysctl.d/00-alpine.conf");
+    assert!(!shipped.contains("# net.ipv6"), "the shipped file stays as shipped:\n{shipped}");
+    if ipv6_used {
+        assert!(!host.exists("/etc/sysctl.d/00-alpine.conf"));
+    } else {
+        let copy = host.read("/etc/sysctl.d/00-alpine.conf");
+        assert_eq!(copy, shipped.replace("net.ipv6", "# net.ipv6"));
     }
     let sysfs = host.read("/etc/init.d/sysfs");
     assert!(sysfs.contains("\t\t\t: #mount -n -t debugfs -o ${sysfs_opts} debugfs /sys/kernel/debug"), "{sysfs}");
@@ -531,11 +547,44 @@ fn preflight_stops_on_dhcp_configured_in_a_sourced_file_or_by_use_dhcp() {
 #[test]
 fn preflight_stops_when_sshd_options_override_its_config() {
     if sandbox::require() {
+        // Alpine's init script passes command_args (else SSHD_OPTS) and cfgfile to sshd.
+        for (conf, said) in [
+            ("command_args=\"-p 2222\"", "but sshd listens on port(s) 2222"),
+            ("SSHD_OPTS=\"-o Port=2200\"", "but sshd listens on port(s) 2200"),
+            ("command_args=\"-o AllowUsers=alice\"", "sshd has AllowUsers alice"),
+            ("command_args=\"-u0\"", "the argument -u0 in /etc/conf.d/sshd"),
+        ] {
+            assert_stops(&GUIDE, &[], &format!("echo '{conf}' >> /etc/conf.d/sshd"), &[said]);
+        }
+        // cfgfile names another config file, whose port is the one sshd listens on.
+        let prepare = "sed 's/^#Port 22$/Port 2022/' /etc/ssh/sshd_config > /etc/ssh/other_config && \
+            echo 'cfgfile=/etc/ssh/other_config' >> /etc/conf.d/sshd";
+        assert_stops(&GUIDE, &[], prepare, &["but sshd listens on port(s) 2022"]);
+    }
+}
+
+#[test]
+fn preflight_stops_on_sshd_settings_dropbear_cannot_carry() {
+    if sandbox::require() {
+        for setting in [
+            "AuthorizedKeysFile /etc/ssh/keys/%u",
+            "TrustedUserCAKeys /etc/ssh/ca.pub",
+            "AuthorizedKeysCommand /usr/bin/keys",
+            "AuthenticationMethods publickey,password",
+            "AllowUsers alice",
+            "DenyUsers bob",
+            "AllowGroups wheel",
+            "DenyGroups guests",
+        ] {
+            let keyword = setting.split(' ').next().unwrap();
+            let prepare = format!("sed -i '1i {setting}' /etc/ssh/sshd_config");
+            assert_stops(&GUIDE, &[], &prepare, &[&format!("sshd has {keyword}"), "which dropbear cannot carry"]);
+        }
         assert_stops(
             &GUIDE,
             &[],
-            "echo 'SSHD_OPTS=\"-p 2222\"' >> /etc/conf.d/sshd",
-            &["SSHD_OPTS in /etc/conf.d/sshd"],
+            "printf 'Match User alice\\n\\tPasswordAuthentication no\\n' >> /etc/ssh/sshd_config",
+            &["a Match block"],
         );
     }
 }
@@ -572,7 +621,9 @@ fn undo_puts_files_packages_and_services_back() {
     assert_eq!(host.installed(), installed, "packages back");
     let diff = before.diff(&host.tree());
     let unexpected = |path: &String| {
-        !(path.starts_with("/var/lib/mingen") || path == "/var/log/mingen.log" || path.starts_with("/var/cache/apk"))
+        !(path.starts_with("/var/lib/mingen")
+            || ["/var/log/mingen.log", "/var/log/apk.log"].contains(&path.as_str())
+            || path.starts_with("/var/cache/apk"))
     };
     let changed: Vec<&String> = diff.changed.iter().map(|(p, _, _)| p).filter(|p| unexpected(p)).collect();
     let added: Vec<&String> = diff.added.iter().filter(|p| unexpected(p)).collect();
@@ -590,6 +641,8 @@ fn end_state(host: &Host) -> sandbox::Tree {
     for volatile in ["/var/log/mingen.log", "/var/lib/mingen/before", "/var/lib/mingen/before.values"] {
         assert!(tree.0.remove(volatile).is_some(), "{volatile} exists");
     }
+    // apk-tools 3 logs each transaction with its time.
+    tree.0.remove("/var/log/apk.log");
     tree
 }
 
@@ -747,8 +800,168 @@ fn what_the_facts_keep_stays_installed_enabled_and_running() {
     }
     assert!(!runlevels.contains(&("default".to_string(), "ntpd".to_string())), "no ntpd beside chrony");
     assert!(!host.exists("/etc/modprobe.d/blacklist-balloon.conf"));
-    assert!(!host.read("/boot/initramfs-virt").contains("blacklist virtio_balloon"));
+    assert!(!host.initramfs().contains_key("etc/modprobe.d/blacklist-balloon.conf"));
     let transactions = apk_transactions(&host);
     assert_eq!(transactions.len(), 2, "{transactions:?}");
     assert!(transactions[0].contains("python3"), "{transactions:?}");
+}
+
+/// Issue 8: what would lock someone out, or fail in silence, on a real host.
+fn stderr_of(out: &Output) -> String {
+    text(&out.stderr)
+}
+
+#[test]
+fn a_login_shell_that_a_removed_package_holds_keeps_its_package() {
+    if !sandbox::require() {
+        return;
+    }
+    let script = common::script(&[]);
+    // alice logs in with bash and a key; bob uses bash too, but cannot log in.
+    let host = self::host(&GUIDE);
+    let add_users = "echo 'alice:x:1000:1000::/home/alice:/bin/bash' >> /etc/passwd && \
+        echo 'alice:!:20000:0:99999:7:::' >> /etc/shadow && \
+        mkdir -p /home/alice/.ssh && cp /root/.ssh/authorized_keys /home/alice/.ssh/ && \
+        echo 'bob:x:1001:1001::/home/bob:/bin/bash' >> /etc/passwd && \
+        echo 'bob:!:20000:0:99999:7:::' >> /etc/shadow";
+    assert_success(&host.run(add_users, &[]), "adding the accounts");
+    let out = run(&host, &script, &[]);
+    assert_success(&out, "the run");
+    let said = stderr_of(&out);
+    assert!(said.contains("keeps bash: account alice logs in with /bin/bash"), "{said}");
+    assert!(!said.contains("account bob"), "bob cannot log in: {said}");
+    assert!(host.installed().contains("bash"), "bash stays");
+    assert!(!host.installed().contains("nvme-cli"), "the other tools still go");
+
+    // Without an account that logs in with it, bash goes.
+    let host = self::host(&GUIDE);
+    assert_success(&host.run("echo 'bob:x:1001:1001::/home/bob:/bin/bash' >> /etc/passwd", &[]), "bob");
+    assert_success(&run(&host, &script, &[]), "the run");
+    assert!(!host.installed().contains("bash"), "bash goes when nobody logs in with it");
+}
+
+#[test]
+fn sudo_and_doas_stay_unless_root_can_log_in_directly() {
+    if !sandbox::require() {
+        return;
+    }
+    let script = common::script(&[]);
+    // The guide host: root has a plain key, so sudo and doas go.
+    let host = self::host(&GUIDE);
+    assert_success(&run(&host, &script, &[]), "the run");
+    assert!(!host.installed().contains("sudo") && !host.installed().contains("doas"));
+
+    // cloud-init's stub: root's only key line runs a forced command. They stay.
+    let host = self::host(&GUIDE);
+    let stub = "printf '%s\\n' 'no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command=\"echo Please login as the user alpine rather than the user root.;echo;sleep 10;exit 142\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperatorKeyForTheSandboxOnly0000000000000 operator@example' > /root/.ssh/authorized_keys";
+    assert_success(&host.run(stub, &[]), "the stub key");
+    let out = run(&host, &script, &[]);
+    assert_success(&out, "the run");
+    let said = stderr_of(&out);
+    assert!(said.contains("keeps sudo: root cannot log in over SSH directly"), "{said}");
+    assert!(said.contains("keeps doas"), "{said}");
+    assert!(host.installed().contains("sudo") && host.installed().contains("doas"));
+
+    // sudo_doas = keep keeps them without asking; remove removes them even so.
+    let host_kept = self::host(&GUIDE);
+    assert_success(&run(&host_kept, &common::script(&["--sudo-doas", "keep"]), &[]), "the run");
+    assert!(host_kept.installed().contains("sudo"));
+    let host = self::host(&GUIDE);
+    assert_success(&host.run(stub, &[]), "the stub key");
+    assert_success(&run(&host, &common::script(&["--sudo-doas", "remove"]), &[]), "the run");
+    assert!(!host.installed().contains("sudo"));
+}
+
+#[test]
+fn a_run_through_sudo_stops_before_it_removes_sudo() {
+    if !sandbox::require() {
+        return;
+    }
+    let host = self::host(&GUIDE);
+    let before = host.tree();
+    let out = run(&host, &common::script(&[]), &[("SUDO_USER", "alice")]);
+    assert!(!out.status.success(), "the run went on");
+    let said = stderr_of(&out);
+    assert!(said.contains("this run came through sudo (as alice)") && said.contains("nothing was changed"), "{said}");
+    let diff = before.diff(&host.tree());
+    assert!(diff.is_empty(), "a failed preflight changed the tree: {diff:?}");
+}
+
+#[test]
+fn e2fsck_stays_when_e2fsprogs_is_not_in_the_world_file() {
+    if !sandbox::require() {
+        return;
+    }
+    let host = self::host(&GUIDE);
+    assert_success(&host.run("sed -i '/^e2fsprogs$/d' /etc/apk/world", &[]), "editing the world file");
+    assert!(!host.world().contains(&"e2fsprogs".to_string()));
+    assert_success(&run(&host, &common::script(&[]), &[]), "the run");
+    let installed = host.installed();
+    assert!(!installed.contains("e2fsprogs-extra"), "e2fsprogs-extra goes");
+    assert!(installed.contains("e2fsprogs") && host.exists("/sbin/e2fsck"), "e2fsck stays");
+    assert!(host.world().contains(&"e2fsprogs".to_string()), "e2fsprogs is now in the world file");
+}
+
+#[test]
+fn the_sysfs_edit_survives_an_openrc_upgrade() {
+    if !sandbox::require() {
+        return;
+    }
+    let host = self::host(&GUIDE);
+    assert_success(&run(&host, &common::script(&[]), &[]), "the run");
+    let hook = "/etc/apk/commit_hooks.d/mingen-sysfs.hook";
+    let shipped = host.read("/var/lib/mingen/backup/etc/init.d/sysfs");
+    // An upgrade that replaced the file, and one that left it as sysfs.apk-new.
+    for new_file in ["/etc/init.d/sysfs", "/etc/init.d/sysfs.apk-new"] {
+        host.write(new_file, &shipped);
+        assert_success(&host.run(&format!("{hook} pre-commit"), &[]), "the hook before a commit");
+        assert!(host.exists(new_file) || new_file.ends_with("sysfs"), "pre-commit changes nothing");
+        assert_success(&host.run(&format!("{hook} post-commit"), &[]), "the hook after a commit");
+        let sysfs = host.read("/etc/init.d/sysfs");
+        assert!(sysfs.contains(": #mount -n -t debugfs"), "{new_file}: {sysfs}");
+        assert!(!sysfs.lines().any(|l| l.trim_start().starts_with("mount -n -t debugfs")), "{sysfs}");
+        assert!(!sysfs.lines().any(|l| l.trim_start().starts_with("mount -n -t tracefs")), "{sysfs}");
+        assert!(!host.exists("/etc/init.d/sysfs.apk-new"), "the new file took the old one's place");
+        assert_success(&host.run("sh -n /etc/init.d/sysfs && test -x /etc/init.d/sysfs", &[]), "the edited script");
+    }
+}
+
+/// The real apk, timed: each call is recorded, then `apk-seconds`, how long it took.
+const APK_TIMER: &str = "#!/bin/sh\n\
+line=apk; for a in \"$@\"; do line=\"$line\t$a\"; done\n\
+printf '%s\\n' \"$line\" >> /.sandbox/calls.log\n\
+start=$(date +%s)\n\
+/sbin/apk \"$@\"\n\
+rc=$?\n\
+printf 'apk-seconds\t%s\t%s\\n' \"$(($(date +%s) - start))\" \"$*\" >> /.sandbox/calls.log\n\
+exit $rc\n";
+
+/// The host keeps the image's own mirrors in /etc/apk/repositories, as a real one
+/// does, but cannot reach them (apk-tools 3 then waits about 10 s per refresh).
+/// Only `apk add`, which fetches packages, may go to the network: reading what is
+/// installed and removing packages must not (issue 8, point 9).
+#[test]
+fn with_mirrors_listed_only_apk_add_goes_to_the_network() {
+    if !sandbox::require() {
+        return;
+    }
+    let host = host(&GUIDE);
+    let mirrors = std::fs::read_to_string(sandbox::image::root().join("etc/apk/repositories")).expect("mirrors");
+    assert!(mirrors.contains("https://"), "{mirrors}");
+    host.write("/etc/apk/repositories", &format!("{}{mirrors}", host.read("/etc/apk/repositories")));
+    host.write("/usr/sbin/apk", APK_TIMER);
+    assert_success(&host.run("chmod 0755 /usr/sbin/apk", &[]), "chmod");
+    assert_success(&run(&host, &common::script(&[]), &[]), "the run");
+    let timed: Vec<(u64, String)> = host
+        .calls()
+        .iter()
+        .filter(|c| c.program == "apk-seconds")
+        .map(|c| (c.args[0].parse().expect("seconds"), c.args[1].clone()))
+        .collect();
+    eprintln!("apk calls (seconds, arguments): {timed:?}");
+    let slow: Vec<&(u64, String)> = timed
+        .iter()
+        .filter(|(s, args)| *s >= 5 && args.split(' ').find(|a| !a.starts_with('-')) != Some("add"))
+        .collect();
+    assert!(slow.is_empty(), "apk calls that waited for the network: {slow:?}");
 }
