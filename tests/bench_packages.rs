@@ -73,11 +73,13 @@ fn the_bench_repository_installs_and_removes_on_the_real_userland() {
 
     let work = tempfile::TempDir::new_in(image::cache()).expect("a scratch directory in the cache");
     let root = work.path().join("root");
-    let copy = Command::new("cp").arg("-a").arg(image::root()).arg(&root).status().expect("cp");
+    fs::create_dir(&root).unwrap();
+    let copy = Command::new("cp").arg("-a").arg(image::root().join(".")).arg(&root).status().expect("cp");
     assert!(copy.success(), "copy the image's root tree");
     let guest_repo = root.join(GUEST_REPO.trim_start_matches('/'));
     fs::create_dir_all(guest_repo.parent().unwrap()).unwrap();
-    assert!(Command::new("cp").arg("-a").arg(&repo.dir).arg(&guest_repo).status().unwrap().success());
+    fs::create_dir(&guest_repo).unwrap();
+    assert!(Command::new("cp").arg("-a").arg(repo.dir.join(".")).arg(&guest_repo).status().unwrap().success());
     fs::write(root.join("etc/apk/repositories"), format!("{GUEST_REPO}\n")).unwrap();
 
     // Without the bench key, apk refuses the index: the signature is what it trusts.

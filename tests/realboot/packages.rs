@@ -60,7 +60,7 @@ const SOURCES: &[&str] = &["openssh", "dropbear", "busybox", "musl"];
 const PROGRAMS: &[&str] =
     &["sshd", "ssh", "ssh-keygen", "sftp-server", "dropbear", "dropbearkey", "dropbearconvert", "bash"];
 const ARCH: &str = "x86_64";
-/// The mtime of every packaged file, so that a rebuild packs the same bytes.
+/// The mtime of every packaged file: packages do not depend on when they were built.
 const EPOCH: &str = "@1763000000";
 
 /// Why the repository cannot be built here, or None when it can (or is already built).
@@ -639,7 +639,9 @@ fn padded(script: &[u8], n: usize, what: &str) -> Vec<u8> {
 fn build_repository(scratch: &Path, catalog: &Catalog, programs: &Programs, key: &SigningKey) {
     let builder = scratch.with_extension("builder");
     remove(&builder);
-    run(Command::new("cp").arg("-a").arg(image::root()).arg(&builder), "copy the image's root tree");
+    mkdir(&builder);
+    // The tree's contents (`/.`): were the cached root a symlink, `cp -a` would copy the link.
+    run(Command::new("cp").arg("-a").arg(image::root().join(".")).arg(&builder), "copy the image's root tree");
     for (name, minor) in [("null", 3), ("zero", 5), ("urandom", 9)] {
         let node = builder.join("dev").join(name);
         let _ = fs::remove_file(&node);
