@@ -197,6 +197,36 @@ fn the_bench_repository_installs_and_removes_on_the_real_userland() {
     assert_eq!(ports.len(), 2, "two logins, each reporting the image's release:\n{}", text(&logins));
     assert!(ports[0].ends_with(" 2222") && ports[1].ends_with(" 2223"), "{said}");
 
+    // The OpenRC services, run by the image's OpenRC 0.63 (dependencies aside: no network
+    // here): sshd and dropbear each make their missing host keys, every daemon starts and
+    // stops without leaving a process behind, cloud-final leaves cloud-init's result.
+    let services = in_namespace(
+        "R=\"$1\"; rc() { chroot \"$R\" /sbin/rc-service --nodeps \"$@\" || exit 1; }; \
+         mount -t tmpfs tmpfs \"$R/run\" && mkdir \"$R/run/openrc\" && touch \"$R/run/openrc/softlevel\" && \
+         rm -f \"$R\"/etc/ssh/ssh_host_* \"$R\"/etc/dropbear/dropbear_*_host_key || exit 1; \
+         for s in sshd chronyd qemu-guest-agent cloud-init-local cloud-init cloud-config cloud-final \
+           cloud-init-hotplugd; do rc $s start; done; \
+         for pid in sshd chronyd qemu-ga cloud-init-hotplugd; do kill -0 \"$(cat \"$R/run/$pid.pid\")\" || exit 1; done; \
+         rc sshd stop; rc dropbear start; \
+         for n in 1 2 3 4 5 6 7 8 9 10; do [ -s \"$R/run/dropbear.pid\" ] || sleep 0.5; done; kill -0 \"$(cat \"$R/run/dropbear.pid\")\" || exit 1; \
+         for s in dropbear chronyd qemu-guest-agent cloud-init-hotplugd; do rc $s stop; done; \
+         cat \"$R/run/cloud-init/result.json\" && chroot \"$R\" ps -o comm",
+        &[root.as_os_str()],
+    );
+    let said = text(&services);
+    assert!(services.status.success(), "the OpenRC services:\n{said}");
+    assert!(said.contains("\"errors\": []"), "cloud-final wrote no result.json:\n{said}");
+    let stdout = String::from_utf8_lossy(&services.stdout);
+    let left: Vec<&str> = stdout.lines().skip_while(|l| l.trim() != "COMMAND").skip(1).map(str::trim).collect();
+    assert!(
+        left.iter().all(|c| ["sh", "ps"].contains(c)),
+        "processes left after the services stopped: {left:?}\n{said}"
+    );
+    for key in ["ssh/ssh_host_ed25519_key", "dropbear/dropbear_rsa_host_key", "dropbear/dropbear_ecdsa_host_key"] {
+        assert!(root.join("etc").join(key).is_file(), "/etc/{key} was not made by its service:\n{said}");
+    }
+    assert!(root.join("etc/dropbear/dropbear_ed25519_host_key").is_file(), "{said}");
+
     // The init scripts are valid shell for the image's busybox.
     ok(
         &root,
