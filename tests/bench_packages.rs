@@ -27,7 +27,7 @@ const NAMESPACE: &str = "mount --rbind /dev \"$1/dev\" && mount -t proc proc \"$
 fn in_namespace(script: &str, args: &[&OsStr]) -> Output {
     Command::new("unshare")
         .args(["--mount", "--net", "--pid", "--fork", "--propagation", "private", "sh", "-c"])
-        .arg(format!("{NAMESPACE} && {script}"))
+        .arg(format!("{NAMESPACE} || exit 1\n{script}"))
         .arg("namespace")
         .args(args)
         .output()
@@ -38,6 +38,35 @@ fn in_namespace(script: &str, args: &[&OsStr]) -> Output {
 fn in_chroot(root: &Path, script: &str) -> Output {
     in_namespace("exec chroot \"$1\" /bin/sh -c \"$2\"", &[root.as_os_str(), OsStr::new(script)])
 }
+
+/// In NAMESPACE, sshd on port 2222 and dropbear on 2223 of the chroot at $1, then a login
+/// to each with OpenSSH's client (key $2, known_hosts $3, strict checking) that prints the
+/// release and `$SSH_CONNECTION`.
+const LOGINS: &str = r#"chroot "$1" /usr/sbin/sshd -p 2222 && chroot "$1" /usr/sbin/dropbear -p 127.0.0.1:2223 || exit 1
+for port in 2222 2223; do
+	ssh -i "$2" -o UserKnownHostsFile="$3" -o StrictHostKeyChecking=yes -o BatchMode=yes -p "$port" \
+		root@127.0.0.1 'echo "$(cat /etc/alpine-release) $SSH_CONNECTION"' || exit 1
+done"#;
+
+/// In NAMESPACE, the OpenRC services of the chroot at $1 run by its own OpenRC (with a fresh
+/// /run, dependencies aside), from no host keys: each started daemon runs, sshd makes way
+/// for dropbear, every daemon stops; then cloud-init's result and the processes left.
+const SERVICES: &str = r#"R=$1
+rc() { chroot "$R" /sbin/rc-service --nodeps "$@" || exit 1; }
+running() { kill -0 "$(cat "$R/run/$1.pid")" || exit 1; }
+mount -t tmpfs tmpfs "$R/run" && mkdir "$R/run/openrc" && touch "$R/run/openrc/softlevel" || exit 1
+rm -f "$R"/etc/ssh/ssh_host_* "$R"/etc/dropbear/dropbear_*_host_key
+for service in sshd chronyd qemu-guest-agent cloud-init-local cloud-init cloud-config cloud-final cloud-init-hotplugd; do
+	rc "$service" start
+done
+for daemon in sshd chronyd qemu-ga cloud-init-hotplugd; do running "$daemon"; done
+rc sshd stop
+rc dropbear start
+# dropbear writes its pidfile once it has forked.
+for _ in 1 2 3 4 5 6 7 8 9 10; do [ -s "$R/run/dropbear.pid" ] || sleep 0.5; done
+running dropbear
+for service in dropbear chronyd qemu-guest-agent cloud-init-hotplugd; do rc "$service" stop; done
+cat "$R/run/cloud-init/result.json" && chroot "$R" ps -o comm"#;
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
@@ -68,18 +97,10 @@ fn the_bench_repository_installs_and_removes_on_the_real_userland() {
         return;
     }
     let repo = packages::repository();
-    let index = repo.dir.join("x86_64/APKINDEX.tar.gz");
-    assert!(index.is_file(), "{} is missing", index.display());
-
     let work = tempfile::TempDir::new_in(image::cache()).expect("a scratch directory in the cache");
     let root = work.path().join("root");
-    fs::create_dir(&root).unwrap();
-    let copy = Command::new("cp").arg("-a").arg(image::root().join(".")).arg(&root).status().expect("cp");
-    assert!(copy.success(), "copy the image's root tree");
-    let guest_repo = root.join(GUEST_REPO.trim_start_matches('/'));
-    fs::create_dir_all(guest_repo.parent().unwrap()).unwrap();
-    fs::create_dir(&guest_repo).unwrap();
-    assert!(Command::new("cp").arg("-a").arg(repo.dir.join(".")).arg(&guest_repo).status().unwrap().success());
+    copy_tree(&image::root(), &root);
+    copy_tree(&repo.dir, &root.join(GUEST_REPO.trim_start_matches('/')));
     fs::write(root.join("etc/apk/repositories"), format!("{GUEST_REPO}\n")).unwrap();
 
     // Without the bench key, apk refuses the index: the signature is what it trusts.
@@ -100,28 +121,55 @@ fn the_bench_repository_installs_and_removes_on_the_real_userland() {
     names.extend(["dropbear", "dropbear-convert"]);
     let added = ok(&root, &format!("apk add --no-network {}", names.join(" ")));
     assert!(!added.contains("UNTRUSTED"), "{added}");
+    assert_installed(&root, &added);
 
-    // Alpine's split: the meta package's parts, and every -openrc package by install_if.
-    let expected = [
-        "openssh-server",
-        "openssh-server-common",
-        "openssh-server-common-openrc",
-        "openssh-keygen",
-        "openssh-client-default",
-        "openssh-client-common",
-        "openssh-sftp-server",
-        "dropbear-openrc",
-        "chrony-openrc",
-        "cloud-init-openrc",
-        "qemu-guest-agent-openrc",
-        "python3",
-        "py3-yaml",
-        "readline",
-        "gnutls",
-    ];
-    let installed = ok(&root, &format!("apk info -e {}", expected.join(" ")));
-    for name in expected {
-        assert!(installed.lines().any(|l| l == name), "{name} is not installed:\n{installed}\n{added}");
+    let host_key = assert_programs_run(&root);
+    assert_logins(&root, work.path(), &host_key);
+    assert_services(&root);
+
+    // And apk removes it all: bash's pre-deinstall takes /bin/bash out of /etc/shells.
+    ok(&root, &format!("apk del --no-network {}", names.join(" ")));
+    let left = in_chroot(&root, &format!("apk info -e {} {}", names.join(" "), SPLIT.join(" ")));
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "still installed:\n{}", text(&left));
+    let shells = fs::read_to_string(root.join("etc/shells")).unwrap();
+    assert!(!shells.lines().any(|l| l == "/bin/bash"), "/etc/shells still has bash:\n{shells}");
+    for path in ["bin/bash", "usr/sbin/sshd", "usr/sbin/dropbear", "etc/init.d/sshd", "usr/lib/libpython3.12.so.1.0"] {
+        assert!(!root.join(path).exists(), "/{path} is still there after apk del");
+    }
+}
+
+/// `cp -a` of FROM's contents into a new directory TO.
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    let copied = Command::new("cp").arg("-a").arg(from.join(".")).arg(to).status().expect("run cp");
+    assert!(copied.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+/// What comes with the names added, beyond them: Alpine's split of OpenSSH, every `-openrc`
+/// package by install_if, and the dependencies of the stand-ins.
+const SPLIT: &[&str] = &[
+    "openssh-server",
+    "openssh-server-common",
+    "openssh-server-common-openrc",
+    "openssh-keygen",
+    "openssh-client-default",
+    "openssh-client-common",
+    "openssh-sftp-server",
+    "dropbear-openrc",
+    "chrony-openrc",
+    "cloud-init-openrc",
+    "qemu-guest-agent-openrc",
+    "python3",
+    "py3-yaml",
+    "readline",
+    "gnutls",
+];
+
+/// The split, the files of the -openrc packages, the size of the stand-ins, bash's post-install.
+fn assert_installed(root: &Path, added: &str) {
+    let installed = ok(root, &format!("apk info -e {}", SPLIT.join(" ")));
+    for name in SPLIT {
+        assert!(installed.lines().any(|l| l == *name), "{name} is not installed:\n{installed}\n{added}");
     }
     for path in [
         "etc/init.d/sshd",
@@ -141,36 +189,41 @@ fn the_bench_repository_installs_and_removes_on_the_real_userland() {
     // A cloud image's worth of disk: python3 and its kin are stand-ins of realistic size.
     let python = fs::metadata(root.join("usr/lib/libpython3.12.so.1.0")).unwrap().len();
     assert!(python > 4_000_000, "libpython3.12 is {python} bytes");
-
     // bash's post-install added it to /etc/shells; it is a working shell.
     let shells = fs::read_to_string(root.join("etc/shells")).unwrap();
     assert!(shells.lines().any(|l| l == "/bin/bash"), "/etc/shells:\n{shells}");
-    assert_eq!(ok(&root, "/bin/bash -c 'echo $((6 * 7))'").trim(), "42");
+    assert_eq!(ok(root, "/bin/bash -c 'echo $((6 * 7))'").trim(), "42");
+}
 
-    // The built programs run on the real userland.
-    let keys = ok(&root, "ssh-keygen -A && ls /etc/ssh");
+/// The built programs run on the real userland; returns sshd's public host key (`TYPE BLOB`),
+/// converted for dropbear into /tmp/converted.
+fn assert_programs_run(root: &Path) -> String {
+    let keys = ok(root, "ssh-keygen -A && ls /etc/ssh");
     assert!(keys.contains("ssh_host_ed25519_key.pub"), "{keys}");
-    ok(&root, "/usr/sbin/sshd -t");
-    let config = ok(&root, "/usr/sbin/sshd -T");
+    ok(root, "/usr/sbin/sshd -t");
+    let config = ok(root, "/usr/sbin/sshd -T");
     for line in ["permitrootlogin without-password", "subsystem sftp /usr/lib/ssh/sftp-server", "pidfile /run/sshd.pid"]
     {
         assert!(config.lines().any(|l| l == line), "sshd -T has no `{line}`:\n{config}");
     }
-    let version = in_chroot(&root, "/usr/sbin/dropbear -V");
+    let version = in_chroot(root, "/usr/sbin/dropbear -V");
     assert!(text(&version).contains("Dropbear v20"), "dropbear -V:\n{}", text(&version));
-    let generated = ok(&root, "dropbearkey -t ed25519 -f /tmp/k");
+    let generated = ok(root, "dropbearkey -t ed25519 -f /tmp/k");
     assert!(generated.contains("ssh-ed25519 AAAA"), "{generated}");
     let converted = ok(
-        &root,
+        root,
         "dropbearconvert openssh dropbear /etc/ssh/ssh_host_ed25519_key /tmp/converted && dropbearkey -y -f /tmp/converted",
     );
     let openssh_key = fs::read_to_string(root.join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
-    let openssh_blob = openssh_key.split_whitespace().nth(1).unwrap();
-    assert!(converted.contains(openssh_blob), "the converted host key is not sshd's:\n{converted}\n{openssh_key}");
+    let host_key: Vec<&str> = openssh_key.split_whitespace().take(2).collect();
+    assert!(converted.contains(host_key[1]), "the converted host key is not sshd's:\n{converted}\n{openssh_key}");
+    host_key.join(" ")
+}
 
-    // Both servers serve a real login to OpenSSH's client, with sshd's host key: dropbear
-    // presents it once converted, so one known_hosts entry with strict checking fits both.
-    let client_key = work.path().join("id_ed25519");
+/// Both servers serve a real key login to OpenSSH's client, with sshd's host key: dropbear
+/// presents it once converted, so one known_hosts entry under strict checking fits both.
+fn assert_logins(root: &Path, work: &Path, host_key: &str) {
+    let client_key = work.join("id_ed25519");
     let keygen = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&client_key).status();
     assert!(keygen.unwrap().success(), "ssh-keygen for the client key");
     let ssh_dir = root.join("root/.ssh");
@@ -178,41 +231,22 @@ fn the_bench_repository_installs_and_removes_on_the_real_userland() {
     fs::set_permissions(&ssh_dir, fs::Permissions::from_mode(0o700)).unwrap();
     fs::copy(client_key.with_extension("pub"), ssh_dir.join("authorized_keys")).unwrap();
     fs::copy(root.join("tmp/converted"), root.join("etc/dropbear/dropbear_ed25519_host_key")).unwrap();
-    let host_key: Vec<&str> = openssh_key.split_whitespace().take(2).collect();
-    let known_hosts = work.path().join("known_hosts");
-    let entries = format!("[127.0.0.1]:2222 {0}\n[127.0.0.1]:2223 {0}\n", host_key.join(" "));
-    fs::write(&known_hosts, entries).unwrap();
-    let logins = in_namespace(
-        "chroot \"$1\" /usr/sbin/sshd -p 2222 && chroot \"$1\" /usr/sbin/dropbear -p 127.0.0.1:2223 && \
-         for port in 2222 2223; do \
-           ssh -i \"$2\" -o UserKnownHostsFile=\"$3\" -o StrictHostKeyChecking=yes -o BatchMode=yes -p $port \
-             root@127.0.0.1 'echo \"$(cat /etc/alpine-release) $SSH_CONNECTION\"' || exit 1; \
-         done",
-        &[root.as_os_str(), client_key.as_os_str(), known_hosts.as_os_str()],
-    );
+    let known_hosts = work.join("known_hosts");
+    fs::write(&known_hosts, format!("[127.0.0.1]:2222 {host_key}\n[127.0.0.1]:2223 {host_key}\n")).unwrap();
+    let logins = in_namespace(LOGINS, &[root.as_os_str(), client_key.as_os_str(), known_hosts.as_os_str()]);
     let said = String::from_utf8_lossy(&logins.stdout);
     assert!(logins.status.success(), "ssh logins to sshd and dropbear failed:\n{}", text(&logins));
-    let ports: Vec<&str> =
-        said.lines().filter_map(|l| l.strip_prefix(&format!("{} 127.0.0.1 ", image::RELEASE))).collect();
+    let prefix = format!("{} 127.0.0.1 ", image::RELEASE);
+    let ports: Vec<&str> = said.lines().filter_map(|l| l.strip_prefix(&prefix)).collect();
     assert_eq!(ports.len(), 2, "two logins, each reporting the image's release:\n{}", text(&logins));
     assert!(ports[0].ends_with(" 2222") && ports[1].ends_with(" 2223"), "{said}");
+}
 
-    // The OpenRC services, run by the image's OpenRC 0.63 (dependencies aside: no network
-    // here): sshd and dropbear each make their missing host keys, every daemon starts and
-    // stops without leaving a process behind, cloud-final leaves cloud-init's result.
-    let services = in_namespace(
-        "R=\"$1\"; rc() { chroot \"$R\" /sbin/rc-service --nodeps \"$@\" || exit 1; }; \
-         mount -t tmpfs tmpfs \"$R/run\" && mkdir \"$R/run/openrc\" && touch \"$R/run/openrc/softlevel\" && \
-         rm -f \"$R\"/etc/ssh/ssh_host_* \"$R\"/etc/dropbear/dropbear_*_host_key || exit 1; \
-         for s in sshd chronyd qemu-guest-agent cloud-init-local cloud-init cloud-config cloud-final \
-           cloud-init-hotplugd; do rc $s start; done; \
-         for pid in sshd chronyd qemu-ga cloud-init-hotplugd; do kill -0 \"$(cat \"$R/run/$pid.pid\")\" || exit 1; done; \
-         rc sshd stop; rc dropbear start; \
-         for n in 1 2 3 4 5 6 7 8 9 10; do [ -s \"$R/run/dropbear.pid\" ] || sleep 0.5; done; kill -0 \"$(cat \"$R/run/dropbear.pid\")\" || exit 1; \
-         for s in dropbear chronyd qemu-guest-agent cloud-init-hotplugd; do rc $s stop; done; \
-         cat \"$R/run/cloud-init/result.json\" && chroot \"$R\" ps -o comm",
-        &[root.as_os_str()],
-    );
+/// The OpenRC services, run by the image's OpenRC 0.63: sshd and dropbear each make their
+/// missing host keys, every daemon starts and stops with nothing left behind, and
+/// cloud-final leaves cloud-init's result.
+fn assert_services(root: &Path) {
+    let services = in_namespace(SERVICES, &[root.as_os_str()]);
     let said = text(&services);
     assert!(services.status.success(), "the OpenRC services:\n{said}");
     assert!(said.contains("\"errors\": []"), "cloud-final wrote no result.json:\n{said}");
@@ -222,24 +256,12 @@ fn the_bench_repository_installs_and_removes_on_the_real_userland() {
         left.iter().all(|c| ["sh", "ps"].contains(c)),
         "processes left after the services stopped: {left:?}\n{said}"
     );
-    for key in ["ssh/ssh_host_ed25519_key", "dropbear/dropbear_rsa_host_key", "dropbear/dropbear_ecdsa_host_key"] {
+    for key in [
+        "ssh/ssh_host_ed25519_key",
+        "dropbear/dropbear_rsa_host_key",
+        "dropbear/dropbear_ecdsa_host_key",
+        "dropbear/dropbear_ed25519_host_key",
+    ] {
         assert!(root.join("etc").join(key).is_file(), "/etc/{key} was not made by its service:\n{said}");
-    }
-    assert!(root.join("etc/dropbear/dropbear_ed25519_host_key").is_file(), "{said}");
-
-    // The init scripts are valid shell for the image's busybox.
-    ok(
-        &root,
-        "for s in sshd dropbear chronyd cloud-init cloud-final cloud-init-hotplugd qemu-guest-agent; do sh -n /etc/init.d/$s || exit 1; done",
-    );
-
-    // And apk removes it all: bash's pre-deinstall takes /bin/bash out of /etc/shells.
-    ok(&root, &format!("apk del --no-network {}", names.join(" ")));
-    let left = in_chroot(&root, &format!("apk info -e {} {}", names.join(" "), expected.join(" ")));
-    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "still installed:\n{}", text(&left));
-    let shells = fs::read_to_string(root.join("etc/shells")).unwrap();
-    assert!(!shells.lines().any(|l| l == "/bin/bash"), "/etc/shells still has bash:\n{shells}");
-    for path in ["bin/bash", "usr/sbin/sshd", "usr/sbin/dropbear", "etc/init.d/sshd", "usr/lib/libpython3.12.so.1.0"] {
-        assert!(!root.join(path).exists(), "/{path} is still there after apk del");
     }
 }

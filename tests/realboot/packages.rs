@@ -54,6 +54,10 @@ pub struct Repository {
 
 /// Bumped whenever the build of the programs changes: their cache is named after it.
 const PROGRAMS_VERSION: &str = "v1";
+/// The Debian release whose source packages are built: the build below is written for
+/// their versions (OpenSSH 9.2p1, dropbear 2022.83, busybox 1.35.0, musl 1.2.3).
+const DEBIAN_SUITE: &str = "bookworm";
+const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// The Debian source packages the programs are built from (musl for its crypt()).
 const SOURCES: &[&str] = &["openssh", "dropbear", "busybox", "musl"];
 /// The programs built, as they are named in the programs cache and in the catalog.
@@ -74,11 +78,12 @@ pub fn why_not() -> Option<String> {
             if !is_root() {
                 return Some("the bench repository is built with the image's apk in a chroot: that needs root".into());
             }
+            let build_programs = !image::cache().join(programs_dir_name()).is_dir();
             let mut tools = vec![("chroot", "--version", "coreutils")];
             if !image::cache().join(KEY_DIR).is_dir() {
                 tools.push(("openssl", "version", "openssl"));
             }
-            if !image::cache().join(programs_dir_name()).is_dir() {
+            if build_programs {
                 tools.extend([
                     ("musl-gcc", "--version", "musl-tools"),
                     ("gcc", "--version", "gcc"),
@@ -91,9 +96,17 @@ pub fn why_not() -> Option<String> {
                     ("bzip2", "--help", "bzip2"),
                 ]);
             }
-            tools.into_iter().find(|(tool, arg, _)| !runs(tool, arg)).map(|(tool, _, package)| {
-                format!("`{tool}` is not installed (Debian package {package}; it builds the bench repository)")
-            })
+            if let Some((tool, _, package)) = tools.into_iter().find(|(tool, arg, _)| !runs(tool, arg)) {
+                return Some(format!(
+                    "`{tool}` is not installed (Debian package {package}; it builds the bench repository)"
+                ));
+            }
+            if build_programs && !Path::new(DEBIAN_KEYRING).is_file() {
+                return Some(format!(
+                    "{DEBIAN_KEYRING} is missing (debian-archive-keyring): it verifies Debian's sources"
+                ));
+            }
+            None
         })
         .clone()
 }
@@ -261,25 +274,16 @@ fn build_programs(scratch: &Path) {
     write(&logs.join("took"), took.as_bytes(), 0o644);
 }
 
-/// `apt-get source` of SOURCES with a private apt configuration (a `deb-src` entry for the
-/// host's Debian release): the host's own apt configuration is neither needed nor changed.
+/// `apt-get source` of SOURCES from Debian 12 (bookworm), whatever the host runs, with a
+/// private apt configuration: the host's own apt configuration is neither needed nor changed.
 fn fetch_sources(work: &Path, logs: &Path) -> BTreeMap<String, PathBuf> {
     let apt = work.join("apt");
     for dir in ["parts", "lists/partial", "cache/archives/partial", "src"] {
         mkdir(&apt.join(dir));
     }
-    let os_release = fs::read_to_string("/etc/os-release").unwrap_or_default();
-    let codename = os_release
-        .lines()
-        .find_map(|line| line.strip_prefix("VERSION_CODENAME="))
-        .map(|v| v.trim_matches('"').to_string())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| {
-            panic!("/etc/os-release names no VERSION_CODENAME: the programs are built from Debian's sources")
-        });
     let entry = format!(
-        "Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: {codename}\nComponents: main\n\
-         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        "Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: {DEBIAN_SUITE}\nComponents: main\n\
+         Signed-By: {DEBIAN_KEYRING}\n"
     );
     write(&apt.join("parts/debian-src.sources"), entry.as_bytes(), 0o644);
     let options: Vec<String> = [
