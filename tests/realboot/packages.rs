@@ -64,7 +64,7 @@ const SOURCES: &[&str] = &["openssh", "dropbear", "busybox", "musl"];
 const PROGRAMS: &[&str] =
     &["sshd", "ssh", "ssh-keygen", "sftp-server", "dropbear", "dropbearkey", "dropbearconvert", "bash"];
 const ARCH: &str = "x86_64";
-/// The mtime of every packaged file: packages do not depend on when they were built.
+/// The mtime of every packaged file: a rebuild of the repository is byte-identical.
 const EPOCH: &str = "@1763000000";
 
 /// Why the repository cannot be built here, or None when it can (or is already built).
@@ -168,6 +168,7 @@ fn cached(path: PathBuf, build: impl FnOnce(&Path)) -> PathBuf {
     if path.exists() {
         return path;
     }
+    remove_dead_scratches(&path);
     let scratch = path.with_extension(format!("partial-{}", std::process::id()));
     remove(&scratch);
     build(&scratch);
@@ -177,6 +178,20 @@ fn cached(path: PathBuf, build: impl FnOnce(&Path)) -> PathBuf {
     }
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// Scratch paths of PATH (and what grew beside them) left by processes that died mid-build.
+fn remove_dead_scratches(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
+    let prefix = format!("{}.partial-", name.to_string_lossy());
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = entry_name.strip_prefix(&prefix) else { continue };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if !pid.is_empty() && !Path::new("/proc").join(&pid).exists() {
+            remove(&entry.path());
+        }
+    }
 }
 
 fn remove(path: &Path) {
@@ -641,7 +656,7 @@ fn padded(script: &[u8], n: usize, what: &str) -> Vec<u8> {
 /// Stage every package of the catalog, pack and sign it with the image's `apk mkpkg`,
 /// then index and sign the lot with `apk mkndx`, in a chroot of a copy of the image.
 fn build_repository(scratch: &Path, catalog: &Catalog, programs: &Programs, key: &SigningKey) {
-    let builder = scratch.with_extension("builder");
+    let builder = PathBuf::from(format!("{}.builder", scratch.display()));
     remove(&builder);
     mkdir(&builder);
     // The tree's contents (`/.`): were the cached root a symlink, `cp -a` would copy the link.
