@@ -39,13 +39,28 @@ fn in_chroot(root: &Path, script: &str) -> Output {
     in_namespace("exec chroot \"$1\" /bin/sh -c \"$2\"", &[root.as_os_str(), OsStr::new(script)])
 }
 
-/// In NAMESPACE, sshd on port 2222 and dropbear on 2223 of the chroot at $1, then a login
-/// to each with OpenSSH's client (key $2, known_hosts $3, strict checking) that prints the
-/// release and `$SSH_CONNECTION`.
-const LOGINS: &str = r#"chroot "$1" /usr/sbin/sshd -p 2222 && chroot "$1" /usr/sbin/dropbear -p 127.0.0.1:2223 || exit 1
+/// In NAMESPACE, in the chroot at $1: sshd on port 2222 (its default policy), dropbear on
+/// 2223, and sshd on 2224 with root's password allowed. A key login (key $2, known_hosts $3,
+/// strict checking) to sshd and dropbear prints the release and `$SSH_CONNECTION`; then
+/// root's password, right ($4 prints it) and wrong ($5), on each port: `in` or `refused`.
+const LOGINS: &str = r#"chroot "$1" /usr/sbin/sshd -p 2222 && chroot "$1" /usr/sbin/dropbear -p 127.0.0.1:2223 &&
+	chroot "$1" /usr/sbin/sshd -p 2224 -o PermitRootLogin=yes || exit 1
 for port in 2222 2223; do
 	ssh -i "$2" -o UserKnownHostsFile="$3" -o StrictHostKeyChecking=yes -o BatchMode=yes -p "$port" \
 		root@127.0.0.1 'echo "$(cat /etc/alpine-release) $SSH_CONNECTION"' || exit 1
+done
+password() {
+	if SSH_ASKPASS="$1" SSH_ASKPASS_REQUIRE=force ssh -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no \
+		-o PubkeyAuthentication=no -o PreferredAuthentications=password -o NumberOfPasswordPrompts=1 \
+		-p "$3" root@127.0.0.1 true </dev/null >/dev/null 2>&1; then
+		echo "$2 password on $3: in"
+	else
+		echo "$2 password on $3: refused"
+	fi
+}
+for port in 2222 2223 2224; do
+	password "$4" right "$port"
+	password "$5" wrong "$port"
 done"#;
 
 /// In NAMESPACE, the OpenRC services of the chroot at $1 run by its own OpenRC (with a fresh
@@ -222,6 +237,8 @@ fn assert_programs_run(root: &Path) -> String {
 
 /// Both servers serve a real key login to OpenSSH's client, with sshd's host key: dropbear
 /// presents it once converted, so one known_hosts entry under strict checking fits both.
+/// Root's password: refused by sshd's default policy (prohibit-password), taken by dropbear's
+/// and by sshd's when allowed (both check it with musl's crypt()), and a wrong one refused.
 fn assert_logins(root: &Path, work: &Path, host_key: &str) {
     let client_key = work.join("id_ed25519");
     let keygen = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&client_key).status();
@@ -233,13 +250,32 @@ fn assert_logins(root: &Path, work: &Path, host_key: &str) {
     fs::copy(root.join("tmp/converted"), root.join("etc/dropbear/dropbear_ed25519_host_key")).unwrap();
     let known_hosts = work.join("known_hosts");
     fs::write(&known_hosts, format!("[127.0.0.1]:2222 {host_key}\n[127.0.0.1]:2223 {host_key}\n")).unwrap();
-    let logins = in_namespace(LOGINS, &[root.as_os_str(), client_key.as_os_str(), known_hosts.as_os_str()]);
+    ok(root, "echo 'root:bench-password' | chpasswd");
+    let askpass = |name: &str, password: &str| {
+        let path = work.join(name);
+        fs::write(&path, format!("#!/bin/sh\necho '{password}'\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+        path
+    };
+    let (right, wrong) = (askpass("askpass-right", "bench-password"), askpass("askpass-wrong", "not-the-password"));
+    let args = [root, &client_key, &known_hosts, &right, &wrong].map(Path::as_os_str);
+    let logins = in_namespace(LOGINS, &args);
     let said = String::from_utf8_lossy(&logins.stdout);
     assert!(logins.status.success(), "ssh logins to sshd and dropbear failed:\n{}", text(&logins));
     let prefix = format!("{} 127.0.0.1 ", image::RELEASE);
     let ports: Vec<&str> = said.lines().filter_map(|l| l.strip_prefix(&prefix)).collect();
-    assert_eq!(ports.len(), 2, "two logins, each reporting the image's release:\n{}", text(&logins));
+    assert_eq!(ports.len(), 2, "two key logins, each reporting the image's release:\n{}", text(&logins));
     assert!(ports[0].ends_with(" 2222") && ports[1].ends_with(" 2223"), "{said}");
+    let passwords: Vec<&str> = said.lines().filter(|l| l.contains(" password on ")).collect();
+    let expected = [
+        "right password on 2222: refused",
+        "wrong password on 2222: refused",
+        "right password on 2223: in",
+        "wrong password on 2223: refused",
+        "right password on 2224: in",
+        "wrong password on 2224: refused",
+    ];
+    assert_eq!(passwords, expected, "root's password on sshd (2222, 2224) and dropbear (2223):\n{}", text(&logins));
 }
 
 /// The OpenRC services, run by the image's OpenRC 0.63: sshd and dropbear each make their
