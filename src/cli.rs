@@ -33,6 +33,13 @@ pub struct Cli {
     /// How the script will be run: by an operator, or by cloud-init as user-data.
     #[arg(long, value_enum, default_value = "script")]
     format: script::Format,
+    /// Leave out the script's comments (not the files it writes): the same program,
+    /// smaller, for user-data limits. The commented form is what to review.
+    #[arg(long, global = true)]
+    compact: bool,
+    /// Compress the script with gzip, as cloud-init accepts user-data.
+    #[arg(long, global = true)]
+    gzip: bool,
     #[command(flatten)]
     facts: FactArgs,
 }
@@ -89,14 +96,23 @@ impl FactArgs {
 
 /// What a command prints on stdout, and whether it is a script to run on a host.
 pub struct Output {
-    pub text: String,
+    pub bytes: Vec<u8>,
     pub is_script: bool,
 }
 
 /// Run the command line; the output for stdout, or the error for stderr.
 pub fn run(cli: Cli) -> Result<Output, Error> {
     let is_script = matches!(cli.command, None | Some(Command::Script | Command::Probe));
-    Ok(Output { text: run_command(cli)?, is_script })
+    if (cli.compact || cli.gzip) && !is_script {
+        return Err(Error::Usage("--compact and --gzip apply to scripts: the script and the probe".into()));
+    }
+    let (compact, gzip) = (cli.compact, cli.gzip);
+    let mut text = run_command(cli)?;
+    if compact {
+        text = script::compact(&text);
+    }
+    let bytes = if gzip { script::gzip(&text)? } else { text.into_bytes() };
+    Ok(Output { bytes, is_script })
 }
 
 fn run_command(cli: Cli) -> Result<String, Error> {
@@ -128,7 +144,7 @@ fn run_command(cli: Cli) -> Result<String, Error> {
     }
 }
 
-fn changes(steps: &[crate::target::Action]) -> String {
+fn changes(steps: &[crate::target::Action<String>]) -> String {
     use crate::target::Action;
     let text: Vec<String> = steps
         .iter()
@@ -168,7 +184,7 @@ fn plan_text(plan: &Plan) -> String {
         let by = if d.decided_by.is_empty() { "always".to_string() } else { d.decided_by.clone() };
         writeln!(out, "  {:<20} {state}  [{by}]", d.rule.id).expect("write to String");
         writeln!(out, "  {:<20} {}", "", d.rule.summary).expect("write to String");
-        writeln!(out, "  {:<20} {}", "", changes(&d.rule.actions)).expect("write to String");
+        writeln!(out, "  {:<20} {}", "", changes(&d.steps)).expect("write to String");
     }
     out
 }

@@ -16,10 +16,10 @@ fn main() -> ExitCode {
     match cli::run(cli::Cli::parse()) {
         Ok(output) => {
             let mut stdout = std::io::stdout().lock();
-            match stdout.write_all(output.text.as_bytes()).and_then(|()| stdout.flush()) {
+            match stdout.write_all(&output.bytes).and_then(|()| stdout.flush()) {
                 Ok(()) => {
                     if output.is_script {
-                        eprintln!("{}", script::integrity_note(&output.text));
+                        eprintln!("{}", script::integrity_note(&output.bytes));
                     }
                     ExitCode::SUCCESS
                 }

@@ -11,7 +11,7 @@ pub struct Decision<'t> {
     pub applied: bool,
     /// The facts that decided it, e.g. `ipv6 = unused`; empty for an unconditional rule.
     pub decided_by: String,
-    /// The steps, resolved for this host; empty when skipped.
+    /// The steps, resolved for this host (what they would be, for a skipped rule).
     pub steps: Vec<Action<String>>,
 }
 
@@ -80,12 +80,9 @@ fn resolve(action: &Action, facts: &Facts) -> Action<String> {
             add: items(add, facts),
             remove: items(remove, facts),
         },
-        Action::Replace { path, find, replace, into } => Action::Replace {
-            path: f(path),
-            find: f(find),
-            replace: f(replace),
-            into: into.as_deref().map(f),
-        },
+        Action::Replace { path, find, replace, into } => {
+            Action::Replace { path: f(path), find: f(find), replace: f(replace), into: into.as_deref().map(f) }
+        }
         Action::KernelCmdline { remove_modules, add_options } => Action::KernelCmdline {
             remove_modules: items(remove_modules, facts),
             add_options: items(add_options, facts),
@@ -124,7 +121,7 @@ impl<'t> Plan<'t> {
                     rule,
                     applied,
                     decided_by: describe(&rule.when, facts),
-                    steps: if applied { rule.actions.iter().map(|a| resolve(a, facts)).collect() } else { Vec::new() },
+                    steps: rule.actions.iter().map(|a| resolve(a, facts)).collect(),
                 }
             })
             .collect();

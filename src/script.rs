@@ -206,14 +206,51 @@ fn step_files(step: &Action<String>, boot_loader: BootLoader) -> Vec<String> {
 
 /// What mingen says on stderr beside a script: its size and sha256, and the
 /// command that checks a copy (pasted or sent) on the host before it runs.
-pub fn integrity_note(text: &str) -> String {
+pub fn integrity_note(bytes: &[u8]) -> String {
     use sha2::Digest;
-    let sum = hex_digest(&sha2::Sha256::digest(text.as_bytes()));
+    let sum = hex_digest(&sha2::Sha256::digest(bytes));
     format!(
         "mingen: the script is {} bytes, sha256 {sum}; check a copy on the host with:\n  \
          echo '{sum}  minimise.sh' | sha256sum -c - && wc -c minimise.sh",
-        text.len()
+        bytes.len()
     )
+}
+
+/// The script without its comment lines: the same program, smaller. Heredocs
+/// (the files the script writes, undo.sh) are kept to the letter, and so are the
+/// first line and shellcheck's directives.
+pub fn compact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut heredoc_end: Option<&str> = None;
+    for (number, line) in text.lines().enumerate() {
+        let keep = match heredoc_end {
+            Some(end) => {
+                if line == end {
+                    heredoc_end = None;
+                }
+                true
+            }
+            None => {
+                if let Some((_, rest)) = line.split_once("<<'") {
+                    heredoc_end = rest.split_once('\'').map(|(end, _)| end);
+                }
+                let comment = line.trim_start().starts_with('#') && !line.trim_start().starts_with("# shellcheck ");
+                number == 0 || !comment
+            }
+        };
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The text, gzip-compressed (cloud-init reads gzip'd user-data).
+pub fn gzip(text: &str) -> Result<Vec<u8>, Error> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(text.as_bytes()).and_then(|()| encoder.finish()).map_err(|e| Error::Internal(e.to_string()))
 }
 
 fn hex_digest(bytes: &[u8]) -> String {

@@ -30,8 +30,8 @@
 {%- endif %}
 # Run it as root on the host:
 #   sh minimise.sh                    check the host, then make the changes
-#   MINGEN_DRY_RUN=1 sh minimise.sh   check the host and say what would change
-#   MINGEN_REBOOT=1 sh minimise.sh    reboot at the end
+#   sh minimise.sh --dry-run          check the host and say what would change (or MINGEN_DRY_RUN=1)
+#   sh minimise.sh --reboot           reboot at the end (or MINGEN_REBOOT=1)
 # Before changing anything it checks that the host is the one the facts describe.
 # It keeps a copy of every file it changes under /var/lib/mingen/backup and writes
 # /var/lib/mingen/undo.sh. It can be run again: a run cut short ends where one
@@ -254,8 +254,22 @@ finish() {
 	fi
 }
 
+# read_arguments ARG...: --dry-run and --reboot, the same as MINGEN_DRY_RUN=1 and
+# MINGEN_REBOOT=1 (for tools that pass arguments more easily than variables).
+read_arguments() {
+	local arg
+	for arg in "$@"; do
+		case $arg in
+		--dry-run) MINGEN_DRY_RUN=1 ;;
+		--reboot) MINGEN_REBOOT=1 ;;
+		*) err "unknown argument \`$arg\` (known: --dry-run, --reboot)" ;;
+		esac
+	done
+}
+
 main() {
 	MINGEN_MAIN_RAN=1
+	read_arguments "$@"
 	# Output that cannot be written (a closed terminal) must not end the run.
 	trap '' PIPE
 {%- if format == "user-data" %}

@@ -233,3 +233,11 @@ fn the_script_comes_with_its_size_and_sha256_and_a_cut_paste_fails_loudly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ended before main ran"));
 }
+
+#[test]
+fn plan_fills_every_placeholder_even_for_skipped_rules() {
+    let run = mingen(&["plan", "--disk", "sda", "--network", "dhcp"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("sets /sys/block/sda/queue/read_ahead_kb"), "{}", run.stdout);
+    assert!(!run.stdout.contains('@'), "an unfilled placeholder:\n{}", run.stdout);
+}

@@ -94,3 +94,45 @@ fn every_snapshot_is_shellcheck_clean() {
     }
     assert!(seen >= 9, "only {seen} snapshots found in {}", dir.display());
 }
+
+/// `--compact` drops comment lines and nothing else: every other line, and every
+/// line of the files it writes (heredocs), is kept in order; it stays
+/// shellcheck-clean; `--gzip` of user-data fits EC2's 16 KiB.
+#[test]
+fn compact_scripts_keep_every_line_but_comments_and_user_data_fits_gzipped() {
+    for args in [&[][..], &["--format", "user-data"][..], &["--disk", "sda", "--ssh", "openssh"][..], &["probe"][..]] {
+        let full = script(args);
+        let compact = script(&[args, &["--compact"][..]].concat());
+        common::shellcheck(&format!("{args:?} --compact"), &compact);
+        let mut kept = compact.lines().peekable();
+        let mut in_heredoc: Option<String> = None;
+        for line in full.lines() {
+            let dropped = in_heredoc.is_none()
+                && line.trim_start().starts_with('#')
+                && !line.starts_with("#!")
+                && !line.trim_start().starts_with("# shellcheck ");
+            if let Some(end) = &in_heredoc {
+                if line == end {
+                    in_heredoc = None;
+                }
+            } else if let Some((_, rest)) = line.split_once("<<'") {
+                in_heredoc = rest.split_once('\'').map(|(end, _)| end.to_string());
+            }
+            if dropped {
+                continue;
+            }
+            assert_eq!(kept.next(), Some(line), "{args:?}: the compact form lost or changed a line");
+        }
+        assert_eq!(kept.next(), None, "{args:?}: the compact form has lines the commented one lacks");
+        assert!(compact.len() < full.len(), "{args:?}: compact {} vs {} bytes", compact.len(), full.len());
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mingen"))
+        .args(["--format", "user-data", "--compact", "--gzip"])
+        .output()
+        .expect("run mingen");
+    assert!(out.status.success());
+    assert!(out.stdout.len() < 16 * 1024, "gzipped user-data is {} bytes: over EC2's 16 KiB", out.stdout.len());
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&out.stdout[..]), &mut unzipped).expect("gunzip");
+    assert_eq!(unzipped, script(&["--format", "user-data", "--compact"]));
+}
