@@ -49,6 +49,18 @@ fn guide_host_is_provisioned_from_the_local_signed_repository() {
     assert!(!host.exists("/lib/sysctl.d/00-alpine.conf"));
     assert!(host.read("/etc/inittab").contains("\nttyS0::respawn:"));
     assert!(host.exists("/etc/mkinitfs/features.d/memdisk.modules"), "3.23 features");
+    // The real 3.23.6 userland, its container build undone (FACTS.md).
+    assert!(ok(&host, "apk --version").starts_with("apk-tools 3.0.8"));
+    assert!(ok(&host, "busybox --help 2>&1 | head -n 1").starts_with("BusyBox v1.37.0"));
+    assert!(!host.exists("/.dockerenv") && !host.exists("/etc/init.d/setup-dns"));
+    assert!(!host.read("/etc/rc.conf").contains("rc_sys=\"lxc\""));
+    assert_eq!(host.read("/etc/modules"), "af_packet\nipv6\n");
+    assert!(host.read("/etc/fstab").contains("\nLABEL=/\t/\text4\t"));
+    // The special modes apk's database records (the image's cached tree lacks them).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| std::fs::metadata(host.host_path(p)).expect("stat").permissions().mode() & 0o7777;
+    assert_eq!(mode("/usr/bin/sudo"), 0o4755);
+    assert_eq!(mode("/tmp"), 0o1777);
     // Building leaves no calls behind.
     assert!(host.calls().is_empty(), "{:?}", host.calls());
 }
@@ -282,7 +294,7 @@ fn real_mkinitfs_builds_from_the_kernel_modules_and_modprobe_config() {
     assert_eq!(host.read("/usr/share/kernel/virt/kernel.release"), format!("{kver}\n"));
     assert!(host.exists(&format!("/lib/modules/{kver}/kernel/drivers/scsi/virtio_scsi.ko.gz")));
     assert!(host.exists("/boot/vmlinuz-virt"));
-    // The image's own initramfs, built with the package default features.
+    // The host's initramfs, built at provisioning with the package default features.
     assert!(
         host.read("/etc/mkinitfs/mkinitfs.conf")
             .contains("features=\"ata base cdrom ext4 keymap kms mmc nvme raid scsi usb virtio\"")

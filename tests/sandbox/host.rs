@@ -60,7 +60,7 @@ impl Host {
         let started = Instant::now();
         let template = template(profile);
         let host = Host::empty(Profile::load(profile));
-        check(Command::new("cp").arg("-a").arg(&template).arg(&host.root), "copy the host template");
+        copy_root(&template, &host.root, LINKED);
         eprintln!("sandbox: host `{profile}` ready in {:.2?}", started.elapsed());
         host
     }
@@ -158,6 +158,21 @@ impl Host {
         self.read("/lib/apk/db/installed").lines().filter_map(|l| l.strip_prefix("P:")).map(str::to_string).collect()
     }
 
+    /// Installed packages with their versions (`P:` and `V:` of /lib/apk/db/installed).
+    pub fn installed_versions(&self) -> BTreeSet<(String, String)> {
+        let db = self.read("/lib/apk/db/installed");
+        let mut set = BTreeSet::new();
+        let mut name = None;
+        for line in db.lines() {
+            if let Some(p) = line.strip_prefix("P:") {
+                name = Some(p.to_string());
+            } else if let (Some(v), Some(n)) = (line.strip_prefix("V:"), name.take()) {
+                set.insert((n, v.to_string()));
+            }
+        }
+        set
+    }
+
     /// The stand-ins' calls since the host was built (or last cleared), in order.
     pub fn calls(&self) -> Vec<Call> {
         let log = self.root.join(CALL_LOG.trim_start_matches('/'));
@@ -219,6 +234,35 @@ impl Host {
     }
 }
 
+/// Directories of a template that its hosts share as hard links, not copies:
+/// files nothing changes in place (the kernel's modules, which only the
+/// kernel's own install or depmod replace, by rename; the apk repository,
+/// which apk only reads). Everything else is copied.
+const LINKED: &[&str] = &["lib/modules", ".sandbox/repo"];
+
+/// `cp -a from to`, but for the `linked` directories (relative), `cp -al`.
+fn copy_root(from: &Path, to: &Path, linked: &[&str]) {
+    if linked.iter().any(|l| l.is_empty()) {
+        check(Command::new("cp").arg("-al").arg(from).arg(to), "link a directory of the host template");
+        return;
+    }
+    if linked.is_empty() || !from.is_dir() {
+        check(Command::new("cp").arg("-a").arg(from).arg(to), "copy the host template");
+        return;
+    }
+    std::fs::create_dir(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    let meta = std::fs::metadata(from).expect("stat a template directory");
+    std::fs::set_permissions(to, meta.permissions()).expect("chmod a host directory");
+    std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid())).expect("chown a host directory");
+    for name in list_dir(from) {
+        let inner: Vec<&str> = linked
+            .iter()
+            .filter_map(|l| if *l == name { Some("") } else { l.strip_prefix(&format!("{name}/")) })
+            .collect();
+        copy_root(&from.join(&name), &to.join(&name), &inner);
+    }
+}
+
 /// The provisioned template of a profile, built once per process.
 fn template(name: &str) -> PathBuf {
     static TEMPLATES: OnceLock<Mutex<HashMap<String, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
@@ -247,6 +291,7 @@ fn provision(profile: &Profile, root: &Path) {
         check(Command::new("cp").arg("-a").arg(super::image::root()).arg(root), "copy the image's root tree");
         eprintln!("sandbox: profile `{}`: image copied in {:.2?}", profile.name, copy_started.elapsed());
         undo_container_build(root);
+        restore_special_modes(root);
     } else {
         extract_minirootfs(root);
     }
@@ -342,6 +387,12 @@ fn provision(profile: &Profile, root: &Path) {
     }
     let started = root.join("run/openrc/started");
     std::fs::create_dir_all(&started).expect("create /run/openrc/started");
+    if image {
+        // The rest of the state directories a booted OpenRC has (librc's).
+        for dir in OPENRC_STATE_DIRS {
+            std::fs::create_dir_all(root.join("run/openrc").join(dir)).expect("create an OpenRC state directory");
+        }
+    }
     for svc in &profile.started {
         std::os::unix::fs::symlink(format!("/etc/init.d/{svc}"), started.join(svc)).expect("mark started");
     }
@@ -383,12 +434,13 @@ fn provision(profile: &Profile, root: &Path) {
     }
 
     // Boot files as the kernel's install leaves them: its trigger runs
-    // mkinitfs, whose new initramfs fires syslinux's update-extlinux. The
-    // image's initramfs is the one its own kernel install built.
+    // mkinitfs (on the image too: the host's initramfs is built from the
+    // host's own configuration, reproducibly), whose new initramfs fires
+    // syslinux's update-extlinux.
     let out = run_in(
         root,
         profile,
-        "set -e; if [ ! -e /boot/initramfs-virt ]; then mkinitfs \"$(cat /usr/share/kernel/virt/kernel.release)\" >/dev/null; fi; \
+        "set -e; mkinitfs \"$(cat /usr/share/kernel/virt/kernel.release)\" >/dev/null; \
          if [ -x /sbin/update-extlinux ]; then update-extlinux; fi",
         &[],
     );
@@ -402,6 +454,12 @@ fn provision(profile: &Profile, root: &Path) {
     }
 }
 
+/// The state directories under /run/openrc, besides `started`, that the real
+/// rc-update and rc-status of OpenRC 0.63 make when they are missing (seen): a
+/// booted host has them.
+const OPENRC_STATE_DIRS: &[&str] =
+    &["daemons", "failed", "hotplugged", "inactive", "scheduled", "starting", "stopping", "wasinactive"];
+
 /// Real tools of the image that change state, recorded in the call log by
 /// `standins/record` at their own path, which then runs the real one, moved to
 /// [`REAL_DIR`].
@@ -414,6 +472,33 @@ fn install_standin(root: &Path, path: &str, standin: &str) {
     let data = std::fs::read(paths::sandbox().join("standins").join(standin)).expect("read a stand-in");
     let _ = std::fs::remove_file(root.join(path.trim_start_matches('/')));
     write_file(root, path, &data, 0o755);
+}
+
+/// Gives back the setuid, setgid and sticky bits that the image's cached root
+/// tree lacks (`debugfs rdump` drops them: `/usr/bin/sudo` 4755, `/tmp` 1777),
+/// from the modes apk's database records for each path.
+fn restore_special_modes(root: &Path) {
+    let db = std::fs::read_to_string(root.join("lib/apk/db/installed")).expect("read the installed database");
+    let (mut dir, mut last) = (String::new(), String::new());
+    for line in db.lines() {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let mode = || value.rsplit(':').next().and_then(|m| u32::from_str_radix(m, 8).ok()).unwrap_or(0);
+        match key {
+            "F" => {
+                dir = value.to_string();
+                last = dir.clone();
+            }
+            "R" => last = format!("{dir}/{value}"),
+            "a" | "M" if mode() & 0o7000 != 0 => {
+                let path = root.join(if key == "M" { &dir } else { &last });
+                if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode()))
+                        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Undoes what building the image as a container changed (FACTS.md), so that

@@ -173,7 +173,9 @@ fn why_not_base() -> Option<String> {
             if !paths::minirootfs().is_file() {
                 return Some(format!("{} is missing", paths::minirootfs().display()));
             }
-            for tool in ["chroot", "unshare", "openssl", "ssh-keygen", "tar", "ip", "timeout", "cp"] {
+            for tool in
+                ["chroot", "unshare", "openssl", "ssh-keygen", "tar", "ip", "timeout", "cp", "sha256sum", "xargs"]
+            {
                 let found = Command::new("sh")
                     .args(["-c", &format!("command -v {tool}")])
                     .output()

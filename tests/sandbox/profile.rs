@@ -68,7 +68,7 @@ pub struct Network {
 pub struct Profile {
     pub name: String,
     pub release: Release,
-    /// Content of /etc/alpine-release, e.g. `3.23.0`.
+    /// Content of /etc/alpine-release, e.g. `3.23.6`.
     pub alpine_release: String,
     /// The root disk, e.g. `vda` or `sda`.
     pub disk: String,
