@@ -38,16 +38,19 @@ fn host(profile: &str) -> Host {
 }
 
 /// The calls that could change state: everything but service status queries,
-/// `sshd -T` and read-only apk.
+/// `sshd -T` (with the config file and arguments sshd is started with) and
+/// read-only apk.
 fn state_changing_calls(host: &Host) -> Vec<String> {
     host.calls()
         .into_iter()
         .filter(|c| {
             let first = c.args.first().map(String::as_str);
             let read_only = match c.program.as_str() {
-                "apk" => first == Some("info"),
+                // The applet comes after apk's global options (--no-network).
+                "apk" => c.args.iter().find(|a| !a.starts_with('-')).map(String::as_str) == Some("info"),
                 "rc-service" => c.args.len() == 2 && c.args[1] == "status",
-                "sshd" => c.args == ["-T"],
+                // -T: print the effective configuration and exit, whatever follows.
+                "sshd" => first == Some("-T"),
                 _ => false,
             };
             !read_only
