@@ -155,6 +155,10 @@ fn changes(steps: &[crate::target::Action<String>]) -> String {
             Action::Replace { path, into: Some(into), .. } => format!("writes {into}, an edited copy of {path}"),
             Action::KernelCmdline { .. } => "edits the kernel command line".into(),
             Action::Mkinitfs {} => "runs mkinitfs".into(),
+            Action::PruneModules { .. } => {
+                "removes unneeded modules from /lib/modules, now and for later kernels".into()
+            }
+            Action::CheckInitramfs { modules } => format!("checks the initramfs holds {}", modules.join(", ")),
             Action::PackagesAdd { .. } => "installs packages".into(),
             Action::PackagesRemove { .. } => "removes packages".into(),
             Action::ServiceOff { name, .. } => format!("disables {name}"),

@@ -163,6 +163,10 @@ facts! {
     ssh_root_login: RootLogin = RootLogin::ProhibitPassword,
         "sshd's PermitRootLogin now; prohibit-password becomes -g, no becomes -w",
         when ssh = "dropbear";
+    modules_prune: ModulesPrune = ModulesPrune::Virtual,
+        "virtual: keep in /lib/modules what the host loads and needs to boot, plus every bus a hypervisor may switch it to; host: without those; off: keep every module";
+    modules_keep: Words = Words(Vec::new()),
+        "modules to keep beside those (names, or paths such as kernel/net/netfilter), comma-separated as a flag";
     sudo_doas: SudoDoas = SudoDoas::Auto,
         "sudo and doas: auto removes them only where root can log in over SSH directly (checked on the host); keep; remove";
 }
@@ -197,7 +201,7 @@ macro_rules! choice {
     )*};
 }
 
-choice!(Disk, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas);
+choice!(Disk, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas, ModulesPrune);
 
 /// Which kind of disk holds the root filesystem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -271,6 +275,58 @@ pub enum SudoDoas {
     Keep,
     /// remove them: root has another way in
     Remove,
+}
+
+/// Which kernel modules stay on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModulesPrune {
+    /// what the host needs, and every bus a hypervisor may move it to
+    Virtual,
+    /// what the host needs now
+    Host,
+    /// keep every module
+    Off,
+}
+
+/// A list of plain words (module names, paths): letters, digits and `_-./`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Words(pub Vec<String>);
+
+impl Words {
+    fn checked(words: Vec<String>) -> Result<Words, String> {
+        for word in &words {
+            let plain = !word.is_empty()
+                && !word.starts_with('/')
+                && !word.contains("..")
+                && word.chars().all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c));
+            if !plain {
+                return Err(format!("`{word}` is not a module name or a path under /lib/modules/VERSION"));
+            }
+        }
+        Ok(Words(words))
+    }
+}
+
+impl FactValue for Words {
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        let list = value.as_array().ok_or("expected a list of strings, e.g. [\"wireguard\"]")?;
+        let words = list
+            .iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| format!("{v} is not a string")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::checked(words)
+    }
+    fn flag_parser() -> ValueParser {
+        ValueParser::new(|text: &str| {
+            Words::checked(text.split(',').map(str::trim).filter(|w| !w.is_empty()).map(str::to_string).collect())
+        })
+    }
+    fn text(&self) -> String {
+        self.0.join(" ")
+    }
+    fn toml(&self) -> String {
+        format!("[{}]", self.0.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(", "))
+    }
 }
 
 /// The name of a target (`targets/NAME.toml`).

@@ -88,6 +88,8 @@ fn resolve(action: &Action, facts: &Facts) -> Action<String> {
             add_options: items(add_options, facts),
         },
         Action::Mkinitfs {} => Action::Mkinitfs {},
+        Action::PruneModules { keep } => Action::PruneModules { keep: items(keep, facts) },
+        Action::CheckInitramfs { modules } => Action::CheckInitramfs { modules: items(modules, facts) },
         Action::PackagesAdd { names, only_if_installed } => {
             Action::PackagesAdd { names: items(names, facts), only_if_installed: *only_if_installed }
         }

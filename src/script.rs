@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use crate::error::Error;
 use crate::facts::{self, Facts, Ipv6, RootLogin, YesNo};
 use crate::plan::{Plan, push_new};
-use crate::target::{Action, BootLoader, Check, Stage};
+use crate::target::{Action, BootLoader, Check, Stage, Target};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -171,6 +171,10 @@ fn step_needs(step: &Action<String>, boot_loader: BootLoader) -> Result<Vec<Stri
             ],
         },
         Action::Mkinitfs {} => vec!["need_program mkinitfs".into()],
+        Action::PruneModules { .. } => {
+            vec!["need_program depmod".into(), "need_program modprobe".into(), "need_modules_dep".into()]
+        }
+        Action::CheckInitramfs { .. } => vec!["need_program cpio".into()],
         Action::PackagesAdd { names, only_if_installed: false } if !names.is_empty() => {
             let names = names.iter().map(|n| q(n)).collect::<Result<Vec<_>, _>>()?;
             vec![format!("need_installable {}", names.join(" "))]
@@ -182,7 +186,7 @@ fn step_needs(step: &Action<String>, boot_loader: BootLoader) -> Result<Vec<Stri
 }
 
 /// The files a step may change, for the backup.
-fn step_files(step: &Action<String>, boot_loader: BootLoader) -> Vec<String> {
+fn step_files(step: &Action<String>, target: &Target) -> Vec<String> {
     match step {
         Action::WriteFile { path, create_dir: true, .. } => {
             vec![path.rsplit_once('/').map(|(dir, _)| dir.to_string()).unwrap_or_default(), path.clone()]
@@ -192,7 +196,9 @@ fn step_files(step: &Action<String>, boot_loader: BootLoader) -> Vec<String> {
         | Action::Replace { path, into: None, .. }
         | Action::Replace { into: Some(path), .. }
         | Action::WriteValue { path, .. } => vec![path.clone()],
-        Action::KernelCmdline { .. } => match boot_loader {
+        // The initramfs before the run: check-initramfs puts it back if the new one cannot boot.
+        Action::Mkinitfs {} => vec![format!("/boot/initramfs-{}", target.kernel_flavor)],
+        Action::KernelCmdline { .. } => match target.boot_loader {
             BootLoader::Extlinux => vec!["/etc/update-extlinux.conf".into(), "/boot/extlinux.conf".into()],
         },
         Action::SshSwitch {} => {
@@ -274,7 +280,7 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
         checks.extend(decision.rule.requires.iter().copied());
         for step in &decision.steps {
             push_new(&mut needs, &step_needs(step, target.boot_loader)?);
-            push_new(&mut backup_paths, &step_files(step, target.boot_loader));
+            push_new(&mut backup_paths, &step_files(step, target));
             if let Action::WriteFile { path, content, .. } = step
                 && content.lines().any(|line| line == HEREDOC_END)
             {

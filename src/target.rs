@@ -91,6 +91,12 @@ pub enum Action<I = Item> {
     },
     /// Rebuild the initramfs once, for the installed kernel, if its inputs changed.
     Mkinitfs {},
+    /// Keep in /lib/modules only what the host needs (see templates/prune_modules.sh),
+    /// with `keep` beside it; the same for each kernel apk installs later (a commit hook).
+    PruneModules { keep: Vec<I> },
+    /// The new initramfs holds every module named (and their dependencies), or the
+    /// previous one is put back and the run stops before any reboot.
+    CheckInitramfs { modules: Vec<I> },
     /// Packages to install (one apk transaction for the whole script).
     PackagesAdd {
         names: Vec<I>,
@@ -506,6 +512,9 @@ impl Action {
                 check_path(path)?;
                 check_word("value", value, "")
             }
+            Action::PruneModules { keep } => check_items(keep),
+            Action::CheckInitramfs { modules } if modules.is_empty() => Err("check-initramfs names no module".into()),
+            Action::CheckInitramfs { modules } => check_items(modules),
             Action::Mkinitfs {} | Action::SshSwitch {} | Action::Reboot {} => Ok(()),
         }
     }

@@ -359,6 +359,85 @@ rebuild_initramfs() {
 	fi
 }
 
+# ---------------------------------------------------------------- kernel modules
+
+# need_modules_dep: the installed kernel has its module index.
+need_modules_dep() {
+	[ -z "$KERNEL_VERSION" ] || [ -f "/lib/modules/$KERNEL_VERSION/modules.dep" ] ||
+		mismatch "/lib/modules/$KERNEL_VERSION/modules.dep is missing"
+}
+
+# The pruning program, shared by the run and the apk hook for later kernels.
+write_prune_program() {
+	cat <<'MINGEN_PRUNE'
+{% include "prune_modules.sh" %}
+MINGEN_PRUNE
+}
+
+# prune_modules KEEP: keep in /lib/modules only what the host needs, and KEEP
+# (names or paths, split on spaces); the apk hook does the same for later kernels.
+prune_modules() {
+	local count
+	write_prune_program >"$WORK/prune-modules.sh" || err "cannot write to $WORK"
+	# shellcheck disable=SC2086 # one module name or path a word
+	printf '%s\n' $1 >"$WORK/modules-keep" || err "cannot write to $WORK"
+	if dry_run; then
+		sh "$WORK/prune-modules.sh" "$KERNEL_VERSION" "$WORK/modules-keep" --dry-run || err "the pruning program failed"
+		return 0
+	fi
+	put_state "$MINGEN_STATE/prune-modules.sh" "$WORK/prune-modules.sh"
+	put_state "$MINGEN_STATE/modules-keep" "$WORK/modules-keep"
+	count=$(sh "$MINGEN_STATE/prune-modules.sh" "$KERNEL_VERSION" "$MINGEN_STATE/modules-keep" --count) ||
+		err "the pruning program failed"
+	if [ "$count" -gt 0 ]; then
+		INITRAMFS_STALE=1
+		: >"$MINGEN_STATE/initramfs-stale" || err "cannot write to $MINGEN_STATE"
+		change "remove $count unneeded modules from /lib/modules/$KERNEL_VERSION" \
+			sh "$MINGEN_STATE/prune-modules.sh" "$KERNEL_VERSION" "$MINGEN_STATE/modules-keep"
+	fi
+}
+
+# initramfs_files IMAGE: the paths an initramfs holds (gzip, xz, zstd or plain cpio).
+initramfs_files() {
+	local magic
+	magic=$(od -An -tx1 -N4 "$1" | tr -d ' \n')
+	case $magic in
+	1f8b*) gzip -dc "$1" ;;
+	fd377a58) xz -dc "$1" ;;
+	28b52ffd) zstd -dc "$1" ;;
+	30373037) cat "$1" ;;
+	*) return 1 ;;
+	esac | cpio -t 2>/dev/null
+}
+
+# check_initramfs MODULES: the new initramfs holds MODULES (split on spaces) and
+# what modules.dep says they need; else the previous one goes back and the run
+# stops, before any reboot.
+check_initramfs() {
+	local image=/boot/initramfs-{{ target.kernel_flavor }} listing wanted missing
+	if dry_run; then
+		say "would check that $image holds $1 and their dependencies"
+		return 0
+	fi
+	# shellcheck disable=SC2086 # one module name a word
+	wanted=$(printf '%s\n' $1 | awk -v dep="/lib/modules/$KERNEL_VERSION/modules.dep" '
+	function name_of(p) { sub(/.*\//, "", p); sub(/\.ko.*$/, "", p); gsub(/-/, "_", p); return p }
+	FILENAME != dep { n = $1; gsub(/-/, "_", n); want[n] = 1; next }
+	{ p = $1; sub(/:$/, "", p); if (name_of(p) in want) for (i = 2; i <= NF; i++) need[name_of($i)] = 1 }
+	END { for (n in want) print n; for (n in need) print n }' - "/lib/modules/$KERNEL_VERSION/modules.dep" | sort -u)
+	listing=$(initramfs_files "$image" | awk '/\.ko/ { sub(/.*\//, ""); sub(/\.ko.*$/, ""); gsub(/-/, "_"); print }' | sort -u)
+	printf '%s\n' "$wanted" >"$WORK/wanted" || err "cannot write to $WORK"
+	missing=$(printf '%s\n' "$listing" | comm -13 - "$WORK/wanted" | tr '\n' ' ')
+	if [ -n "$missing" ]; then
+		if [ -f "$MINGEN_BACKUP$image" ]; then
+			cp -p "$MINGEN_BACKUP$image" "$image" || err "cannot put the previous initramfs back: $image lacks $missing"
+		fi
+		: >"$MINGEN_STATE/initramfs-stale" || :
+		err "the new initramfs lacks ${missing% }, which the root disk needs: the previous initramfs is back in $image, and nothing reboots"
+	fi
+	say "the initramfs holds $(printf '%s' "$wanted" | tr '\n' ' ')"
+}
+
 # ---------------------------------------------------------------- ssh
 
 {% include "host_reading.sh" %}

@@ -148,6 +148,10 @@ rule_{{ rule.func }}() {
 	edit_append_lines /boot/extlinux.conf {{ remove_modules.join(" ")|sh }} {{ add_options.join(" ")|sh }}
 {%- when Action::Mkinitfs {} %}
 	rebuild_initramfs
+{%- when Action::PruneModules { keep } %}
+	prune_modules {{ keep.join(" ")|sh }}
+{%- when Action::CheckInitramfs { modules } %}
+	check_initramfs {{ modules.join(" ")|sh }}
 {%- when Action::PackagesAdd { names, only_if_installed } %}
 	# installs {{ names.join(" ") }}{% if *only_if_installed %} (if installed){% endif %} in the one apk add
 {%- when Action::PackagesRemove { names, prefixes } %}

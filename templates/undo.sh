@@ -80,6 +80,26 @@ restore_runlevels() {
 	rm -f "$now"
 }
 
+# restore_modules: reinstall the kernel package whose modules rule modules-prune removed.
+restore_modules() {
+	local list kver package
+	for list in "$STATE"/modules-removed.*; do
+		[ -f "$list" ] || continue
+		kver=${list##*/modules-removed.}
+		if [ -s "$list" ] && [ -f "/lib/modules/$kver/modules.dep" ]; then
+			package=$(FILE="lib/modules/$kver/modules.order" awk '
+			/^P:/ { p = substr($0, 3) }
+			/^F:/ { d = substr($0, 3) }
+			/^R:/ && d "/" substr($0, 3) == ENVIRON["FILE"] { print p; exit }' /lib/apk/db/installed)
+			say "reinstall ${package:-the kernel} for the modules removed from /lib/modules/$kver"
+			[ -n "$package" ] && apk fix --reinstall "$package" ||
+				err "apk could not reinstall the modules of $kver (is the repository reachable? try apk update)"
+			depmod "$kver" || say "depmod $kver failed"
+		fi
+		rm -f "$list"
+	done
+}
+
 # The reverse switch: start sshd in the same step that stops dropbear.
 restore_sshd() {
 	if grep -qx sshd "$STATE/started.before" && ! started sshd && started dropbear; then
@@ -125,6 +145,7 @@ main() {
 		apk add --quiet $add || err "apk could not install $add (is the repository reachable? try apk update)"
 	fi
 	restore_files
+	restore_modules
 	restore_runlevels
 	restore_sshd
 	restore_started
