@@ -41,13 +41,16 @@ fn in_chroot(root: &Path, script: &str) -> Output {
 
 /// In NAMESPACE, in the chroot at $1: sshd on port 2222 (its default policy), dropbear on
 /// 2223, and sshd on 2224 with root's password allowed. A key login (key $2, known_hosts $3,
-/// strict checking) to sshd and dropbear prints the release and `$SSH_CONNECTION`; then
+/// strict checking) to sshd and dropbear with each host key algorithm prints the release; then
 /// root's password, right ($4 prints it) and wrong ($5), on each port: `in` or `refused`.
 const LOGINS: &str = r#"chroot "$1" /usr/sbin/sshd -p 2222 && chroot "$1" /usr/sbin/dropbear -p 127.0.0.1:2223 &&
 	chroot "$1" /usr/sbin/sshd -p 2224 -o PermitRootLogin=yes || exit 1
 for port in 2222 2223; do
-	ssh -i "$2" -o UserKnownHostsFile="$3" -o StrictHostKeyChecking=yes -o BatchMode=yes -p "$port" \
-		root@127.0.0.1 'echo "$(cat /etc/alpine-release) $SSH_CONNECTION"' || exit 1
+	for algorithm in rsa-sha2-256 ecdsa-sha2-nistp256 ssh-ed25519; do
+		release=$(ssh -i "$2" -o UserKnownHostsFile="$3" -o StrictHostKeyChecking=yes -o BatchMode=yes \
+			-o HostKeyAlgorithms="$algorithm" -p "$port" root@127.0.0.1 cat /etc/alpine-release) || exit 1
+		echo "key login on $port with $algorithm: $release"
+	done
 done
 password() {
 	if SSH_ASKPASS="$1" SSH_ASKPASS_REQUIRE=force ssh -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no \
@@ -138,8 +141,8 @@ fn the_bench_repository_installs_and_removes_on_the_real_userland() {
     assert!(!added.contains("UNTRUSTED"), "{added}");
     assert_installed(&root, &added);
 
-    let host_key = assert_programs_run(&root);
-    assert_logins(&root, work.path(), &host_key);
+    let host_keys = assert_programs_run(&root);
+    assert_logins(&root, work.path(), &host_keys);
     assert_services(&root);
 
     // And apk removes it all: bash's pre-deinstall takes /bin/bash out of /etc/shells.
@@ -210,11 +213,17 @@ fn assert_installed(root: &Path, added: &str) {
     assert_eq!(ok(root, "/bin/bash -c 'echo $((6 * 7))'").trim(), "42");
 }
 
-/// The built programs run on the real userland; returns sshd's public host key (`TYPE BLOB`),
-/// converted for dropbear into /tmp/converted.
+/// OpenSSH's host key types, as Alpine's sshd makes them with `ssh-keygen -A`.
+const HOST_KEY_TYPES: [&str; 3] = ["rsa", "ecdsa", "ed25519"];
+
+/// The built programs run on the real userland. Returns sshd's public host keys (`TYPE BLOB`
+/// lines), each converted for dropbear to /etc/dropbear/dropbear_TYPE_host_key (as mingen's
+/// script does) and checked to be the same key.
 fn assert_programs_run(root: &Path) -> String {
     let keys = ok(root, "ssh-keygen -A && ls /etc/ssh");
-    assert!(keys.contains("ssh_host_ed25519_key.pub"), "{keys}");
+    for kind in HOST_KEY_TYPES {
+        assert!(keys.contains(&format!("ssh_host_{kind}_key.pub")), "no {kind} host key:\n{keys}");
+    }
     ok(root, "/usr/sbin/sshd -t");
     let config = ok(root, "/usr/sbin/sshd -T");
     for line in ["permitrootlogin without-password", "subsystem sftp /usr/lib/ssh/sftp-server", "pidfile /run/sshd.pid"]
@@ -225,21 +234,24 @@ fn assert_programs_run(root: &Path) -> String {
     assert!(text(&version).contains("Dropbear v20"), "dropbear -V:\n{}", text(&version));
     let generated = ok(root, "dropbearkey -t ed25519 -f /tmp/k");
     assert!(generated.contains("ssh-ed25519 AAAA"), "{generated}");
-    let converted = ok(
-        root,
-        "dropbearconvert openssh dropbear /etc/ssh/ssh_host_ed25519_key /tmp/converted && dropbearkey -y -f /tmp/converted",
-    );
-    let openssh_key = fs::read_to_string(root.join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
-    let host_key: Vec<&str> = openssh_key.split_whitespace().take(2).collect();
-    assert!(converted.contains(host_key[1]), "the converted host key is not sshd's:\n{converted}\n{openssh_key}");
-    host_key.join(" ")
+    let mut host_keys = String::new();
+    for kind in HOST_KEY_TYPES {
+        let (from, to) = (format!("/etc/ssh/ssh_host_{kind}_key"), format!("/etc/dropbear/dropbear_{kind}_host_key"));
+        let converted = ok(root, &format!("dropbearconvert openssh dropbear {from} {to} && dropbearkey -y -f {to}"));
+        let openssh_key = fs::read_to_string(root.join(format!("{}.pub", &from[1..]))).unwrap();
+        let host_key: Vec<&str> = openssh_key.split_whitespace().take(2).collect();
+        assert!(converted.contains(host_key[1]), "the converted {kind} key is not sshd's:\n{converted}\n{openssh_key}");
+        host_keys.push_str(&format!("{}\n", host_key.join(" ")));
+    }
+    host_keys
 }
 
-/// Both servers serve a real key login to OpenSSH's client, with sshd's host key: dropbear
-/// presents it once converted, so one known_hosts entry under strict checking fits both.
+/// Both servers serve a real key login to OpenSSH's client with each of sshd's host keys
+/// (HOST_KEY_TYPES): dropbear presents them once converted, so one known_hosts fits both under
+/// strict checking, whichever host key algorithm the client asks for.
 /// Root's password: refused by sshd's default policy (prohibit-password), taken by dropbear's
 /// and by sshd's when allowed (both check it with musl's crypt()), and a wrong one refused.
-fn assert_logins(root: &Path, work: &Path, host_key: &str) {
+fn assert_logins(root: &Path, work: &Path, host_keys: &str) {
     let client_key = work.join("id_ed25519");
     let keygen = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&client_key).status();
     assert!(keygen.unwrap().success(), "ssh-keygen for the client key");
@@ -247,9 +259,12 @@ fn assert_logins(root: &Path, work: &Path, host_key: &str) {
     fs::create_dir_all(&ssh_dir).unwrap();
     fs::set_permissions(&ssh_dir, fs::Permissions::from_mode(0o700)).unwrap();
     fs::copy(client_key.with_extension("pub"), ssh_dir.join("authorized_keys")).unwrap();
-    fs::copy(root.join("tmp/converted"), root.join("etc/dropbear/dropbear_ed25519_host_key")).unwrap();
     let known_hosts = work.join("known_hosts");
-    fs::write(&known_hosts, format!("[127.0.0.1]:2222 {host_key}\n[127.0.0.1]:2223 {host_key}\n")).unwrap();
+    let entries: String = ["2222", "2223"]
+        .iter()
+        .flat_map(|port| host_keys.lines().map(move |key| format!("[127.0.0.1]:{port} {key}\n")))
+        .collect();
+    fs::write(&known_hosts, entries).unwrap();
     ok(root, "echo 'root:bench-password' | chpasswd");
     let askpass = |name: &str, password: &str| {
         let path = work.join(name);
@@ -262,10 +277,15 @@ fn assert_logins(root: &Path, work: &Path, host_key: &str) {
     let logins = in_namespace(LOGINS, &args);
     let said = String::from_utf8_lossy(&logins.stdout);
     assert!(logins.status.success(), "ssh logins to sshd and dropbear failed:\n{}", text(&logins));
-    let prefix = format!("{} 127.0.0.1 ", image::RELEASE);
-    let ports: Vec<&str> = said.lines().filter_map(|l| l.strip_prefix(&prefix)).collect();
-    assert_eq!(ports.len(), 2, "two key logins, each reporting the image's release:\n{}", text(&logins));
-    assert!(ports[0].ends_with(" 2222") && ports[1].ends_with(" 2223"), "{said}");
+    let key_logins: Vec<&str> = said.lines().filter(|l| l.starts_with("key login on ")).collect();
+    let expected: Vec<String> = ["2222", "2223"]
+        .iter()
+        .flat_map(|port| {
+            ["rsa-sha2-256", "ecdsa-sha2-nistp256", "ssh-ed25519"]
+                .map(|algorithm| format!("key login on {port} with {algorithm}: {}", image::RELEASE))
+        })
+        .collect();
+    assert_eq!(key_logins, expected, "key logins to sshd (2222) and dropbear (2223):\n{}", text(&logins));
     let passwords: Vec<&str> = said.lines().filter(|l| l.contains(" password on ")).collect();
     let expected = [
         "right password on 2222: refused",
@@ -293,6 +313,8 @@ fn assert_services(root: &Path) {
         "processes left after the services stopped: {left:?}\n{said}"
     );
     for key in [
+        "ssh/ssh_host_rsa_key",
+        "ssh/ssh_host_ecdsa_key",
         "ssh/ssh_host_ed25519_key",
         "dropbear/dropbear_rsa_host_key",
         "dropbear/dropbear_ecdsa_host_key",

@@ -53,13 +53,14 @@ pub struct Repository {
 }
 
 /// Bumped whenever the build of the programs changes: their cache is named after it.
-const PROGRAMS_VERSION: &str = "v1";
+const PROGRAMS_VERSION: &str = "v2";
 /// The Debian release whose source packages are built: the build below is written for
-/// their versions (OpenSSH 9.2p1, dropbear 2022.83, busybox 1.35.0, musl 1.2.3).
+/// their versions (OpenSSH 9.2p1, OpenSSL 3.0, dropbear 2022.83, busybox 1.35.0, musl 1.2.3).
 const DEBIAN_SUITE: &str = "bookworm";
 const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
-/// The Debian source packages the programs are built from (musl for its crypt()).
-const SOURCES: &[&str] = &["openssh", "dropbear", "busybox", "musl"];
+/// The Debian source packages the programs are built from (musl for its crypt(), OpenSSL
+/// for OpenSSH's RSA and ECDSA keys).
+const SOURCES: &[&str] = &["openssh", "openssl", "dropbear", "busybox", "musl"];
 /// The programs built, as they are named in the programs cache and in the catalog.
 const PROGRAMS: &[&str] =
     &["sshd", "ssh", "ssh-keygen", "sftp-server", "dropbear", "dropbearkey", "dropbearconvert", "bash"];
@@ -92,6 +93,7 @@ pub fn why_not() -> Option<String> {
                     ("strip", "--version", "binutils"),
                     ("apt-get", "--version", "apt"),
                     ("dpkg-source", "--version", "dpkg-dev"),
+                    ("perl", "-v", "perl"),
                     ("xz", "--version", "xz-utils"),
                     ("bzip2", "--help", "bzip2"),
                 ]);
@@ -264,7 +266,10 @@ fn build_programs(scratch: &Path) {
     mkdir(&bin);
     std::thread::scope(|threads| {
         let dropbear = threads.spawn(|| build_dropbear(&sources["dropbear"], &crypt, &logs));
-        let openssh = threads.spawn(|| build_openssh(&sources["openssh"], &crypt, &logs));
+        let openssh = threads.spawn(|| {
+            let openssl = build_libcrypto(&sources["openssl"], &logs);
+            build_openssh(&sources["openssh"], &crypt, &openssl, &logs)
+        });
         let busybox = threads.spawn(|| build_busybox(&sources["busybox"], &logs));
         let built: Vec<(&str, PathBuf)> = [dropbear, openssh, busybox]
             .into_iter()
@@ -391,9 +396,39 @@ fn build_dropbear(source: &Path, crypt: &Path, logs: &Path) -> Vec<(&'static str
     programs.into_iter().map(|p| (p, source.join(p))).collect()
 }
 
-/// sshd, ssh, ssh-keygen and sftp-server: static, without OpenSSL (ed25519 keys only),
-/// zlib or PAM, with Alpine's paths.
-fn build_openssh(source: &Path, crypt: &Path, logs: &Path) -> Vec<(&'static str, PathBuf)> {
+/// OpenSSL's libcrypto.a for musl, static, without what OpenSSH does not use; returns the
+/// source directory, which then holds `include/` and `libcrypto.a`.
+fn build_libcrypto(source: &Path, logs: &Path) -> PathBuf {
+    let left_out = "shared tests module engine dso async afalgeng ktls ssl3 dtls srp psk idea seed camellia aria \
+                    sm2 sm3 sm4 whirlpool rc2 rc4 rc5 mdc2 cast bf cms ts ocsp ct comp legacy siphash blake2 scrypt \
+                    cmac gost srtp sctp nextprotoneg rfc3779 ec2m";
+    run_logged(
+        Command::new("./Configure")
+            .arg("linux-x86_64")
+            .args(left_out.split_whitespace().map(|feature| format!("no-{feature}")))
+            // The kernel's headers (linux/*.h), which musl-gcc leaves out, from the host.
+            .args(["-idirafter", "/usr/include", "-idirafter", "/usr/include/x86_64-linux-gnu"])
+            .env("CC", "musl-gcc")
+            .current_dir(source),
+        &logs.join("openssl-configure.log"),
+        "OpenSSL's Configure",
+    );
+    run_logged(
+        Command::new("make").args(["-j2", "build_generated"]).current_dir(source),
+        &logs.join("openssl-generate.log"),
+        "make OpenSSL's generated files",
+    );
+    run_logged(
+        Command::new("make").args(["-j2", "libcrypto.a"]).current_dir(source),
+        &logs.join("openssl-make.log"),
+        "make OpenSSL's libcrypto.a",
+    );
+    source.to_path_buf()
+}
+
+/// sshd, ssh, ssh-keygen and sftp-server: static, with OpenSSL's libcrypto (RSA, ECDSA and
+/// Ed25519 keys, as Alpine's), without zlib or PAM, with Alpine's paths.
+fn build_openssh(source: &Path, crypt: &Path, openssl: &Path, logs: &Path) -> Vec<(&'static str, PathBuf)> {
     // Debian's patches change configure.ac (GSSAPI, SELinux, systemd: all left out here);
     // the configure script shipped in the source stays valid for this build.
     run(Command::new("touch").arg(source.join("configure")), "touch OpenSSH's configure");
@@ -401,12 +436,12 @@ fn build_openssh(source: &Path, crypt: &Path, logs: &Path) -> Vec<(&'static str,
         Command::new("./configure")
             .args(["--prefix=/usr", "--sysconfdir=/etc/ssh", "--libexecdir=/usr/lib/ssh", "--with-pid-dir=/run"])
             .args(["--with-privsep-path=/var/empty", "--with-privsep-user=sshd", "--with-mantype=doc"])
-            .args(["--without-openssl", "--without-zlib", "--without-pam", "--without-libedit", "--without-pie"])
+            .args(["--without-zlib", "--without-pam", "--without-libedit", "--without-pie"])
             .args(["--without-selinux", "--without-kerberos5", "--without-security-key-builtin"])
             .args(["--disable-lastlog", "--disable-utmp", "--disable-utmpx", "--disable-wtmp", "--disable-wtmpx"])
             .env("CC", "musl-gcc")
-            .env("CPPFLAGS", format!("-I{}", crypt.join("include").display()))
-            .env("LDFLAGS", format!("-L{} -static", crypt.display()))
+            .env("CPPFLAGS", format!("-I{} -I{}", crypt.join("include").display(), openssl.join("include").display()))
+            .env("LDFLAGS", format!("-L{} -L{} -static", crypt.display(), openssl.display()))
             .current_dir(source),
         &logs.join("openssh-configure.log"),
         "OpenSSH's configure",
