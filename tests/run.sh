@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debian_packages=(qemu-system-x86 qemu-utils extlinux syslinux-common fdisk e2fsprogs musl-tools dpkg-dev
-	openssh-client dropbear-bin python3-pip)
+	openssh-client dropbear-bin python3-pip openssl iproute2 unzip)
 
 setup() {
 	if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
