@@ -38,6 +38,11 @@ setup() {
 		echo "tests/run.sh: installing ${missing[*]}" >&2
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 	fi
+	# A newer qemu-utils from backports conflicts with Debian's qemu-system-x86, and
+	# apt takes it away to install the latter: bring qemu-img back, at the same version.
+	if ! command -v qemu-img >/dev/null; then
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
+	fi
 }
 
 setup
