@@ -390,7 +390,6 @@ fn build_repo(release: Release) -> Repo {
         // packages are in the repository, so that a removed one can come back.
         let real = image_packages();
         packages.retain(|p| !real.contains(&p.name));
-        packages.extend(super::repack::image_packages(release));
     }
     // Index inside a private minirootfs, with the real apk.
     let tools = work_dir().join(format!("index-{}", release.as_str()));
@@ -403,6 +402,16 @@ fn build_repo(release: Release) -> Repo {
         std::fs::write(arch_dir.join(p.file_name()), p.build()).expect("write .apk");
         package_paths.extend(p.paths());
         shared_dirs.extend(p.shared_dirs.iter().cloned());
+    }
+    let mut count = packages.len();
+    if release == Release::V3_23 {
+        for e in std::fs::read_dir(super::repack::image_apks(release)).expect("read the rebuilt packages").flatten() {
+            let to = arch_dir.join(e.file_name());
+            if std::fs::hard_link(e.path(), &to).is_err() {
+                std::fs::copy(e.path(), &to).expect("copy a rebuilt package");
+            }
+            count += 1;
+        }
     }
     super::check(
         Command::new("chroot").arg(&tools).args([
@@ -424,11 +433,6 @@ fn build_repo(release: Release) -> Repo {
     std::fs::write(arch_dir.join("APKINDEX.tar.gz"), index).expect("write APKINDEX");
     std::fs::remove_file(&unsigned).expect("remove unsigned index");
     std::fs::remove_file(&sig).expect("remove signature");
-    eprintln!(
-        "sandbox: repository for {} built ({} packages) in {:.2?}",
-        release.as_str(),
-        packages.len(),
-        started.elapsed()
-    );
+    eprintln!("sandbox: repository for {} built ({} packages) in {:.2?}", release.as_str(), count, started.elapsed());
     Repo { dir: tools.join("repo"), public_key: public.clone(), package_paths, shared_dirs }
 }

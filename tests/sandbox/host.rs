@@ -292,6 +292,7 @@ fn provision(profile: &Profile, root: &Path) {
         eprintln!("sandbox: profile `{}`: image copied in {:.2?}", profile.name, copy_started.elapsed());
         undo_container_build(root);
         restore_special_modes(root);
+        super::repack::adopt_identities(root, profile.release);
     } else {
         extract_minirootfs(root);
     }

@@ -6,19 +6,18 @@
 //! removes (sudo, curl, e2fsprogs-extra, dhcpcd, ...) can then be installed
 //! again, as undo.sh does on a host with its mirror, with the same files.
 //!
-//! Left out: `linux-virt` (45 MB; the script never removes the kernel).
-//! A file the container build changed (`/etc/modules`) is packaged with
-//! Alpine's text from `../shared/alpine/files`.
+//! linux-virt is among them (45 MB, hard-linked into hosts, not copied): undo.sh
+//! reinstalls it to bring back the modules the script pruned. A file the
+//! container build changed (`/etc/modules`) is packaged with Alpine's text from
+//! `../shared/alpine/files`.
 
 use std::collections::BTreeMap;
+
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::apk::{Content, Entry, Package};
 use super::{Release, paths};
-
-/// Packages of the image that are not rebuilt, and why.
-const LEFT_OUT: &[&str] = &["linux-virt"];
 
 /// One package's record in the installed database.
 #[derive(Default)]
@@ -75,8 +74,160 @@ fn mode_of(value: &str) -> Option<u32> {
     value.rsplit(':').next().and_then(|m| u32::from_str_radix(m, 8).ok())
 }
 
-/// The image's packages (but [`LEFT_OUT`]), rebuilt.
-pub fn image_packages(release: Release) -> Vec<Package> {
+/// The image's packages rebuilt as `.apk` files, in a directory of the image's
+/// cache: built once for the image, this code and the release files, then
+/// shared by every test process (rebuilding 80 MB in a test build is slow).
+pub fn image_apks(release: Release) -> PathBuf {
+    use sha2::Digest;
+    let mut key = sha2::Sha256::new();
+    key.update(super::image::RELEASE);
+    key.update(include_str!("repack.rs"));
+    key.update(include_str!("apk.rs"));
+    let mut shared = Vec::new();
+    collect(&paths::alpine().join("files/etc"), &mut shared);
+    shared.sort();
+    for f in &shared {
+        key.update(f.to_string_lossy().as_bytes());
+        key.update(std::fs::read(f).expect("read a release file"));
+    }
+    let dir = super::image::cache().join(format!("sandbox-repack-{}", &hex::encode(key.finalize())[..16]));
+    if dir.is_dir() {
+        return dir;
+    }
+    let scratch = dir.with_extension(format!("partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).expect("create the repack scratch directory");
+    for p in image_packages(release) {
+        std::fs::write(scratch.join(p.file_name()), p.build()).expect("write a rebuilt .apk");
+    }
+    // Another process may have finished first; its copy is as good as ours.
+    if std::fs::rename(&scratch, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    dir
+}
+
+/// apk's identity of each rebuilt package, by `name-version`: the sha1 of its
+/// control gzip stream (the `C:` of apk's database, the `X1<hex>` of its scripts).
+pub fn identities(release: Release) -> &'static BTreeMap<String, [u8; 20]> {
+    static IDS: std::sync::OnceLock<BTreeMap<String, [u8; 20]>> = std::sync::OnceLock::new();
+    IDS.get_or_init(|| {
+        use sha1::Digest;
+        let mut ids = BTreeMap::new();
+        for e in std::fs::read_dir(image_apks(release)).expect("read the rebuilt packages").flatten() {
+            let bytes = std::fs::read(e.path()).expect("read a rebuilt package");
+            let mut decoder = flate2::bufread::GzDecoder::new(bytes.as_slice());
+            std::io::copy(&mut decoder, &mut std::io::sink()).expect("read a control stream");
+            let control = &bytes[..bytes.len() - decoder.into_inner().len()];
+            let name = e.file_name().to_string_lossy().trim_end_matches(".apk").to_string();
+            ids.insert(name, sha1::Sha1::digest(control).into());
+        }
+        ids
+    })
+}
+
+/// Makes the database of a host copied from the image name the rebuilt
+/// packages' identities in place of the originals' (whose `.apk` files are not
+/// here): `C:` lines, the scripts' names in `scripts.tar.gz` and the keys of
+/// `triggers`. Names, versions, files and scripts stay as they are. apk then
+/// treats the repository's packages as the installed ones, as a host's mirror
+/// is treated, so `apk fix --reinstall` (undo.sh) finds them.
+pub fn adopt_identities(root: &Path, release: Release) {
+    let ids = identities(release);
+    let db_path = root.join("lib/apk/db/installed");
+    let db = std::fs::read_to_string(&db_path).expect("read the installed database");
+    // old identity (Q1 base64) -> new, per record.
+    let mut renames: Vec<(String, String, String)> = Vec::new(); // (name-version, old Q1, new Q1)
+    let mut out = String::with_capacity(db.len());
+    for record in db.split_inclusive("\n\n") {
+        let field = |k: &str| record.lines().find_map(|l| l.strip_prefix(k)).unwrap_or_default().to_string();
+        let key = format!("{}-{}", field("P:"), field("V:"));
+        let old = field("C:");
+        match ids.get(&key) {
+            Some(id) if !old.is_empty() => {
+                let new = format!("Q1{}", base64(id));
+                let (from, to) = (format!("C:{old}"), format!("C:{new}"));
+                for line in record.split_inclusive('\n') {
+                    out.push_str(if line.trim_end() == from { &to } else { line.trim_end() });
+                    out.push_str(&line[line.trim_end().len()..]);
+                }
+                renames.push((key, old, new));
+            }
+            _ => out.push_str(record),
+        }
+    }
+    std::fs::write(&db_path, out).expect("write the installed database");
+    let hex_of = |q1: &str| hex::encode(unbase64(q1.trim_start_matches("Q1")));
+    // scripts.tar.gz: <name>-<version>.X1<hex>.<script>
+    let scripts_path = root.join("lib/apk/db/scripts.tar.gz");
+    let mut scripts = install_scripts(root);
+    for (key, old, new) in &renames {
+        let (from, to) = (format!("{key}.X1{}.", hex_of(old)), format!("{key}.X1{}.", hex_of(new)));
+        let names: Vec<String> = scripts.keys().filter(|n| n.starts_with(&from)).cloned().collect();
+        for n in names {
+            let data = scripts.remove(&n).expect("a script");
+            scripts.insert(n.replacen(&from, &to, 1), data);
+        }
+    }
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
+    for (name, data) in &scripts {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o755);
+        h.set_cksum();
+        tar.append_data(&mut h, name, data.as_slice()).expect("tar a script");
+    }
+    let gz = tar.into_inner().expect("finish scripts.tar").finish().expect("gzip scripts.tar");
+    std::fs::write(&scripts_path, gz).expect("write scripts.tar.gz");
+    // triggers: "<Q1 identity> <paths>"
+    let triggers_path = root.join("lib/apk/db/triggers");
+    let mut triggers = std::fs::read_to_string(&triggers_path).unwrap_or_default();
+    for (_, old, new) in &renames {
+        triggers = triggers.replace(&format!("{old} "), &format!("{new} "));
+    }
+    std::fs::write(&triggers_path, triggers).expect("write triggers");
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64, with padding (apk's `Q1` identities).
+fn base64(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { B64[(n >> (18 - 6 * i)) as usize & 63] as char } else { '=' });
+        }
+    }
+    out
+}
+
+fn unbase64(text: &str) -> Vec<u8> {
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.bytes().take_while(|c| *c != b'=') {
+        let v = B64.iter().position(|b| *b == c).expect("a base64 digit") as u32;
+        bits = (bits << 6) | v;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    out
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() { collect(&p, out) } else { out.push(p) }
+    }
+}
+
+/// The image's packages, rebuilt.
+fn image_packages(release: Release) -> Vec<Package> {
     let root = super::image::root();
     let db = std::fs::read_to_string(root.join("lib/apk/db/installed")).expect("read the image's installed database");
     let scripts = install_scripts(&root);
@@ -85,11 +236,7 @@ pub fn image_packages(release: Release) -> Vec<Package> {
         .lines()
         .filter_map(|l| l.split_once(' ').map(|(id, t)| (id.to_string(), t.to_string())))
         .collect();
-    parse_db(&db)
-        .into_iter()
-        .filter(|r| !LEFT_OUT.contains(&r.get('P').unwrap_or_default()))
-        .map(|r| rebuild(&root, &r, &scripts, &triggers, release))
-        .collect()
+    parse_db(&db).into_iter().map(|r| rebuild(&root, &r, &scripts, &triggers, release)).collect()
 }
 
 /// `scripts.tar.gz`: `<name>-<version>.<id>.<script>` -> bytes.
