@@ -73,8 +73,8 @@ fn prepare(variant: Variant, work: &Path) -> PathBuf {
             args.extend_from_slice(realboot::FACT_ARGS);
             let script = common::script(&args);
             realboot::upload(&vm, "/root/minimise.sh", &script, HostKey::Strict);
-            let out = vm.ssh("sh /root/minimise.sh", b"", HostKey::Strict);
-            assert!(out.status.success(), "mingen's script failed:\n{}{}", text(&out.stdout), text(&out.stderr));
+            let (status, output) = realboot::run_script(&vm, "/root/minimise.sh", HostKey::Strict);
+            assert_eq!(status, Some(0), "mingen's script failed:\n{output}");
             let mark = vm.reboot(HostKey::Strict);
             assert_eq!(vm.wait_boot(mark), Boot::LoginPrompt, "the minimised host did not boot\n{}", vm.tail());
             vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("{e}"));

@@ -101,8 +101,7 @@ fn produce(bus: Bus) -> Minimised {
     let before = SshView::of(&vm, HostKey::Strict);
     let script = common::script(&mingen_args(bus));
     realboot::upload(&vm, "/root/minimise.sh", &script, HostKey::Strict);
-    let out = vm.ssh("sh /root/minimise.sh", b"", HostKey::Strict);
-    let output = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    let (status, output) = realboot::run_script(&vm, "/root/minimise.sh", HostKey::Strict);
     eprintln!("--- {name}: the script's output ---\n{output}");
     let mark = vm.reboot(HostKey::Strict);
     let boot = vm.wait_boot(mark);
@@ -126,7 +125,7 @@ fn produce(bus: Bus) -> Minimised {
         image,
         known_hosts,
         before,
-        status: out.status.code(),
+        status,
         output,
         boot,
         after,
@@ -227,10 +226,9 @@ fn undo_brings_openssh_back_and_the_host_boots() {
     vm.trust(&m.known_hosts);
     assert_eq!(vm.wait_boot(0), Boot::LoginPrompt, "{}", vm.tail());
     vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("{e}"));
-    let out = vm.ssh("sh /var/lib/mingen/undo.sh", b"", HostKey::Strict);
-    let output = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    let (status, output) = realboot::run_script(&vm, "/var/lib/mingen/undo.sh", HostKey::Strict);
     eprintln!("--- undo.sh ---\n{output}");
-    assert!(out.status.success(), "undo.sh failed:\n{output}");
+    assert_eq!(status, Some(0), "undo.sh failed:\n{output}");
     let mark = vm.reboot(HostKey::Strict);
     assert_eq!(vm.wait_boot(mark), Boot::LoginPrompt, "the host did not boot after undo:\n{}", vm.tail());
     vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("{e}"));
@@ -260,10 +258,9 @@ fn second_run_changes_nothing() {
     let state = std::fs::read_to_string(realboot::file("state.sh")).expect("read state.sh");
     realboot::upload(&vm, "/tmp/state.sh", &state, HostKey::Strict);
     let before = vm.ssh_ok("sh /tmp/state.sh", HostKey::Strict);
-    let out = vm.ssh("sh /root/minimise.sh", b"", HostKey::Strict);
-    let output = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    let (status, output) = realboot::run_script(&vm, "/root/minimise.sh", HostKey::Strict);
     eprintln!("--- the second run ---\n{output}");
-    assert!(out.status.success(), "the second run failed:\n{output}");
+    assert_eq!(status, Some(0), "the second run failed:\n{output}");
     let after = vm.ssh_ok("sh /tmp/state.sh", HostKey::Strict);
     assert!(before.lines().filter(|l| l.starts_with("installed ")).count() > 10, "state.sh read no packages");
     let gone: Vec<&str> = before.lines().filter(|l| !after.lines().any(|a| a == *l)).collect();
