@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::image;
@@ -406,29 +406,30 @@ impl Bus {
     }
 }
 
-/// At most two VMs at once in this process (2 cores, TCG).
-static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+/// At most two VMs at once on this machine (2 cores, TCG), across test and bench processes:
+/// a VM holds the lock of one of two slot files in the cache while it runs.
 const MAX_VMS: usize = 2;
 
-struct Slot;
+struct Slot(fs::File);
 
 impl Slot {
     fn take() -> Slot {
-        let (lock, cond) = &SLOTS;
-        let mut used = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while *used >= MAX_VMS {
-            used = cond.wait(used).unwrap_or_else(|e| e.into_inner());
+        let dir = image::cache().join("realboot-slots");
+        fs::create_dir_all(&dir).expect("create the slot directory");
+        loop {
+            for i in 0..MAX_VMS {
+                let file = fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(dir.join(i.to_string()))
+                    .expect("open a slot file");
+                if file.try_lock().is_ok() {
+                    return Slot(file);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
-        *used += 1;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let (lock, cond) = &SLOTS;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        cond.notify_one();
     }
 }
 
