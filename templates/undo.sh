@@ -145,7 +145,6 @@ main() {
 		apk add --quiet $add || err "apk could not install $add (is the repository reachable? try apk update)"
 	fi
 	restore_files
-	restore_modules
 	restore_runlevels
 	restore_sshd
 	restore_started
@@ -154,6 +153,8 @@ main() {
 		# shellcheck disable=SC2086 # one word per world entry
 		apk del --quiet $del || err "apk could not remove $del"
 	fi
+	# After the last package change: apk fix reads the world file restore_files put back.
+	restore_modules
 	say "rebuild the initramfs"
 	mkinitfs "$(cat "$STATE/kernel-version")" || err "mkinitfs failed: the old initramfs is in place"
 	rm -f "$STATE/reboot-pending"

@@ -614,11 +614,9 @@ fn undo_puts_files_packages_and_services_back() {
     if !sandbox::require() {
         return;
     }
-    // Seen on the real 3.23.6 userland: undo.sh restores /etc/apk/world, then
-    // `apk fix --reinstall linux-virt` purges dropbear (no longer in world) with its
-    // init script, so `rc-service dropbear stop` fails ("could not stop dropbear")
-    // and dropbear stays started.
-    sandbox::known_failure("undo.sh stops dropbear after apk has removed it", undo_puts_everything_back);
+    // undo.sh reinstalls the pruned kernel modules last: `apk fix` reads the world
+    // file it has put back, and would take dropbear away before sshd is back.
+    undo_puts_everything_back();
 }
 
 fn undo_puts_everything_back() {
