@@ -56,7 +56,7 @@ export MINGEN_SKIP_LOG
 output=$(mktemp)
 trap 'rm -f "$MINGEN_SKIP_LOG" "$output"' EXIT
 set +e
-cargo test "$@" 2>&1 | tee "$output"
+cargo test --no-fail-fast "$@" 2>&1 | tee "$output"
 status=${PIPESTATUS[0]}
 set -e
 
