@@ -160,6 +160,8 @@ fn expected(changes: &[(&str, &str)]) -> BTreeMap<String, String> {
         ("ssh_ports", "[22]"),
         ("ssh_password_auth", "\"yes\""),
         ("ssh_root_login", "\"prohibit-password\""),
+        // root logs in with the operator's key (no forced command): sudo and doas may go.
+        ("sudo_doas", "\"auto\""),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
