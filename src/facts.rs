@@ -139,7 +139,7 @@ facts! {
     target: TargetName = TargetName(DEFAULT_TARGET.into()),
         "the rule set to use (`mingen targets` lists them)";
     disk: Disk = Disk::Vda,
-        "the root disk: vda (virtio-blk) or sda (virtio-scsi, keeps `scsi` in the initramfs)";
+        "the root disk: vda (virtio-blk), sda (virtio-scsi, keeps `scsi` in the initramfs) or nvme0n1 (keeps `nvme`)";
     ipv6: Ipv6 = Ipv6::Unused,
         "used: IPv6 stays on; unused: `ipv6.disable=1` and the sysctl fix";
     guest_agent: Keep = Keep::Remove,
@@ -210,6 +210,9 @@ pub enum Disk {
     Vda,
     /// virtio-scsi, `/dev/sda`
     Sda,
+    /// NVMe, `/dev/nvme0n1`
+    #[value(name = "nvme0n1")]
+    Nvme0n1,
 }
 
 /// Whether the host uses IPv6.

@@ -487,9 +487,13 @@ disk_section() {
 		esac
 		;;
 	xvd*) check "the root filesystem is on $dev: $disk, a Xen disk (xen-blkfront): no target supports it yet; disk is left out and the script's preflight will stop" ;;
-	nvme*) check "the root filesystem is on $dev: $disk, an NVMe disk: no target supports it yet; disk is left out and the script's preflight will stop" ;;
+	nvme0n1)
+		note "the root filesystem is on $dev: nvme0n1, an NVMe disk (the initramfs keeps nvme)"
+		fact disk nvme0n1
+		;;
+	nvme*) check "the root filesystem is on $dev: $disk, an NVMe disk other than the first: only nvme0n1 is supported; disk is left out and the script's preflight will stop" ;;
 	'') check "no root filesystem in /proc/mounts: disk is left out; the script's preflight reads /proc/mounts and will stop" ;;
-	*) check "the root filesystem is on $dev ($disk): only vda (virtio-blk) and sda (virtio-scsi) are supported; disk is left out and the script's preflight will stop" ;;
+	*) check "the root filesystem is on $dev ($disk): only vda (virtio-blk), sda (virtio-scsi) and nvme0n1 are supported; disk is left out and the script's preflight will stop" ;;
 	esac
 }
 

@@ -18,6 +18,7 @@ struct Case {
 
 const GUIDE: Case = Case { profile: "guide", args: &[] };
 const SDA: Case = Case { profile: "sda", args: &["--disk", "sda"] };
+const NVME: Case = Case { profile: "nvme", args: &["--disk", "nvme0n1"] };
 const ALPINE_322: Case = Case { profile: "alpine-3.22", args: &["--target", "alpine-3.22-kvm"] };
 const DHCP: Case = Case { profile: "dhcp", args: &["--network", "dhcp"] };
 const IPV6: Case = Case { profile: "ipv6", args: &["--ipv6", "used"] };
@@ -90,7 +91,8 @@ fn assert_guide_end_state(
     runlevels_before: &BTreeSet<(String, String)>,
     world_before: &[String],
 ) {
-    let disk = if case.profile == "sda" { "sda" } else { "vda" };
+    let disk = host.profile().disk.clone();
+    let disk = disk.as_str();
     let ipv6_used = case.profile == "ipv6";
     let dhcp = case.profile == "dhcp";
 
@@ -106,7 +108,11 @@ fn assert_guide_end_state(
         assert!(blacklist.contains(line), "blacklist lacks {line:?}");
     }
     assert_eq!(host.read("/etc/modprobe.d/blacklist-balloon.conf").lines().last(), Some("blacklist virtio_balloon"));
-    let features = if disk == "sda" { "base ext4 scsi virtio" } else { "base ext4 virtio" };
+    let features = match disk {
+        "sda" => "base ext4 scsi virtio",
+        "nvme0n1" => "base ext4 nvme virtio",
+        _ => "base ext4 virtio",
+    };
     assert_eq!(host.read("/etc/mkinitfs/mkinitfs.conf"), format!("features=\"{features}\"\n"));
     let conf = host.read("/etc/update-extlinux.conf");
     assert!(conf.contains("\nmodules=sd-mod,ext4\n"), "{conf}");
@@ -127,11 +133,12 @@ fn assert_guide_end_state(
     assert_eq!(mkinitfs.len(), 1, "mkinitfs runs exactly once");
     assert_eq!(mkinitfs[0].args, vec![kver.trim().to_string()]);
     // The features, read from what the initramfs holds (real on 3.23): scsi keeps
-    // the virtio-scsi disk's driver; ata, nvme and usb are gone.
+    // the virtio-scsi disk's driver, nvme the NVMe disk's; ata and usb are gone.
     let initramfs = host.initramfs();
     let has = |m: &str| initramfs.keys().any(|p| p.contains("/modules/") && p.contains(&format!("/{m}.ko")));
     assert_eq!(has("virtio_scsi"), disk == "sda", "virtio_scsi in the initramfs ({features})");
-    assert!(has("virtio_blk") && has("ext4") && !has("nvme") && !has("usb-storage"), "{features}");
+    assert_eq!(has("nvme"), disk == "nvme0n1", "nvme in the initramfs ({features})");
+    assert!(has("virtio_blk") && has("ext4") && !has("usb-storage"), "{features}");
     let blacklist = initramfs.get("etc/modprobe.d/blacklist-balloon.conf").map(|b| text(b)).unwrap_or_default();
     assert!(blacklist.contains("blacklist virtio_balloon"), "the blacklist reaches the initramfs");
 
@@ -353,6 +360,13 @@ fn reboot_when_asked_exactly_once_at_the_end() {
 fn sda_host_keeps_scsi_and_reads_ahead_on_sda() {
     if sandbox::require() {
         clean_then_again(&SDA);
+    }
+}
+
+#[test]
+fn nvme_host_keeps_nvme_and_reads_ahead_on_nvme0n1() {
+    if sandbox::require() {
+        clean_then_again(&NVME);
     }
 }
 

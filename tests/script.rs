@@ -27,6 +27,11 @@ fn sda() {
 }
 
 #[test]
+fn nvme() {
+    check("nvme", &["--disk", "nvme0n1"]);
+}
+
+#[test]
 fn ipv6_used() {
     check("ipv6_used", &["--ipv6", "used"]);
 }
