@@ -43,10 +43,10 @@ pub fn file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/realboot").join(name)
 }
 
-/// A test that cannot run says why: SKIPPED on stderr, or a panic under CI=true.
+/// A test that cannot run says why (the project's one skip rule, tests/skip/): SKIPPED on
+/// stderr and in the skip log, or a panic under CI=true.
 pub fn skip(reason: &str) {
-    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true, and the real-boot bench cannot run: {reason}");
-    eprintln!("SKIPPED: {reason}");
+    crate::common::skip::cannot_run("the real-boot bench", reason);
 }
 
 /// Why the bench cannot run here, or None when it can.
