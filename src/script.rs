@@ -222,25 +222,34 @@ pub fn integrity_note(bytes: &[u8]) -> String {
     )
 }
 
-/// The script without its comment lines: the same program, smaller. Heredocs
-/// (the files the script writes, undo.sh) are kept to the letter, and so are the
-/// first line and shellcheck's directives.
+/// The heredocs that hold mingen's own programs (undo.sh, the pruning program),
+/// which `compact` leaves without comments too; every other heredoc is a file the
+/// host keeps as written.
+pub const OWN_PROGRAMS: &[&str] = &["MINGEN_UNDO", "MINGEN_PRUNE"];
+
+/// The script without its comment lines: the same program, smaller. The files it
+/// writes (heredocs) are kept to the letter, but for mingen's own programs, and so
+/// are the first line and shellcheck's directives.
 pub fn compact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut heredoc_end: Option<&str> = None;
     for (number, line) in text.lines().enumerate() {
+        let in_file = heredoc_end.is_some_and(|end| !OWN_PROGRAMS.contains(&end));
         let keep = match heredoc_end {
-            Some(end) => {
-                if line == end {
-                    heredoc_end = None;
-                }
+            Some(end) if line == end => {
+                heredoc_end = None;
                 true
             }
-            None => {
-                if let Some((_, rest)) = line.split_once("<<'") {
+            _ if in_file => true,
+            _ => {
+                if heredoc_end.is_none()
+                    && let Some((_, rest)) = line.split_once("<<'")
+                {
                     heredoc_end = rest.split_once('\'').map(|(end, _)| end);
                 }
-                let comment = line.trim_start().starts_with('#') && !line.trim_start().starts_with("# shellcheck ");
+                let trimmed = line.trim_start();
+                let comment =
+                    trimmed.starts_with('#') && !trimmed.starts_with("#!") && !trimmed.starts_with("# shellcheck ");
                 number == 0 || !comment
             }
         };

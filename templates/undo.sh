@@ -47,7 +47,9 @@ restore_files() {
 		*)
 			if ! cmp -s "$BACKUP$path" "$path"; then
 				say "restore $path"
-				mkdir -p "${path%/*}" && cp -p "$BACKUP$path" "$path" || err "cannot restore $path"
+				if ! { mkdir -p "${path%/*}" && cp -p "$BACKUP$path" "$path"; }; then
+					err "cannot restore $path"
+				fi
 			fi
 			# apk leaves its own copy beside a changed config file it reinstalls.
 			if [ -e "$path.apk-new" ] && [ ! -e "$BACKUP$path.apk-new" ]; then
@@ -82,7 +84,7 @@ restore_runlevels() {
 
 # restore_modules: reinstall the kernel package whose modules rule modules-prune removed.
 restore_modules() {
-	local list kver package
+	local list kver package missing
 	for list in "$STATE"/modules-removed.*; do
 		[ -f "$list" ] || continue
 		kver=${list##*/modules-removed.}
@@ -92,8 +94,14 @@ restore_modules() {
 			/^F:/ { d = substr($0, 3) }
 			/^R:/ && d "/" substr($0, 3) == ENVIRON["FILE"] { print p; exit }' /lib/apk/db/installed)
 			say "reinstall ${package:-the kernel} for the modules removed from /lib/modules/$kver"
-			[ -n "$package" ] && apk fix --reinstall "$package" ||
+			if [ -z "$package" ] || ! apk fix --reinstall "$package"; then
 				err "apk could not reinstall the modules of $kver (is the repository reachable? try apk update)"
+			fi
+			# apk skips, and exits 0, when the repository no longer has the installed build.
+			missing=$(while IFS= read -r path; do [ -e "/lib/modules/$kver/$path" ] || echo "$path"; done <"$list" | grep -c . || :)
+			if [ "$missing" != 0 ]; then
+				err "apk did not bring back $missing modules of $kver: the repository may not have $package at the installed version any more (apk upgrade brings a kernel with every module); $list names them"
+			fi
 			depmod "$kver" || say "depmod $kver failed"
 		fi
 		rm -f "$list"
@@ -124,7 +132,9 @@ restore_started() {
 			rc-service "$name" start >/dev/null 2>&1 </dev/null || say "could not start $name"
 		fi
 	done <"$STATE/started.before"
-	for name in $(ls /run/openrc/started 2>/dev/null); do
+	for name in /run/openrc/started/*; do
+		[ -e "$name" ] || [ -L "$name" ] || continue
+		name=${name##*/}
 		if ! grep -qx "$name" "$STATE/started.before"; then
 			say "stop $name"
 			rc-service "$name" stop >/dev/null 2>&1 </dev/null || say "could not stop $name"
