@@ -4,6 +4,7 @@
 //! their scripts and `-openrc` packages, the built programs run there, and `apk del`
 //! removes it all again.
 
+mod common;
 mod image;
 #[path = "realboot/mod.rs"]
 mod realboot;
