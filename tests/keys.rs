@@ -54,7 +54,12 @@ fn converted_host_keys_keep_their_public_keys() {
     let library = root.path().join("functions.sh");
     std::fs::write(&library, functions).unwrap();
     let out = run(Command::new("dash")
-        .args(["-c", &format!(". {library:?} && MINGEN_STATE={root_path}/state && carry_host_keys 2>&1")]));
+        // MINGEN_MAIN_RAN: this shell uses the functions as main would, so the
+        // cut-paste guard (an EXIT trap) must not fire.
+        .args([
+            "-c",
+            &format!(". {library:?} && MINGEN_MAIN_RAN=1 && MINGEN_STATE={root_path}/state && carry_host_keys 2>&1"),
+        ]));
     for key in ["rsa", "ecdsa", "ed25519"] {
         assert!(out.contains(&format!("convert the OpenSSH {key} host key for dropbear")), "{out}");
         let openssh = run(Command::new("ssh-keygen")
@@ -69,6 +74,11 @@ fn converted_host_keys_keep_their_public_keys() {
     }
     // Converted once: a second call changes nothing.
     let again = run(Command::new("dash")
-        .args(["-c", &format!(". {library:?} && MINGEN_STATE={root_path}/state && carry_host_keys 2>&1")]));
+        // MINGEN_MAIN_RAN: this shell uses the functions as main would, so the
+        // cut-paste guard (an EXIT trap) must not fire.
+        .args([
+            "-c",
+            &format!(". {library:?} && MINGEN_MAIN_RAN=1 && MINGEN_STATE={root_path}/state && carry_host_keys 2>&1"),
+        ]));
     assert!(!again.contains("convert"), "{again}");
 }
