@@ -379,12 +379,20 @@ MINGEN_PRUNE
 prune_modules() {
 	local count
 	write_prune_program >"$WORK/prune-modules.sh" || err "cannot write to $WORK"
+	# The modules loaded when the run first ran stay: on a later run, after a boot
+	# with the blacklist, fewer are loaded, and the set must not shrink.
+	if [ -f "$MINGEN_STATE/modules-loaded" ]; then
+		cp "$MINGEN_STATE/modules-loaded" "$WORK/modules-loaded" || err "cannot write to $WORK"
+	else
+		awk '{ print $1 }' /proc/modules >"$WORK/modules-loaded" 2>/dev/null || : >"$WORK/modules-loaded"
+	fi
 	# shellcheck disable=SC2086 # one module name or path a word
-	printf '%s\n' $1 >"$WORK/modules-keep" || err "cannot write to $WORK"
+	{ printf '%s\n' $1 && cat "$WORK/modules-loaded"; } >"$WORK/modules-keep" || err "cannot write to $WORK"
 	if dry_run; then
 		sh "$WORK/prune-modules.sh" "$KERNEL_VERSION" "$WORK/modules-keep" --dry-run || err "the pruning program failed"
 		return 0
 	fi
+	put_state "$MINGEN_STATE/modules-loaded" "$WORK/modules-loaded"
 	put_state "$MINGEN_STATE/prune-modules.sh" "$WORK/prune-modules.sh"
 	put_state "$MINGEN_STATE/modules-keep" "$WORK/modules-keep"
 	count=$(sh "$MINGEN_STATE/prune-modules.sh" "$KERNEL_VERSION" "$MINGEN_STATE/modules-keep" --count) ||

@@ -2,9 +2,10 @@
 # prune-modules.sh: written by mingen (rule modules-prune). Keeps in
 # /lib/modules/KVER/kernel only the modules this host can need, and removes the rest:
 #   sh prune-modules.sh KVER KEEP_FILE [--dry-run | --count]
-# The keep-set: the modules loaded now (/proc/modules), /etc/modules, what the
-# initramfs features in /etc/mkinitfs/mkinitfs.conf take (features.d/*.modules),
-# and KEEP_FILE's lines (module names, or paths such as kernel/net/netfilter),
+# The keep-set: /etc/modules, what the initramfs features in
+# /etc/mkinitfs/mkinitfs.conf take (features.d/*.modules), and KEEP_FILE's lines
+# (module names, or paths such as kernel/net/netfilter; the run writes there the
+# modules loaded when it first ran, so that every later run keeps the same set),
 # closed under modules.dep and the pre:/post: soft dependencies. The removed files
 # are first moved aside; if `modprobe -n` cannot resolve every kept module after
 # depmod, they are put back and it fails. The apk commit hook runs it for a
@@ -29,9 +30,6 @@ say() {
 
 # wanted: the names and paths to keep, one a line.
 wanted() {
-	if [ -r /proc/modules ]; then
-		awk '{ print $1 }' /proc/modules
-	fi
 	if [ -f /etc/modules ]; then
 		sed 's/#.*//' /etc/modules | awk 'NF { print $1 }'
 	fi
