@@ -55,7 +55,9 @@ change() {
 	fi
 	say "$what"
 	: >"$MINGEN_STATE/reboot-pending" || err "cannot write to $MINGEN_STATE"
-	"$@" || err "could not $what (\`$*\` failed)"
+	# A daemon a command starts must not hold the terminal's copy (fd 3): the
+	# operator's SSH session would never end.
+	"$@" 3>&- || err "could not $what (\`$*\` failed)"
 }
 
 # ---------------------------------------------------------------- files
@@ -594,7 +596,7 @@ ssh_switch() {
 		trap '' HUP INT TERM
 		rc-service sshd stop
 		rc-service dropbear start
-	) || true
+	) 3>&- || true
 	if ! service_started dropbear; then
 		rc-service sshd start || true
 		err "dropbear did not start, so sshd was started again; see $MINGEN_LOG"
