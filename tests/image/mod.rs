@@ -50,7 +50,7 @@ pub fn why_not() -> Option<String> {
 }
 
 /// Run COMMAND; panic with its output if it fails.
-fn run(cmd: &mut Command, what: &str) {
+pub fn run(cmd: &mut Command, what: &str) -> std::process::Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     assert!(
         out.status.success(),
@@ -59,6 +59,7 @@ fn run(cmd: &mut Command, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    out
 }
 
 /// Build PATH with BUILD (given a scratch path beside it) unless it exists.

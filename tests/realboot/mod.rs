@@ -99,18 +99,8 @@ fn nix_is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// Run COMMAND; panic with its output if it fails.
-pub fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+/// Run COMMAND; panic with its output if it fails (one helper for the image and the bench).
+pub use crate::image::run;
 
 fn write(path: &Path, text: &str, mode: u32) {
     if let Some(dir) = path.parent() {
