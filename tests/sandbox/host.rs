@@ -235,10 +235,11 @@ impl Host {
 }
 
 /// Directories of a template that its hosts share as hard links, not copies:
-/// files nothing changes in place (the kernel's modules, which only the
-/// kernel's own install or depmod replace, by rename; the apk repository,
-/// which apk only reads). Everything else is copied.
-const LINKED: &[&str] = &["lib/modules", ".sandbox/repo"];
+/// files nothing changes in place (the apk repository, which apk only reads).
+/// Everything else is copied: the kernel's modules too, which rule modules-prune
+/// and undo's `apk fix --reinstall` change, and which a shared inode would carry
+/// into every other host at once.
+const LINKED: &[&str] = &[".sandbox/repo"];
 
 /// `cp -a from to`, but for the `linked` directories (relative), `cp -al`.
 fn copy_root(from: &Path, to: &Path, linked: &[&str]) {
