@@ -123,26 +123,6 @@ pub fn require_for(profile: &str) -> bool {
     decide(why)
 }
 
-/// A test whose failure is a known bug of the generated script on the real
-/// userland, to be fixed in `templates/` (`issue` names it): runs `body`; when
-/// it fails, prints `KNOWN FAILURE (<issue>): <panic>` on stderr and returns,
-/// except under `CI=true`, where the failure stands. When `body` passes, the
-/// mark is stale and the test fails, saying so.
-pub fn known_failure(issue: &str, body: impl FnOnce() + std::panic::UnwindSafe) {
-    match std::panic::catch_unwind(body) {
-        Ok(()) => panic!("marked as a known failure ({issue}), but it passes now: remove the mark"),
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => std::panic::resume_unwind(e),
-        Err(e) => {
-            let why = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            eprintln!("KNOWN FAILURE ({issue}): {why}");
-        }
-    }
-}
-
 fn decide(why_not: Option<String>) -> bool {
     match why_not {
         None => true,
