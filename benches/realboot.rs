@@ -83,6 +83,19 @@ fn prepare(variant: Variant, work: &Path) -> PathBuf {
     vm.poweroff(HostKey::AcceptNew)
 }
 
+/// With `MINGEN_BENCH_KEEP=DIR`, a standalone copy of the host VARIANT prepared (DIR/VARIANT.qcow2),
+/// for a closer look by hand after the bench.
+fn keep_prepared(variant: Variant, image: &Path) {
+    let Some(dir) = std::env::var_os("MINGEN_BENCH_KEEP") else { return };
+    let dir = PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).expect("create MINGEN_BENCH_KEEP");
+    let copy = dir.join(format!("{}.qcow2", variant.name()));
+    realboot::run(
+        std::process::Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(image).arg(&copy),
+        "qemu-img convert of a prepared host",
+    );
+}
+
 /// Boot IMAGE once and measure it.
 fn measure(variant: Variant, image: &Path, work: &Path, boot: usize) -> Sample {
     let name = format!("bench-{}-{boot}", variant.name());
@@ -157,6 +170,7 @@ fn main() {
                 scope.spawn(move || {
                     let work = WorkDir::new(&format!("bench-{}", variant.name()));
                     let image = prepare(variant, work.path());
+                    keep_prepared(variant, &image);
                     eprintln!("realboot bench: {} prepared at {:.0} s", variant.name(), start.elapsed().as_secs_f64());
                     let samples: Vec<Sample> = (0..boots)
                         .map(|i| {

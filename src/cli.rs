@@ -166,6 +166,8 @@ fn changes(steps: &[crate::target::Action<String>]) -> String {
             Action::SshSwitch {} => "switches sshd to dropbear".into(),
             Action::ClearDir { path } => format!("empties {path}"),
             Action::WriteValue { path, .. } => format!("sets {path}"),
+            Action::CommentOut { path, lines } => format!("comments out {} in {path}", lines.join(", ")),
+            Action::GettysKeep { consoles } => format!("keeps gettys only on {}", consoles.join(", ")),
             Action::Reboot {} => "reboots (MINGEN_REBOOT=1)".into(),
         })
         .collect();
@@ -186,9 +188,9 @@ fn plan_text(plan: &Plan) -> String {
         }
         let state = if d.applied { "applied" } else { "skipped" };
         let by = if d.decided_by.is_empty() { "always".to_string() } else { d.decided_by.clone() };
-        writeln!(out, "  {:<20} {state}  [{by}]", d.rule.id).expect("write to String");
-        writeln!(out, "  {:<20} {}", "", d.rule.summary).expect("write to String");
-        writeln!(out, "  {:<20} {}", "", changes(&d.steps)).expect("write to String");
+        writeln!(out, "  {:<24} {state}  [{by}]", d.rule.id).expect("write to String");
+        writeln!(out, "  {:<24} {}", "", d.rule.summary).expect("write to String");
+        writeln!(out, "  {:<24} {}", "", changes(&d.steps)).expect("write to String");
     }
     out
 }

@@ -169,6 +169,10 @@ facts! {
         "modules to keep beside those (names, or paths such as kernel/net/netfilter), comma-separated as a flag";
     sudo_doas: SudoDoas = SudoDoas::Auto,
         "sudo and doas: auto removes them only where root can log in over SSH directly (checked on the host); keep; remove";
+    consoles: Terminals = Terminals(vec!["ttyS0".into(), "tty1".into()]),
+        "the terminals whose gettys stay (the provider's panel: serial and VGA); gettys on other terminals go";
+    containers: Containers = Containers::None,
+        "none: no container runtime limits memory with cgroups, so kernel-memory accounting goes (`cgroup.memory=nokmem`); used: it stays";
 }
 
 pub const DEFAULT_TARGET: &str = "alpine-3.23-kvm";
@@ -201,7 +205,7 @@ macro_rules! choice {
     )*};
 }
 
-choice!(Disk, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas, ModulesPrune);
+choice!(Disk, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas, ModulesPrune, Containers);
 
 /// Which kind of disk holds the root filesystem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -269,6 +273,15 @@ pub enum RootLogin {
     No,
 }
 
+/// Whether a container runtime limits memory with cgroups (and so needs kernel-memory accounting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Containers {
+    /// no container runtime on the host
+    None,
+    /// a container runtime limits memory with cgroups
+    Used,
+}
+
 /// Whether sudo and doas go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SudoDoas {
@@ -322,6 +335,46 @@ impl FactValue for Words {
     fn flag_parser() -> ValueParser {
         ValueParser::new(|text: &str| {
             Words::checked(text.split(',').map(str::trim).filter(|w| !w.is_empty()).map(str::to_string).collect())
+        })
+    }
+    fn text(&self) -> String {
+        self.0.join(" ")
+    }
+    fn toml(&self) -> String {
+        format!("[{}]", self.0.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(", "))
+    }
+}
+
+/// Terminal names (`tty1`, `ttyS0`, `hvc0`), as `/etc/inittab` gives a getty's terminal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Terminals(pub Vec<String>);
+
+impl Terminals {
+    fn checked(names: Vec<String>) -> Result<Terminals, String> {
+        if names.is_empty() {
+            return Err("expected at least one terminal: a host without a getty cannot be reached from the panel".into());
+        }
+        for name in &names {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(format!("`{name}` is not a terminal name such as tty1 or ttyS0"));
+            }
+        }
+        Ok(Terminals(names))
+    }
+}
+
+impl FactValue for Terminals {
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        let list = value.as_array().ok_or("expected a list of terminals, e.g. [\"ttyS0\", \"tty1\"]")?;
+        let names = list
+            .iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| format!("{v} is not a string")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::checked(names)
+    }
+    fn flag_parser() -> ValueParser {
+        ValueParser::new(|text: &str| {
+            Terminals::checked(text.split(',').map(str::trim).filter(|w| !w.is_empty()).map(str::to_string).collect())
         })
     }
     fn text(&self) -> String {

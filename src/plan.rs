@@ -108,6 +108,8 @@ fn resolve(action: &Action, facts: &Facts) -> Action<String> {
         Action::SshSwitch {} => Action::SshSwitch {},
         Action::ClearDir { path } => Action::ClearDir { path: f(path) },
         Action::WriteValue { path, value } => Action::WriteValue { path: f(path), value: f(value) },
+        Action::CommentOut { path, lines } => Action::CommentOut { path: f(path), lines: items(lines, facts) },
+        Action::GettysKeep { consoles } => Action::GettysKeep { consoles: items(consoles, facts) },
         Action::Reboot {} => Action::Reboot {},
     }
 }

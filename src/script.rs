@@ -124,6 +124,7 @@ fn check_line(check: Check, plan: &Plan) -> Result<String, Error> {
         }
         Check::SudoDoas => format!("check_sudo_doas {}", q(&facts.get("sudo_doas").expect("known fact"))?),
         Check::Ipv6Unused => "check_ipv6_unused".into(),
+        Check::NoContainers => format!("check_no_containers {}", q(&facts.get("containers").expect("known fact"))?),
         Check::SshdSettings => {
             let ports = facts.ssh_ports.sorted().iter().map(u16::to_string).collect::<Vec<_>>().join(" ");
             format!(
@@ -180,7 +181,8 @@ fn step_needs(step: &Action<String>, boot_loader: BootLoader) -> Result<Vec<Stri
             vec![format!("need_installable {}", names.join(" "))]
         }
         Action::ServiceOn { name, provided_by: None, .. } => vec![format!("need_init_script {}", q(name)?)],
-        Action::WriteValue { path, .. } => vec![format!("need_file {}", q(path)?)],
+        Action::WriteValue { path, .. } | Action::CommentOut { path, .. } => vec![format!("need_file {}", q(path)?)],
+        Action::GettysKeep { consoles } => vec![format!("need_console_gettys {}", q(&consoles.join(" "))?)],
         _ => Vec::new(),
     })
 }
@@ -195,7 +197,9 @@ fn step_files(step: &Action<String>, target: &Target) -> Vec<String> {
         | Action::EditList { path, .. }
         | Action::Replace { path, into: None, .. }
         | Action::Replace { into: Some(path), .. }
-        | Action::WriteValue { path, .. } => vec![path.clone()],
+        | Action::WriteValue { path, .. }
+        | Action::CommentOut { path, .. } => vec![path.clone()],
+        Action::GettysKeep { .. } => vec!["/etc/inittab".into()],
         // The initramfs before the run: check-initramfs puts it back if the new one cannot boot.
         Action::Mkinitfs {} => vec![format!("/boot/initramfs-{}", target.kernel_flavor)],
         Action::KernelCmdline { .. } => match target.boot_loader {

@@ -82,6 +82,11 @@ pub enum Action<I = Item> {
         #[serde(default)]
         into: Option<String>,
     },
+    /// Comment out (`#`) each line of a file that is exactly one of `lines`; a line
+    /// that is not there is no mismatch.
+    CommentOut { path: String, lines: Vec<I> },
+    /// Comment out each getty in /etc/inittab that runs on a terminal other than `consoles`.
+    GettysKeep { consoles: Vec<I> },
     /// Edit the kernel command line where the boot loader keeps it.
     KernelCmdline {
         #[serde(default)]
@@ -152,6 +157,8 @@ pub enum Check {
     LoginShells,
     /// Removing sudo and doas leaves root a way in (fact `sudo_doas`).
     SudoDoas,
+    /// With `containers = none`, no container runtime is installed.
+    NoContainers,
 }
 
 /// The guide's stages, in order.
@@ -489,6 +496,14 @@ impl Action {
                 }
                 Ok(())
             }
+            Action::CommentOut { path, lines } => {
+                check_path(path)?;
+                if lines.is_empty() {
+                    return Err(format!("comment-out in `{path}` names no line"));
+                }
+                check_items(lines)
+            }
+            Action::GettysKeep { consoles } => check_items(consoles),
             Action::KernelCmdline { remove_modules, add_options } => {
                 check_items(remove_modules)?;
                 check_items(add_options)

@@ -232,6 +232,33 @@ replace_text() {
 	put_file "$4" 0644 "$WORK/new"
 }
 
+# comment_out PATH LINE...: put `#` before each line of PATH that is exactly
+# one of the LINEs (blanks around it aside).
+comment_out() {
+	local path=$1
+	shift
+	WANT=$* awk '
+	BEGIN { n = split(ENVIRON["WANT"], w, " "); for (i = 1; i <= n; i++) want[w[i]] = 1 }
+	{ t = $0; gsub(/^[ \t]+|[ \t]+$/, "", t); print ((t in want) ? "#" $0 : $0) }' <"$path" >"$WORK/new" || err "could not read $path"
+	put_file "$path" 0644 "$WORK/new"
+}
+
+# inittab_gettys: the terminal of each getty /etc/inittab starts (busybox init:
+# the id field is the terminal the process runs on).
+inittab_gettys() {
+	awk -F: '$0 !~ /^[ \t]*#/ && $3 == "respawn" && $4 ~ /getty/ { print $1 }' /etc/inittab
+}
+
+# keep_gettys CONSOLE...: comment out each getty in /etc/inittab that runs on
+# another terminal. It takes effect at the next boot.
+keep_gettys() {
+	KEEP=$* awk -F: '
+	BEGIN { n = split(ENVIRON["KEEP"], k, " "); for (i = 1; i <= n; i++) keep[k[i]] = 1 }
+	$0 !~ /^[ \t]*#/ && $3 == "respawn" && $4 ~ /getty/ && !($1 in keep) { print "#" $0; next }
+	{ print }' </etc/inittab >"$WORK/new" || err "could not read /etc/inittab"
+	put_file /etc/inittab 0644 "$WORK/new"
+}
+
 # write_value PATH VALUE: write a kernel setting (sysfs) now.
 write_value() {
 	if [ "$(cat "$1")" != "$2" ]; then
@@ -618,6 +645,45 @@ need_program() {
 
 need_file() {
 	[ -f "$1" ] || mismatch "$1 is missing"
+}
+
+# need_console_gettys CONSOLES: a getty stays on one of the CONSOLES (fact
+# `consoles`), and every console the kernel's console= names keeps its getty.
+need_console_gettys() {
+	local gettys cmdline word name staying=''
+	[ -f /etc/inittab ] || {
+		mismatch "/etc/inittab is missing"
+		return 0
+	}
+	gettys=" $(inittab_gettys | tr '\n' ' ')"
+	for name in $1; do
+		case $gettys in *" $name "*) staying="$staying $name" ;; esac
+	done
+	if [ -z "$staying" ] && [ "$gettys" != " " ]; then
+		mismatch "fact \`consoles\` is [$1], but /etc/inittab has gettys only on${gettys% }: none would stay"
+	fi
+	read -r cmdline </proc/cmdline || cmdline=''
+	for word in $cmdline; do
+		case $word in console=*) ;; *) continue ;; esac
+		name=${word#console=}
+		name=${name%%,*}
+		[ "$name" = tty0 ] && name=tty1
+		case "$gettys" in *" $name "*) ;; *) continue ;; esac
+		case " $1 " in
+		*" $name "*) ;;
+		*) mismatch "fact \`consoles\` is [$1], but the kernel's console=$name has a getty that would go" ;;
+		esac
+	done
+}
+
+# check_no_containers none|used: with `containers = none`, no container runtime is installed.
+check_no_containers() {
+	local found
+	[ "$1" = none ] || return 0
+	found=$(installed docker podman containerd lxc incus lxd crun runc | tr '\n' ' ')
+	if [ -n "$found" ]; then
+		mismatch "fact \`containers\` is none, but ${found% } is installed: set containers = \"used\""
+	fi
 }
 
 need_dir() {
