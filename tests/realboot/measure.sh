@@ -38,6 +38,9 @@ main() {
 	sleep "$settle"
 	free | awk '$1 == "Mem:" { print "free_used", $3 }'
 	awk '$1 == "MemTotal:" { t = $2 } $1 == "MemAvailable:" { a = $2 } END { print "mem_total", t; print "mem_available", a }' /proc/meminfo
+	# The guest's physical RAM, as the firmware gave it: what the kernel reserves
+	# before MemTotal (its image, the KFENCE pool) counts against the host too.
+	awk '/System RAM/ { split($1, r, "-"); kb += (("0x" r[2]) - ("0x" r[1]) + 1) / 1024 } END { printf "system_ram %d\n", kb }' /proc/iomem
 	df -Pk / | awk 'NR == 2 { print "disk_used", $3 }'
 	awk '{ print "module", $1 }' /proc/modules
 	procs | awk -v me="$me" '$1 != me { $1 = ""; sub(/^ /, ""); print "process", $0 }'
