@@ -166,7 +166,6 @@ fn changes(steps: &[crate::target::Action<String>]) -> String {
             Action::SshSwitch {} => "switches sshd to dropbear".into(),
             Action::ClearDir { path } => format!("empties {path}"),
             Action::WriteValue { path, .. } => format!("sets {path}"),
-            Action::CommentOut { path, lines } => format!("comments out {} in {path}", lines.join(", ")),
             Action::GettysKeep { consoles } => format!("keeps gettys only on {}", consoles.join(", ")),
             Action::Reboot {} => "reboots (MINGEN_REBOOT=1)".into(),
         })
@@ -191,8 +190,55 @@ fn plan_text(plan: &Plan) -> String {
         writeln!(out, "  {:<24} {state}  [{by}]", d.rule.id).expect("write to String");
         writeln!(out, "  {:<24} {}", "", d.rule.summary).expect("write to String");
         writeln!(out, "  {:<24} {}", "", changes(&d.steps)).expect("write to String");
+        if let Some(saved) = &d.rule.saved {
+            writeln!(
+                out,
+                "  {:<24} saved on the bench: RAM {} KB, disk {} KB (kernel {})",
+                "", saved.ram_kb, saved.disk_kb, saved.kernel
+            )
+            .expect("write to String");
+        }
     }
+    out.push_str(&expected_text(plan));
     out
+}
+
+fn mb(kb: u64) -> String {
+    format!("{:.1} MB", kb as f64 / 1024.0)
+}
+
+/// What the bench leads one to expect, against the budgets.
+fn expected_text(plan: &Plan) -> String {
+    let (Some(bench), Some(expected)) = (&plan.target.bench, plan.expected()) else {
+        return "\nexpected: this target has no figures from the real-boot bench\n".into();
+    };
+    let (ram, disk): (u64, u64) = plan.applied().filter_map(|d| d.rule.saved.as_ref()).fold((0, 0), |(r, d), s| (r + s.ram_kb, d + s.disk_kb));
+    let verdict = |kb: u64, budget_mb: u32| {
+        let state = if kb <= u64::from(budget_mb) * 1024 { "within" } else { "over" };
+        format!("{state} the budget of {budget_mb} MB")
+    };
+    format!(
+        "\nexpected after the run (real-boot bench, kernel {kernel}, medians of {boots} boots with the default facts, \
+         adjusted by the measured savings of the rules these facts add or leave out):\n  \
+         RAM used  {ram_used}: {ram_verdict}\n  \
+         disk used {disk_used}: {disk_verdict}\n  \
+         bench, RAM used / disk used: stock {stock_ram} / {stock_disk}; the guide's commands {guide_ram} / {guide_disk}; mingen {mingen_ram} / {mingen_disk}\n  \
+         measured savings of the rules that apply: RAM {saved_ram}, disk {saved_disk} (rules without a figure count as none)\n",
+        kernel = bench.kernel,
+        boots = bench.boots,
+        ram_used = mb(expected.ram_used_kb),
+        ram_verdict = verdict(expected.ram_used_kb, plan.facts.ram_budget_mb.0),
+        disk_used = mb(expected.disk_used_kb),
+        disk_verdict = verdict(expected.disk_used_kb, plan.facts.disk_budget_mb.0),
+        stock_ram = mb(bench.stock.ram_used_kb),
+        stock_disk = mb(bench.stock.disk_used_kb),
+        guide_ram = mb(bench.guide.ram_used_kb),
+        guide_disk = mb(bench.guide.disk_used_kb),
+        mingen_ram = mb(bench.mingen.ram_used_kb),
+        mingen_disk = mb(bench.mingen.disk_used_kb),
+        saved_ram = mb(ram),
+        saved_disk = mb(disk),
+    )
 }
 
 fn explain_text(target: &Target, id: &str) -> Result<String, Error> {

@@ -171,6 +171,10 @@ facts! {
         "sudo and doas: auto removes them only where root can log in over SSH directly (checked on the host); keep; remove";
     consoles: Terminals = Terminals(vec!["ttyS0".into(), "tty1".into()]),
         "the terminals whose gettys stay (the provider's panel: serial and VGA); gettys on other terminals go";
+    ram_budget_mb: MegaBytes = MegaBytes(23),
+        "the RAM used (busybox `free`) the host must end within; the guide ended at 23 MB";
+    disk_budget_mb: MegaBytes = MegaBytes(72),
+        "the disk used (`df /`) the host must end within; the guide ended at 72 MB";
     containers: Containers = Containers::None,
         "none: no container runtime limits memory with cgroups, so kernel-memory accounting goes (`cgroup.memory=nokmem`); used: it stays";
 }
@@ -342,6 +346,36 @@ impl FactValue for Words {
     }
     fn toml(&self) -> String {
         format!("[{}]", self.0.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(", "))
+    }
+}
+
+/// A size in MB, at least 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MegaBytes(pub u32);
+
+impl MegaBytes {
+    fn checked(value: i64) -> Result<MegaBytes, String> {
+        match u32::try_from(value) {
+            Ok(mb) if mb > 0 => Ok(MegaBytes(mb)),
+            _ => Err(format!("{value} is not a size in MB (1 to {})", u32::MAX)),
+        }
+    }
+}
+
+impl FactValue for MegaBytes {
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        Self::checked(value.as_integer().ok_or("expected a whole number of MB, e.g. 20")?)
+    }
+    fn flag_parser() -> ValueParser {
+        ValueParser::new(|text: &str| {
+            Self::checked(text.trim().parse::<i64>().map_err(|_| format!("`{text}` is not a whole number of MB"))?)
+        })
+    }
+    fn text(&self) -> String {
+        self.0.to_string()
+    }
+    fn toml(&self) -> String {
+        self.text()
     }
 }
 

@@ -2,7 +2,7 @@
 //! apply, why, and the concrete steps they take (conditions resolved, placeholders filled).
 
 use crate::facts::{self, Facts};
-use crate::target::{Action, Condition, Item, Rule, Target};
+use crate::target::{Action, Condition, Figures, Item, Rule, Target};
 
 /// One rule's outcome for a host.
 #[derive(Debug)]
@@ -108,7 +108,6 @@ fn resolve(action: &Action, facts: &Facts) -> Action<String> {
         Action::SshSwitch {} => Action::SshSwitch {},
         Action::ClearDir { path } => Action::ClearDir { path: f(path) },
         Action::WriteValue { path, value } => Action::WriteValue { path: f(path), value: f(value) },
-        Action::CommentOut { path, lines } => Action::CommentOut { path: f(path), lines: items(lines, facts) },
         Action::GettysKeep { consoles } => Action::GettysKeep { consoles: items(consoles, facts) },
         Action::Reboot {} => Action::Reboot {},
     }
@@ -134,6 +133,23 @@ impl<'t> Plan<'t> {
 
     pub fn applied(&self) -> impl Iterator<Item = &Decision<'t>> {
         self.decisions.iter().filter(|d| d.applied)
+    }
+
+    /// RAM used and disk used (KB) to expect after the run: the bench's end state for
+    /// the default facts, plus what the rules these facts leave out saved there, minus
+    /// what the rules they add saved. A rule without a measured saving counts as none.
+    /// None when the target has no bench figures.
+    pub fn expected(&self) -> Option<Figures> {
+        let bench = self.target.bench.as_ref()?;
+        let default = Plan::new(self.target, &Facts::default());
+        let (mut ram, mut disk) = (bench.mingen.ram_used_kb as i64, bench.mingen.disk_used_kb as i64);
+        for (here, there) in self.decisions.iter().zip(&default.decisions) {
+            let Some(saved) = &here.rule.saved else { continue };
+            let sign = i64::from(there.applied) - i64::from(here.applied);
+            ram += sign * saved.ram_kb as i64;
+            disk += sign * saved.disk_kb as i64;
+        }
+        Some(Figures { ram_used_kb: ram.max(0) as u64, disk_used_kb: disk.max(0) as u64 })
     }
 
     /// All packages to install, in rule order, without repeats.

@@ -181,7 +181,7 @@ fn step_needs(step: &Action<String>, boot_loader: BootLoader) -> Result<Vec<Stri
             vec![format!("need_installable {}", names.join(" "))]
         }
         Action::ServiceOn { name, provided_by: None, .. } => vec![format!("need_init_script {}", q(name)?)],
-        Action::WriteValue { path, .. } | Action::CommentOut { path, .. } => vec![format!("need_file {}", q(path)?)],
+        Action::WriteValue { path, .. } => vec![format!("need_file {}", q(path)?)],
         Action::GettysKeep { consoles } => vec![format!("need_console_gettys {}", q(&consoles.join(" "))?)],
         _ => Vec::new(),
     })
@@ -197,8 +197,7 @@ fn step_files(step: &Action<String>, target: &Target) -> Vec<String> {
         | Action::EditList { path, .. }
         | Action::Replace { path, into: None, .. }
         | Action::Replace { into: Some(path), .. }
-        | Action::WriteValue { path, .. }
-        | Action::CommentOut { path, .. } => vec![path.clone()],
+        | Action::WriteValue { path, .. } => vec![path.clone()],
         Action::GettysKeep { .. } => vec!["/etc/inittab".into()],
         // The initramfs before the run: check-initramfs puts it back if the new one cannot boot.
         Action::Mkinitfs {} => vec![format!("/boot/initramfs-{}", target.kernel_flavor)],

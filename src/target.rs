@@ -82,9 +82,6 @@ pub enum Action<I = Item> {
         #[serde(default)]
         into: Option<String>,
     },
-    /// Comment out (`#`) each line of a file that is exactly one of `lines`; a line
-    /// that is not there is no mismatch.
-    CommentOut { path: String, lines: Vec<I> },
     /// Comment out each getty in /etc/inittab that runs on a terminal other than `consoles`.
     GettysKeep { consoles: Vec<I> },
     /// Edit the kernel command line where the boot loader keeps it.
@@ -204,6 +201,7 @@ struct RawRule {
     when: Option<Condition>,
     requires: Option<Vec<Check>>,
     defer_under_cloud_init: Option<bool>,
+    saved: Option<Saving>,
     action: Option<Vec<Action>>,
 }
 
@@ -223,6 +221,7 @@ struct RawHeader {
 #[serde(deny_unknown_fields)]
 struct RawTarget {
     target: RawHeader,
+    bench: Option<BenchFigures>,
     #[serde(default)]
     rule: Vec<RawRule>,
 }
@@ -233,6 +232,36 @@ struct RawTarget {
 pub enum BootLoader {
     /// `/etc/update-extlinux.conf`, regenerated into `/boot/extlinux.conf`.
     Extlinux,
+}
+
+/// What a rule saved on the real-boot bench (RAM used as busybox `free` counts it,
+/// disk used as `df /` does), and the kernel it was measured on.
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Saving {
+    pub ram_kb: u64,
+    pub disk_kb: u64,
+    pub kernel: String,
+}
+
+/// RAM used and disk used of one host state on the bench.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Figures {
+    pub ram_used_kb: u64,
+    pub disk_used_kb: u64,
+}
+
+/// The bench's medians for this target with the default facts: the stock host,
+/// after the guide's literal commands and after mingen's script (`cargo bench --bench realboot`).
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BenchFigures {
+    pub kernel: String,
+    pub boots: u32,
+    pub stock: Figures,
+    pub guide: Figures,
+    pub mingen: Figures,
 }
 
 /// A checked rule.
@@ -249,6 +278,8 @@ pub struct Rule {
     pub requires: Vec<Check>,
     /// In user-data form, wait until cloud-init has finished (it would stop cloud-init).
     pub defer_under_cloud_init: bool,
+    /// What it saved on the bench, where that was measured.
+    pub saved: Option<Saving>,
     pub actions: Vec<Action>,
 }
 
@@ -261,6 +292,7 @@ pub struct Target {
     pub kernel_flavor: String,
     pub boot_loader: BootLoader,
     pub min_free_kb: u64,
+    pub bench: Option<BenchFigures>,
     pub rules: Vec<Rule>,
 }
 
@@ -295,6 +327,7 @@ impl Target {
                 target.kernel_flavor = header.kernel_flavor.unwrap_or(target.kernel_flavor);
                 target.boot_loader = header.boot_loader.unwrap_or(target.boot_loader);
                 target.min_free_kb = header.min_free_kb.unwrap_or(target.min_free_kb);
+                target.bench = raw.bench.or(target.bench);
                 target
             }
             None => {
@@ -306,6 +339,7 @@ impl Target {
                     kernel_flavor: header.kernel_flavor.ok_or_else(|| bad("`kernel_flavor` is missing".into()))?,
                     boot_loader: header.boot_loader.ok_or_else(|| bad("`boot_loader` is missing".into()))?,
                     min_free_kb: header.min_free_kb.ok_or_else(|| bad("`min_free_kb` is missing".into()))?,
+                    bench: raw.bench,
                     rules,
                 }
             }
@@ -348,6 +382,7 @@ impl Rule {
             when: raw.when.unwrap_or_default(),
             requires: raw.requires.unwrap_or_default(),
             defer_under_cloud_init: raw.defer_under_cloud_init.unwrap_or(false),
+            saved: raw.saved,
             actions: raw.action.ok_or_else(|| missing("action"))?,
             id: raw.id,
         })
@@ -381,6 +416,9 @@ impl Rule {
         }
         if let Some(v) = raw.defer_under_cloud_init {
             self.defer_under_cloud_init = v;
+        }
+        if let Some(v) = raw.saved {
+            self.saved = Some(v);
         }
         if let Some(v) = raw.action {
             self.actions = v;
@@ -495,13 +533,6 @@ impl Action {
                     return Err(format!("replace in `{path}`: `find` and `replace` must be different single lines"));
                 }
                 Ok(())
-            }
-            Action::CommentOut { path, lines } => {
-                check_path(path)?;
-                if lines.is_empty() {
-                    return Err(format!("comment-out in `{path}` names no line"));
-                }
-                check_items(lines)
             }
             Action::GettysKeep { consoles } => check_items(consoles),
             Action::KernelCmdline { remove_modules, add_options } => {

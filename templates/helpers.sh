@@ -232,17 +232,6 @@ replace_text() {
 	put_file "$4" 0644 "$WORK/new"
 }
 
-# comment_out PATH LINE...: put `#` before each line of PATH that is exactly
-# one of the LINEs (blanks around it aside).
-comment_out() {
-	local path=$1
-	shift
-	WANT=$* awk '
-	BEGIN { n = split(ENVIRON["WANT"], w, " "); for (i = 1; i <= n; i++) want[w[i]] = 1 }
-	{ t = $0; gsub(/^[ \t]+|[ \t]+$/, "", t); print ((t in want) ? "#" $0 : $0) }' <"$path" >"$WORK/new" || err "could not read $path"
-	put_file "$path" 0644 "$WORK/new"
-}
-
 # inittab_gettys: the terminal of each getty /etc/inittab starts (busybox init:
 # the id field is the terminal the process runs on).
 inittab_gettys() {
@@ -845,6 +834,6 @@ figures() {
 }
 
 figure_values() {
-	free -m | awk 'NR == 2 { print "ram_used_mb " $3 }'
-	df -m / | awk 'NR == 2 { print "disk_used_mb " $3 }'
+	free | awk '$1 == "Mem:" { print "ram_used_kb " $3 }'
+	df -Pk / | awk 'NR == 2 { print "disk_used_kb " $3 }'
 }

@@ -164,8 +164,6 @@ rule_{{ rule.func }}() {
 	ssh_switch {{ dropbear_opts|sh }}
 {%- when Action::ClearDir { path } %}
 	clear_dir {{ path|sh }}
-{%- when Action::CommentOut { path, lines } %}
-	comment_out {{ path|sh }} {{ lines.join(" ")|sh }}
 {%- when Action::GettysKeep { consoles } %}
 	keep_gettys {{ consoles.join(" ")|sh }}
 {%- when Action::WriteValue { path, value } %}

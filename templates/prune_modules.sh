@@ -9,7 +9,7 @@
 # closed under modules.dep and the pre:/post: soft dependencies. The removed files
 # are first moved aside; if `modprobe -n` cannot resolve every kept module after
 # depmod, they are put back and it fails. The apk commit hook runs it for a
-# kernel that apk installs later.
+# kernel that apk installs later. It also removes /boot/System.map-KVER.
 set -eu
 
 kver=$1
@@ -121,6 +121,12 @@ case $mode in
 	;;
 esac
 mkdir -p "${list%/*}"
+# The kernel's symbol map: nothing reads it at run time (the running kernel's symbols
+# are in /proc/kallsyms). Undo's `apk fix --reinstall` brings it back with the modules.
+if [ -f "/boot/System.map-$kver" ]; then
+	rm -f "/boot/System.map-$kver"
+	say "removed /boot/System.map-$kver"
+fi
 if [ "$count" = 0 ]; then
 	: >>"$list"
 	exit 0
