@@ -1,20 +1,12 @@
 #!/bin/sh
-# prune-modules.sh: written by mingen (rule modules-prune). Keeps in
-# /lib/modules/KVER/kernel only the modules this host can need, and removes the rest:
-#   sh prune-modules.sh KVER KEEP_FILE [--dry-run | --count]
-# The keep-set: /etc/modules, what the initramfs features in
-# /etc/mkinitfs/mkinitfs.conf take (features.d/*.modules), and KEEP_FILE's lines
-# (module names, or paths such as kernel/net/netfilter; the run writes there the
-# modules loaded when it first ran, so that every later run keeps the same set),
-# closed under modules.dep and the pre:/post: soft dependencies. The removed files
-# are first moved aside; if `modprobe -n` cannot resolve every kept module after
-# depmod, they are put back and it fails. The apk commit hook runs it for a
-# kernel that apk installs later.
+# prune-modules.sh KVER KEEP_FILE [--dry-run | --count]: written by mingen (rule
+# modules-prune); the apk hook runs it for kernels installed later. Keeps in
+# /lib/modules/KVER/kernel the modules in /etc/modules, those the initramfs features
+# take, and KEEP_FILE's (names or paths), closed under modules.dep and soft
+# dependencies; removes the rest, or puts them back if `modprobe -n` then fails.
 set -eu
 
-kver=$1
-keep_file=$2
-mode=${3:-apply}
+kver=$1 keep_file=$2 mode=${3:-apply}
 dir=/lib/modules/$kver
 aside=$dir.mingen-pruned
 list=/var/lib/mingen/modules-removed.$kver

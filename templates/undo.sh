@@ -1,7 +1,7 @@
 #!/bin/sh
-# undo.sh: written by mingen's minimise.sh. Puts back what it changed: the
-# packages (as /etc/apk/world was), every file it changed or created, the
-# runlevels and the started services, sshd in place of dropbear, and the initramfs.
+# undo.sh: written by mingen's minimise.sh. Puts back what it changed: the packages
+# (as /etc/apk/world was), every file it changed or created, the runlevels and the
+# started services, sshd in place of dropbear, and the initramfs.
 # Run it as root; it needs the package repository (`apk update` first).
 set -eu
 
@@ -17,9 +17,9 @@ err() {
 	exit 1
 }
 
-# words_missing FILE_A FILE_B: the lines of FILE_B that FILE_A lacks.
-words_missing() {
-	awk 'FNR == NR { have[$0] = 1; next } $0 != "" && !($0 in have) { print }' "$1" "$2" | tr '\n' ' '
+# lines_missing A B: the lines of file B that file A lacks.
+lines_missing() {
+	awk 'FNR == NR { have[$0] = 1; next } $0 != "" && !($0 in have)' "$1" "$2"
 }
 
 started() {
@@ -27,29 +27,25 @@ started() {
 }
 
 restore_files() {
-	local path copy
-	if [ -f "$BACKUP/absent.list" ]; then
-		# Deepest first, so a directory the run created is empty when its turn comes.
-		sort -r "$BACKUP/absent.list" | while IFS= read -r path; do
-			if [ -d "$path" ] && [ ! -L "$path" ]; then
-				say "delete $path"
-				rmdir "$path" || say "$path is not empty: left in place"
-			elif [ -e "$path" ] || [ -L "$path" ]; then
-				say "delete $path"
-				rm -f "$path" || err "cannot delete $path"
-			fi
-		done
-	fi
-	(cd "$BACKUP" && find . -type f ! -name absent.list) | while IFS= read -r copy; do
-		path=${copy#.}
+	local path
+	# Deepest first, so a directory the run created is empty when its turn comes.
+	sort -r "$BACKUP/absent.list" 2>/dev/null | while IFS= read -r path; do
+		if [ -d "$path" ] && [ ! -L "$path" ]; then
+			say "delete $path"
+			rmdir "$path" || say "$path is not empty: left in place"
+		elif [ -e "$path" ] || [ -L "$path" ]; then
+			say "delete $path"
+			rm -f "$path" || err "cannot delete $path"
+		fi
+	done
+	(cd "$BACKUP" && find . -type f ! -name absent.list) | while IFS= read -r path; do
+		path=${path#.}
 		case $path in
 		/sys/* | /proc/*) cat "$BACKUP$path" >"$path" || say "could not restore $path" ;;
 		*)
 			if ! cmp -s "$BACKUP$path" "$path"; then
 				say "restore $path"
-				if ! { mkdir -p "${path%/*}" && cp -p "$BACKUP$path" "$path"; }; then
-					err "cannot restore $path"
-				fi
+				{ mkdir -p "${path%/*}" && cp -p "$BACKUP$path" "$path"; } || err "cannot restore $path"
 			fi
 			# apk leaves its own copy beside a changed config file it reinstalls.
 			if [ -e "$path.apk-new" ] && [ ! -e "$BACKUP$path.apk-new" ]; then
@@ -63,22 +59,20 @@ restore_files() {
 restore_runlevels() {
 	local now level name
 	now=$(mktemp)
-	for link in /etc/runlevels/*/*; do
-		if [ -L "$link" ] || [ -e "$link" ]; then
-			level=${link%/*}
-			printf '%s %s\n' "${level##*/}" "${link##*/}"
+	for name in /etc/runlevels/*/*; do
+		if [ -L "$name" ] || [ -e "$name" ]; then
+			level=${name%/*}
+			printf '%s %s\n' "${level##*/}" "${name##*/}"
 		fi
 	done >"$now"
-	awk 'FNR == NR { was[$0] = 1; next } !($0 in was)' "$STATE/runlevels.before" "$now" |
-		while read -r level name; do
-			say "take $name out of runlevel $level"
-			rc-update del "$name" "$level" >/dev/null </dev/null || err "could not take $name out of $level"
-		done
-	awk 'FNR == NR { is[$0] = 1; next } !($0 in is)' "$now" "$STATE/runlevels.before" |
-		while read -r level name; do
-			say "put $name in runlevel $level"
-			rc-update add "$name" "$level" >/dev/null </dev/null || err "could not put $name in $level"
-		done
+	lines_missing "$STATE/runlevels.before" "$now" | while read -r level name; do
+		say "take $name out of runlevel $level"
+		rc-update del "$name" "$level" >/dev/null </dev/null || err "could not take $name out of $level"
+	done
+	lines_missing "$now" "$STATE/runlevels.before" | while read -r level name; do
+		say "put $name in runlevel $level"
+		rc-update add "$name" "$level" >/dev/null </dev/null || err "could not put $name in $level"
+	done
 	rm -f "$now"
 }
 
@@ -108,7 +102,7 @@ restore_modules() {
 	done
 }
 
-# The reverse switch: start sshd in the same step that stops dropbear.
+# restore_sshd: the reverse switch, sshd started in the step that stops dropbear.
 restore_sshd() {
 	if grep -qx sshd "$STATE/started.before" && ! started sshd && started dropbear; then
 		say "stopping dropbear and starting sshd in one step"
@@ -147,8 +141,8 @@ main() {
 	[ "$(id -u)" = 0 ] || err "run this as root"
 	[ -f "$BACKUP/etc/apk/world" ] || err "no backup in $BACKUP: nothing to undo"
 	trap '' HUP
-	add=$(words_missing /etc/apk/world "$BACKUP/etc/apk/world")
-	del=$(words_missing "$BACKUP/etc/apk/world" /etc/apk/world)
+	add=$(lines_missing /etc/apk/world "$BACKUP/etc/apk/world" | tr '\n' ' ')
+	del=$(lines_missing "$BACKUP/etc/apk/world" /etc/apk/world | tr '\n' ' ')
 	if [ -n "$add" ]; then
 		say "install $add"
 		# shellcheck disable=SC2086 # one word per world entry
