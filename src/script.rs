@@ -41,7 +41,6 @@ struct RuleView {
     id: String,
     deferred: bool,
     func: String,
-    summary: String,
     announce: String,
     /// The stage's heading, on the first rule of each stage.
     heading: Option<String>,
@@ -321,7 +320,6 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
                 id: d.rule.id.clone(),
                 deferred: user_data && d.rule.defer_under_cloud_init,
                 func: d.rule.id.replace('-', "_"),
-                summary: d.rule.summary.clone(),
                 announce: format!("rule {}: {}", d.rule.id, d.rule.summary),
                 heading: (stage.replace(d.rule.stage) != Some(d.rule.stage)).then(|| d.rule.stage.to_string()),
                 steps: d.steps.clone(),

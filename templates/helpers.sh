@@ -3,12 +3,12 @@ MINGEN_BACKUP=$MINGEN_STATE/backup
 MINGEN_LOG=/var/log/mingen.log
 MINGEN_DRY_RUN=${MINGEN_DRY_RUN:-0}
 MINGEN_REBOOT=${MINGEN_REBOOT:-0}
-# KEPT: packages a rule would remove that someone needs to log in (keep_package).
-KERNEL_VERSION= INITRAMFS_STALE=0 PREFLIGHT_FAILED=0 LOGGING=0 WORK= KEPT=
+{# KEPT: packages a rule would remove that someone needs to log in (keep_package). -#}
+KERNEL_VERSION='' INITRAMFS_STALE=0 PREFLIGHT_FAILED=0 LOGGING=0 WORK='' KEPT=''
 
-# ---------------------------------------------------------------- vocabulary
+# ---- vocabulary
 
-# say TEXT: tell the operator; once the run logs (start_log), the log and the terminal (fd 3).
+{# say TEXT: tell the operator; once the run logs (start_log), the log and the terminal (fd 3). -#}
 say() {
 	printf 'mingen: %s\n' "$*" >&2 || true
 	[ "$LOGGING" = 0 ] || printf 'mingen: %s\n' "$*" >&3 2>/dev/null || true
@@ -30,8 +30,9 @@ need_cmd() {
 	done
 }
 
-# start_log: all output goes to the log; the run ignores a hang-up (its commands too),
-# and writes to a closed terminal only fail.
+{# start_log: all output goes to the log; the run ignores a hang-up (its commands too),
+   and writes to a closed terminal only fail. -#}
+# start_log: from here on the output goes to the log, and a hang-up does not stop the run.
 start_log() {
 	trap '' HUP
 	exec 3>&2 >>"$MINGEN_LOG" 2>&1 </dev/null
@@ -40,9 +41,10 @@ start_log() {
 	say "run of $(date '+%Y-%m-%dT%H:%M:%S'); the full output goes to $MINGEN_LOG"
 }
 
-# change WHAT COMMAND...: make one change and say so, or in a dry run what would change.
-# Every change goes through here. A daemon the command starts must not hold fd 3 (the
-# terminal): the operator's SSH session would never end.
+{# change WHAT COMMAND...: make one change and say so, or in a dry run what would change.
+   Every change goes through here. A daemon the command starts must not hold fd 3 (the
+   terminal): the operator's SSH session would never end. -#}
+# change WHAT COMMAND...: every change to the host goes through here; a dry run only says it.
 change() {
 	local what=$1
 	shift
@@ -55,10 +57,10 @@ change() {
 	"$@" 3>&- || err "could not $what (\`$*\` failed)"
 }
 
-# ---------------------------------------------------------------- files
+# ---- files
 
-# put_file PATH MODE NEW: give PATH the content of the file NEW, atomically; an
-# existing PATH keeps its mode and owner.
+{# put_file PATH MODE NEW: give PATH the content of the file NEW, atomically; an
+   existing PATH keeps its mode and owner. -#}
 put_file() {
 	if [ -f "$1" ] && cmp -s "$3" "$1"; then
 		return 0
@@ -86,8 +88,8 @@ install_file() {
 	fi && mv -f "$1.mingen-new" "$1"
 }
 
-# initramfs_stale: the initramfs must be rebuilt, noted before the change that makes
-# it so, so that a run cut short after it still rebuilds.
+{# initramfs_stale: the initramfs must be rebuilt, noted before the change that makes
+   it so, so that a run cut short after it still rebuilds. -#}
 initramfs_stale() {
 	INITRAMFS_STALE=1
 	dry_run || : >"$MINGEN_STATE/initramfs-stale" || err "cannot write to $MINGEN_STATE"
@@ -97,16 +99,16 @@ make_parent_dir() {
 	[ -d "${1%/*}" ] || change "create ${1%/*}" mkdir -p "${1%/*}"
 }
 
-# write_file PATH MODE: give PATH the content read from standard input.
+{# write_file PATH MODE: give PATH the content read from standard input. -#}
 write_file() {
 	cat >"$WORK/new" || err "cannot write to $WORK"
 	put_file "$1" "$2" "$WORK/new"
 }
 
-# edit_lists MODE <FILE: FILE with lists edited, per KEY, SEP, SET, ADD, REMOVE (items
-# split on spaces). assign: each `KEY=list` line (quoted or not) gets SET, or loses
-# REMOVE and gains ADD; append: each APPEND line of extlinux.conf loses REMOVE from
-# `modules=` and gains the options ADD; check: exit 1 unless a plain `KEY=` list exists.
+{# edit_lists MODE <FILE: FILE with lists edited, per KEY, SEP, SET, ADD, REMOVE (items
+   split on spaces). assign: each `KEY=list` line (quoted or not) gets SET, or loses
+   REMOVE and gains ADD; append: each APPEND line of extlinux.conf loses REMOVE from
+   `modules=` and gains the options ADD; check: exit 1 unless a plain `KEY=` list exists. -#}
 edit_lists() {
 	MODE=$1 awk '
 	function edit(list, sep, add, remove,    n, i, w, drop, have, out) {
@@ -144,19 +146,19 @@ edit_lists() {
 	END { if (mode == "check") exit !(found && !bad) }'
 }
 
-# edit_assignment PATH KEY SEP SET ADD REMOVE
+{# edit_assignment PATH KEY SEP SET ADD REMOVE -#}
 edit_assignment() {
 	KEY=$2 SEP=$3 SET=$4 ADD=$5 REMOVE=$6 edit_lists assign <"$1" >"$WORK/new" || err "could not read $1"
 	put_file "$1" 0644 "$WORK/new"
 }
 
-# edit_append_lines PATH REMOVE_MODULES ADD_OPTIONS
+{# edit_append_lines PATH REMOVE_MODULES ADD_OPTIONS -#}
 edit_append_lines() {
 	REMOVE=$2 ADD=$3 edit_lists append <"$1" >"$WORK/new" || err "could not read $1"
 	put_file "$1" 0644 "$WORK/new"
 }
 
-# set_assignment PATH KEY VALUE: PATH holds `KEY="VALUE"`, in place of its first KEY= line or at the end.
+{# set_assignment PATH KEY VALUE: PATH holds `KEY="VALUE"`, in place of its first KEY= line or at the end. -#}
 set_assignment() {
 	local from=/dev/null
 	[ ! -f "$1" ] || from=$1
@@ -168,8 +170,8 @@ set_assignment() {
 	put_file "$1" 0644 "$WORK/new"
 }
 
-# replace_text PATH FIND REPLACE INTO: the first FIND on each line of PATH that lacks
-# REPLACE becomes REPLACE; the result goes to INTO.
+{# replace_text PATH FIND REPLACE INTO: the first FIND on each line of PATH that lacks
+   REPLACE becomes REPLACE; the result goes to INTO. -#}
 replace_text() {
 	FIND=$2 REPL=$3 awk '
 	{
@@ -180,7 +182,7 @@ replace_text() {
 	put_file "$4" 0644 "$WORK/new"
 }
 
-# write_value PATH VALUE: write a kernel setting (sysfs) now.
+{# write_value PATH VALUE: write a kernel setting (sysfs) now. -#}
 write_value() {
 	[ "$(cat "$1")" = "$2" ] || change "set $1 to $2" write_to "$1" "$2"
 }
@@ -193,13 +195,13 @@ clear_dir() {
 	[ -z "$(ls -A "$1" 2>/dev/null)" ] || change "empty $1" find "$1" -mindepth 1 -delete
 }
 
-# ---------------------------------------------------------------- services
+# ---- services
 
 service_started() {
 	rc-service "$1" status >/dev/null 2>&1
 }
 
-# service_off NAME RUNLEVEL STOP: stop NAME (STOP=yes); take it out of RUNLEVEL, or of every one.
+{# service_off NAME RUNLEVEL STOP: stop NAME (STOP=yes); take it out of RUNLEVEL, or of every one. -#}
 service_off() {
 	local link level
 	if [ "$3" = yes ] && service_started "$1"; then
@@ -214,7 +216,7 @@ service_off() {
 	done
 }
 
-# service_on NAME RUNLEVEL START: put NAME in RUNLEVEL; start it (START=yes).
+{# service_on NAME RUNLEVEL START: put NAME in RUNLEVEL; start it (START=yes). -#}
 service_on() {
 	if [ ! -L "/etc/runlevels/$2/$1" ] && [ ! -e "/etc/runlevels/$2/$1" ]; then
 		change "put $1 in runlevel $2" rc-update add "$1" "$2"
@@ -224,31 +226,31 @@ service_on() {
 	fi
 }
 
-# ---------------------------------------------------------------- packages
+# ---- packages
 
-# world_has NAME: NAME is in /etc/apk/world (with or without a version or tag).
+{# world_has NAME: NAME is in /etc/apk/world (with or without a version or tag). -#}
 world_has() {
 	NAME=$1 awk '{ sub(/[<>=~@].*/, ""); if ($0 == ENVIRON["NAME"]) found = 1 } END { exit !found }' /etc/apk/world
 }
 
-# installed NAME...: the NAMEs that are installed (offline).
+{# installed NAME...: the NAMEs that are installed (offline). -#}
 installed() {
 	apk --no-network info -e "$@" 2>/dev/null || true
 }
 
-# removal_candidates NAMES PREFIXES: the installed packages among NAMES or starting with a PREFIX.
+{# removal_candidates NAMES PREFIXES: the installed packages among NAMES or starting with a PREFIX. -#}
 removal_candidates() {
 	# shellcheck disable=SC2086 # one word per package name
 	installed $1
-	# apk's database, read directly: plain `apk info` refreshes the indexes first.
+	{#- apk's database, read directly: plain `apk info` refreshes the indexes first. #}
 	PREFIXES=$2 awk '
 	BEGIN { n = split(ENVIRON["PREFIXES"], p, " ") }
 	/^P:/ { for (i = 1; i <= n; i++) if (index($0, "P:" p[i]) == 1) { print substr($0, 3); next } }' \
 		/lib/apk/db/installed 2>/dev/null || :
 }
 
-# apk_install NAMES IF_INSTALLED: one `apk add` of NAMES, and of IF_INSTALLED where
-# installed, that are not in the world file yet.
+{# apk_install NAMES IF_INSTALLED: one `apk add` of NAMES, and of IF_INSTALLED where
+   installed, that are not in the world file yet. -#}
 apk_install() {
 	local names="" name
 	# shellcheck disable=SC2086 # one word per package name
@@ -261,8 +263,8 @@ apk_install() {
 	fi
 }
 
-# apk_remove NAMES PREFIXES: one `apk del` of the installed packages named, but KEPT,
-# if one is still in the world file (else apk would only say it keeps them).
+{# apk_remove NAMES PREFIXES: one `apk del` of the installed packages named, but KEPT,
+   if one is still in the world file (else apk would only say it keeps them). -#}
 apk_remove() {
 	local names="" name in_world=no
 	for name in $(removal_candidates "$1" "$2" | sort -u); do
@@ -280,7 +282,7 @@ apk_remove() {
 	fi
 }
 
-# ---------------------------------------------------------------- initramfs and modules
+# ---- initramfs and modules
 
 rebuild_initramfs() {
 	if [ "$INITRAMFS_STALE" = 1 ] || [ -e "$MINGEN_STATE/initramfs-stale" ]; then
@@ -295,19 +297,19 @@ need_modules_dep() {
 		mismatch "/lib/modules/$KERNEL_VERSION/modules.dep is missing"
 }
 
-# The pruning program, for the run and for the apk hook (later kernels).
+{# The pruning program, for the run and for the apk hook (later kernels). -#}
 write_prune_program() {
 	cat <<'MINGEN_PRUNE'
 {% include "prune_modules.sh" %}
 MINGEN_PRUNE
 }
 
-# prune_modules KEEP: keep in /lib/modules only what the host needs, and KEEP (names or paths).
+{# prune_modules KEEP: keep in /lib/modules only what the host needs, and KEEP (names or paths). -#}
 prune_modules() {
 	local count file
 	write_prune_program >"$WORK/prune-modules.sh" || err "cannot write to $WORK"
-	# The modules loaded at the first run stay: after a boot with the blacklist fewer
-	# are loaded, and the set must not shrink.
+	{#- The modules loaded at the first run stay: after a boot with the blacklist fewer
+	    are loaded, and the set must not shrink. #}
 	if [ -f "$MINGEN_STATE/modules-loaded" ]; then
 		cp "$MINGEN_STATE/modules-loaded" "$WORK/modules-loaded"
 	else
@@ -331,8 +333,9 @@ prune_modules() {
 	fi
 }
 
-# check_initramfs MODULES: the new initramfs holds MODULES and what modules.dep says they
-# need; else the previous one goes back and the run stops, before any reboot.
+{# check_initramfs MODULES: the new initramfs holds MODULES and what modules.dep says they
+   need; else the previous one goes back and the run stops, before any reboot. -#}
+# check_initramfs MODULES: the new initramfs holds MODULES and their dependencies, or the old one goes back.
 check_initramfs() {
 	local image=/boot/initramfs-{{ target.kernel_flavor }} magic missing
 	if dry_run; then
@@ -345,7 +348,7 @@ check_initramfs() {
 	FILENAME != dep { n = $1; gsub(/-/, "_", n); want[n] = 1; next }
 	{ p = $1; sub(/:$/, "", p); if (name_of(p) in want) for (i = 2; i <= NF; i++) need[name_of($i)] = 1 }
 	END { for (n in want) print n; for (n in need) print n }' - "/lib/modules/$KERNEL_VERSION/modules.dep" | sort -u >"$WORK/wanted"
-	# gzip, xz, zstd or plain cpio
+	{#- gzip, xz, zstd or plain cpio #}
 	magic=$(od -An -tx1 -N4 "$image" | tr -d ' \n')
 	case $magic in
 	1f8b*) gzip -dc "$image" ;;
@@ -365,12 +368,12 @@ check_initramfs() {
 	say "the initramfs holds $(xargs <"$WORK/wanted")"
 }
 
-# ---------------------------------------------------------------- ssh
+# ---- ssh
 
 {% include "host_reading.sh" %}
 
-# check_sshd_settings PORTS PASSWORD ROOT_LOGIN: sshd's settings (its config and
-# /etc/conf.d/sshd) are the facts', and dropbear can carry every one of them.
+{# check_sshd_settings PORTS PASSWORD ROOT_LOGIN: sshd's settings (its config and
+   /etc/conf.d/sshd) are the facts', and dropbear can carry every one of them. -#}
 check_sshd_settings() {
 	local settings ports password root listen found live
 	command -v sshd >/dev/null 2>&1 || return 0 # OpenSSH is gone: an earlier run carried its settings
@@ -409,7 +412,7 @@ check_sshd_settings() {
 	fi
 }
 
-# keep_package NAME WHY: apk_remove leaves NAME installed; the reason is said once.
+{# keep_package NAME WHY: apk_remove leaves NAME installed; the reason is said once. -#}
 keep_package() {
 	case " $KEPT " in
 	*" $1 "*) return 0 ;;
@@ -418,8 +421,8 @@ keep_package() {
 	say "preflight: keeps $1: $2"
 }
 
-# check_login_shells: a package the run removes that holds the login shell of an
-# account that can log in is kept.
+{# check_login_shells: a package the run removes that holds the login shell of an
+   account that can log in is kept. -#}
 check_login_shells() {
 	local removed name shell home owner
 	removed=" $(removal_candidates "$REMOVE_NAMES" "$REMOVE_PREFIXES" | tr '\n' ' ') "
@@ -432,8 +435,8 @@ check_login_shells() {
 	done <"$WORK/accounts"
 }
 
-# check_sudo_doas auto|remove: auto keeps sudo and doas unless root can log in directly;
-# a run that came through the one to remove stops.
+{# check_sudo_doas auto|remove: auto keeps sudo and doas unless root can log in directly;
+   a run that came through the one to remove stops. -#}
 check_sudo_doas() {
 	local tool user
 	for tool in sudo doas; do
@@ -449,7 +452,7 @@ check_sudo_doas() {
 	done
 }
 
-# carry_host_keys: clients see the same host keys after the switch.
+{# carry_host_keys: clients see the same host keys after the switch. -#}
 carry_host_keys() {
 	local type
 	[ -d /etc/dropbear ] || change "create /etc/dropbear" mkdir -p -m 0700 /etc/dropbear
@@ -461,8 +464,9 @@ carry_host_keys() {
 	done
 }
 
-# ssh_switch DROPBEAR_OPTS: carry the host keys and settings to dropbear, then stop
-# sshd and start dropbear in one step that a hang-up cannot cut.
+{# ssh_switch DROPBEAR_OPTS: carry the host keys and settings to dropbear, then stop
+   sshd and start dropbear in one step that a hang-up cannot cut. -#}
+# ssh_switch DROPBEAR_OPTS: stop sshd and start dropbear in one step a hang-up cannot cut.
 ssh_switch() {
 	carry_host_keys
 	set_assignment /etc/conf.d/dropbear DROPBEAR_OPTS "$1"
@@ -486,14 +490,14 @@ ssh_switch() {
 	fi
 }
 
-# ---------------------------------------------------------------- preflight
+# ---- preflight
 
 mismatch() {
 	say "preflight: $*"
 	PREFLIGHT_FAILED=1
 }
 
-# need_program NAME: a preflight check (need_cmd stops at once).
+{# need_program NAME: a preflight check (need_cmd stops at once). -#}
 need_program() {
 	command -v "$1" >/dev/null 2>&1 || mismatch "\`$1\` is not installed"
 }
@@ -509,14 +513,14 @@ need_dir() {
 	[ -d "$1" ] || mismatch "directory $1 is missing"
 }
 
-# need_assignment PATH KEY: PATH has a `KEY=` line with a plain list.
+{# need_assignment PATH KEY: PATH has a `KEY=` line with a plain list. -#}
 need_assignment() {
 	if need_file "$1" && ! KEY=$2 edit_lists check <"$1"; then
 		mismatch "$1 has no plain \`$2=\` line to edit"
 	fi
 }
 
-# need_text PATH FIND REPLACE: PATH holds FIND, or REPLACE from an earlier run.
+{# need_text PATH FIND REPLACE: PATH holds FIND, or REPLACE from an earlier run. -#}
 need_text() {
 	if need_file "$1" && ! grep -qF -e "$2" -e "$3" "$1"; then
 		mismatch "$1 does not hold \`$2\`"
@@ -533,7 +537,7 @@ need_init_script() {
 	[ -f "/etc/init.d/$1" ] || mismatch "service $1 has no init script (/etc/init.d/$1)"
 }
 
-# need_installable NAME...: apk can resolve them (installed, or in an index it has).
+{# need_installable NAME...: apk can resolve them (installed, or in an index it has). -#}
 need_installable() {
 	local missing name
 	missing=$(for name; do apk --no-network info -e "$name" >/dev/null 2>&1 || printf ' %s' "$name"; done)
@@ -542,8 +546,8 @@ need_installable() {
 	fi
 }
 
-# check_static_network: /etc/network/interfaces has a complete static stanza for the
-# interface with the default route, and no DHCP.
+{# check_static_network: /etc/network/interfaces has a complete static stanza for the
+   interface with the default route, and no DHCP. -#}
 check_static_network() {
 	local found
 	if [ ! -f /etc/network/interfaces ]; then
@@ -569,7 +573,7 @@ check_static_network() {
 		mismatch "fact \`network\` is static, but in /etc/network/interfaces $found: keep dhcpcd (network = \"dhcp\")"
 }
 
-# check_ipv6_unused: no global IPv6 address is in use or configured.
+{# check_ipv6_unused: no global IPv6 address is in use or configured. -#}
 check_ipv6_unused() {
 	local found
 	found=$(awk '$4 == "00" { print $1 " on " $6; exit }' /proc/net/if_inet6 2>/dev/null)
@@ -585,10 +589,11 @@ check_ipv6_unused() {
 	fi
 }
 
-# ---------------------------------------------------------------- backup and undo
+# ---- backup and undo
 
-# backup_file PATH: keep the first copy of PATH (mode and owner too), or note that it
-# did not exist, so that undo.sh puts it back or deletes it (a directory too).
+{# backup_file PATH: keep the first copy of PATH (mode and owner too), or note that it
+   did not exist, so that undo.sh puts it back or deletes it (a directory too). -#}
+# backup_file PATH: keep the first copy of PATH, or note that it did not exist, for undo.sh.
 backup_file() {
 	local copy=$MINGEN_BACKUP$1
 	if [ -e "$copy" ] || grep -qxF -e "$1" "$MINGEN_BACKUP/absent.list" 2>/dev/null || [ -d "$1" ]; then
@@ -615,19 +620,19 @@ list_started() {
 	ls /run/openrc/started 2>/dev/null || :
 }
 
-# keep_once NAME COMMAND...: COMMAND's output becomes $MINGEN_STATE/NAME, unless that exists.
+{# keep_once NAME COMMAND...: COMMAND's output becomes $MINGEN_STATE/NAME, unless that exists. -#}
 keep_once() {
 	local file=$MINGEN_STATE/$1
 	shift
 	[ -e "$file" ] || { "$@" >"$file.tmp" && mv -f "$file.tmp" "$file"; } || err "cannot write $file"
 }
 
-# put_state NAME: $WORK/NAME becomes $MINGEN_STATE/NAME (mingen's own files, without ceremony).
+{# put_state NAME: $WORK/NAME becomes $MINGEN_STATE/NAME (mingen's own files, without ceremony). -#}
 put_state() {
 	cmp -s "$WORK/$1" "$MINGEN_STATE/$1" || cp "$WORK/$1" "$MINGEN_STATE/$1" || err "cannot write $MINGEN_STATE/$1"
 }
 
-# forget_killed_runs: a run killed outright leaves its scratch directory behind.
+{# forget_killed_runs: a run killed outright leaves its scratch directory behind. -#}
 forget_killed_runs() {
 	local dir
 	for dir in /tmp/mingen.*; do

@@ -1,6 +1,6 @@
 # What the script and the probe read of a host, the same way in both.
 
-# root_disk: the disk holding the root filesystem, without its partition.
+{# root_disk: the disk holding the root filesystem, without its partition. -#}
 root_disk() {
 	local dev
 	dev=$(awk '$2 == "/" { d = $1 } END { print d }' /proc/mounts 2>/dev/null || :)
@@ -13,7 +13,7 @@ root_disk() {
 	printf '%s\n' "$dev"
 }
 
-# sshd_config_lines FILE: FILE with its Include lines replaced by the files they name.
+{# sshd_config_lines FILE: FILE with its Include lines replaced by the files they name. -#}
 sshd_config_lines() {
 	local line file
 	while IFS= read -r line || [ -n "$line" ]; do
@@ -33,8 +33,8 @@ sshd_config_lines() {
 	done <"$1"
 }
 
-# interfaces_lines: /etc/network/interfaces with its `source` and `source-directory`
-# lines replaced by the files they name, as ifupdown reads them.
+{# interfaces_lines: /etc/network/interfaces with its `source` and `source-directory`
+   lines replaced by the files they name, as ifupdown reads them. -#}
 interfaces_lines() {
 	local line file
 	while IFS= read -r line || [ -n "$line" ]; do
@@ -58,9 +58,9 @@ interfaces_lines() {
 	done </etc/network/interfaces
 }
 
-# sshd_conf: how OpenRC starts sshd, from /etc/conf.d/sshd read as Alpine's init script
-# reads it: the config file (cfgfile, else SSHD_CONFIG or SSHD_CONFDIR) on the first
-# line, the extra arguments (command_args, else SSHD_OPTS) on the second.
+{# sshd_conf: how OpenRC starts sshd, from /etc/conf.d/sshd read as Alpine's init script
+   reads it: the config file (cfgfile, else SSHD_CONFIG or SSHD_CONFDIR) on the first
+   line, the extra arguments (command_args, else SSHD_OPTS) on the second. -#}
 sshd_conf() {
 	(
 		cfgfile='' SSHD_CONFIG='' SSHD_CONFDIR='' command_args='' SSHD_OPTS=''
@@ -80,16 +80,16 @@ sshd_args() {
 	sshd_conf | sed -n 2p
 }
 
-# sshd_settings: sshd's settings as OpenRC starts it: the arguments from /etc/conf.d/sshd
-# (`-p`, `-o`, `-f`) over its config file, Includes read in place. One `keyword value...`
-# a line, keywords in lower case: every `port` and `listenaddress`, the first value of
-# any other keyword (as sshd takes it), `match` when a Match block follows, and
-# `argument ARG` for each argument that is not `-p`, `-o` or `-f`.
+{# sshd_settings: sshd's settings as OpenRC starts it: the arguments from /etc/conf.d/sshd
+   (`-p`, `-o`, `-f`) over its config file, Includes read in place. One `keyword value...`
+   a line, keywords in lower case: every `port` and `listenaddress`, the first value of
+   any other keyword (as sshd takes it), `match` when a Match block follows, and
+   `argument ARG` for each argument that is not `-p`, `-o` or `-f`. -#}
 sshd_settings() {
 	local cfg args
 	cfg=$(sshd_cfgfile)
 	args=$(sshd_args)
-	# A `-f FILE` argument names the config file instead.
+	{#- A `-f FILE` argument names the config file instead. #}
 	cfg=$(ARGS=$args CFG=$cfg awk 'BEGIN {
 		n = split(ENVIRON["ARGS"], a, " "); f = ENVIRON["CFG"]
 		for (i = 1; i <= n; i++) if (a[i] == "-f") f = a[++i]; else if (a[i] ~ /^-f./) f = substr(a[i], 3)
@@ -123,13 +123,13 @@ sshd_settings() {
 	{ take(k, v) }'
 }
 
-# sshd_setting SETTINGS KEYWORD: the first word of each KEYWORD line of sshd_settings' output.
+{# sshd_setting SETTINGS KEYWORD: the first word of each KEYWORD line of sshd_settings' output. -#}
 sshd_setting() {
 	printf '%s\n' "$1" | awk -v k="$2" '$1 == k { print $2 }'
 }
 
-# sshd_uncarried SETTINGS: what in sshd_settings' output dropbear cannot carry (dropping it
-# would let in more than before, or lock out who logs in through it), one a line.
+{# sshd_uncarried SETTINGS: what in sshd_settings' output dropbear cannot carry (dropping it
+   would let in more than before, or lock out who logs in through it), one a line. -#}
 sshd_uncarried() {
 	printf '%s\n' "$1" | awk '
 	{ v = $0; sub(/^[^ ]+ /, "", v) }
@@ -147,8 +147,8 @@ sshd_uncarried() {
 	$1 == "argument" { print "the argument " $2 " in /etc/conf.d/sshd" }'
 }
 
-# login_accounts: `NAME SHELL HOME` for each account that can log in: it has a usable
-# password (not locked, `!` or `*`) or an authorized_keys file.
+{# login_accounts: `NAME SHELL HOME` for each account that can log in: it has a usable
+   password (not locked, `!` or `*`) or an authorized_keys file. -#}
 login_accounts() {
 	awk -F: 'FILENAME == "/etc/shadow" { if ($2 !~ /^[!*]/) pw[$1] = 1; next }
 	$7 != "" && $7 !~ /(nologin|false)$/ { print $1, $7, $6, ($1 in pw) ? "password" : "" }' \
@@ -160,7 +160,7 @@ login_accounts() {
 		done
 }
 
-# owner_of PATH: the installed package that holds PATH (apk's database, offline).
+{# owner_of PATH: the installed package that holds PATH (apk's database, offline). -#}
 owner_of() {
 	FILE=${1#/} awk '
 	/^P:/ { p = substr($0, 3) }
@@ -168,9 +168,9 @@ owner_of() {
 	/^R:/ && d "/" substr($0, 3) == ENVIRON["FILE"] { print p; exit }' /lib/apk/db/installed
 }
 
-# root_can_log_in: root can log in over SSH without sudo or doas: sshd (or dropbear)
-# lets root in, and root has a key line with no forced command, or a password where
-# passwords are allowed.
+{# root_can_log_in: root can log in over SSH without sudo or doas: sshd (or dropbear)
+   lets root in, and root has a key line with no forced command, or a password where
+   passwords are allowed. -#}
 root_can_log_in() {
 	local settings root password shadow opts
 	if command -v sshd >/dev/null 2>&1; then

@@ -20,7 +20,7 @@ say() {
 	exit 1
 }
 
-# wanted: the names and paths to keep, one a line.
+{# wanted: the names and paths to keep, one a line. -#}
 wanted() {
 	if [ -f /etc/modules ]; then
 		sed 's/#.*//' /etc/modules | awk 'NF { print $1 }'
@@ -41,7 +41,7 @@ wanted() {
 	cat "$keep_file"
 }
 
-# kept WORK: the paths of the modules to keep (as modules.dep names them), one a line.
+{# kept WORK: the paths of the modules to keep (as modules.dep names them), one a line. -#}
 kept() {
 	local softdeps=$dir/modules.softdep
 	[ -f "$softdeps" ] || softdeps=/dev/null
@@ -87,7 +87,7 @@ kept() {
 	}' "$1.wanted" "$dir/modules.dep" "$softdeps" | sort
 }
 
-# removable: the module files under kernel/ that are not kept, one a line.
+{# removable: the module files under kernel/ that are not kept, one a line. -#}
 removable() {
 	kept "$1" >"$1.kept"
 	(cd "$dir" && find kernel -type f -name '*.ko*') | sort | comm -23 - "$1.kept"

@@ -17,7 +17,7 @@ err() {
 	exit 1
 }
 
-# lines_missing A B: the lines of file B that file A lacks.
+{# lines_missing A B: the lines of file B that file A lacks. -#}
 lines_missing() {
 	awk 'FNR == NR { have[$0] = 1; next } $0 != "" && !($0 in have)' "$1" "$2"
 }
@@ -28,7 +28,7 @@ started() {
 
 restore_files() {
 	local path
-	# Deepest first, so a directory the run created is empty when its turn comes.
+	{#- Deepest first, so a directory the run created is empty when its turn comes. #}
 	sort -r "$BACKUP/absent.list" 2>/dev/null | while IFS= read -r path; do
 		if [ -d "$path" ] && [ ! -L "$path" ]; then
 			say "delete $path"
@@ -47,7 +47,7 @@ restore_files() {
 				say "restore $path"
 				{ mkdir -p "${path%/*}" && cp -p "$BACKUP$path" "$path"; } || err "cannot restore $path"
 			fi
-			# apk leaves its own copy beside a changed config file it reinstalls.
+			{#- apk leaves its own copy beside a changed config file it reinstalls. #}
 			if [ -e "$path.apk-new" ] && [ ! -e "$BACKUP$path.apk-new" ]; then
 				rm -f "$path.apk-new"
 			fi
@@ -76,7 +76,7 @@ restore_runlevels() {
 	rm -f "$now"
 }
 
-# restore_modules: reinstall the kernel package whose modules rule modules-prune removed.
+{# restore_modules: reinstall the kernel package whose modules rule modules-prune removed. -#}
 restore_modules() {
 	local list kver package missing
 	for list in "$STATE"/modules-removed.*; do
@@ -91,7 +91,7 @@ restore_modules() {
 			if [ -z "$package" ] || ! apk fix --reinstall "$package"; then
 				err "apk could not reinstall the modules of $kver (is the repository reachable? try apk update)"
 			fi
-			# apk skips, and exits 0, when the repository no longer has the installed build.
+			{#- apk skips, and exits 0, when the repository no longer has the installed build. #}
 			missing=$(while IFS= read -r path; do [ -e "/lib/modules/$kver/$path" ] || echo "$path"; done <"$list" | grep -c . || :)
 			if [ "$missing" != 0 ]; then
 				err "apk did not bring back $missing modules of $kver: the repository may not have $package at the installed version any more (apk upgrade brings a kernel with every module); $list names them"
@@ -102,7 +102,7 @@ restore_modules() {
 	done
 }
 
-# restore_sshd: the reverse switch, sshd started in the step that stops dropbear.
+{# restore_sshd: the reverse switch, sshd started in the step that stops dropbear. -#}
 restore_sshd() {
 	if grep -qx sshd "$STATE/started.before" && ! started sshd && started dropbear; then
 		say "stopping dropbear and starting sshd in one step"
@@ -157,7 +157,7 @@ main() {
 		# shellcheck disable=SC2086 # one word per world entry
 		apk del --quiet $del || err "apk could not remove $del"
 	fi
-	# After the last package change: apk fix reads the world file restore_files put back.
+	{#- After the last package change: apk fix reads the world file restore_files put back. #}
 	restore_modules
 	say "rebuild the initramfs"
 	mkinitfs "$(cat "$STATE/kernel-version")" || err "mkinitfs failed: the old initramfs is in place"
