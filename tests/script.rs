@@ -90,7 +90,10 @@ const GUIDE_SCRIPT_BUDGET: usize = 52 * 1024;
 #[test]
 fn the_guide_hosts_script_stays_within_its_size_budget() {
     let size = script(&[]).len();
-    assert!(size <= GUIDE_SCRIPT_BUDGET, "the guide host's script is {size} bytes, over its budget of {GUIDE_SCRIPT_BUDGET}");
+    assert!(
+        size <= GUIDE_SCRIPT_BUDGET,
+        "the guide host's script is {size} bytes, over its budget of {GUIDE_SCRIPT_BUDGET}"
+    );
 }
 
 /// Every snapshot on disk is linted, whichever test wrote it.
