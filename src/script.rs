@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use crate::error::Error;
 use crate::facts::{self, Facts, Ipv6, RootLogin, YesNo};
 use crate::plan::{Plan, push_new};
-use crate::target::{Action, BootLoader, Check, Stage, Target};
+use crate::target::{Action, BootLoader, Check, Target};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -41,9 +41,9 @@ struct RuleView {
     id: String,
     deferred: bool,
     func: String,
-    summary: String,
     announce: String,
-    stage: Stage,
+    /// The stage's heading, on the first rule of each stage.
+    heading: Option<String>,
     steps: Vec<Action<String>>,
 }
 
@@ -118,10 +118,7 @@ fn check_line(check: Check, plan: &Plan) -> Result<String, Error> {
     let facts = &plan.facts;
     Ok(match check {
         Check::StaticNetwork => "check_static_network".into(),
-        Check::LoginShells => {
-            let (names, prefixes) = plan.packages_to_remove();
-            format!("check_login_shells {} {}", q(&names.join(" "))?, q(&prefixes.join(" "))?)
-        }
+        Check::LoginShells => "check_login_shells".into(),
         Check::SudoDoas => format!("check_sudo_doas {}", q(&facts.get("sudo_doas").expect("known fact"))?),
         Check::Ipv6Unused => "check_ipv6_unused".into(),
         Check::NoContainers => format!("check_no_containers {}", q(&facts.get("containers").expect("known fact"))?),
@@ -307,6 +304,7 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
     let (remove_names, remove_prefixes) = plan.packages_to_remove();
     let (remove_names_now, remove_prefixes_now) = plan.packages_to_remove_under_cloud_init();
     let undo = finished(UndoScript.render())?;
+    let mut stage = None;
     if undo.lines().any(|line| line == "MINGEN_UNDO") {
         return Err(Error::Internal("undo.sh holds its own heredoc delimiter".into()));
     }
@@ -325,9 +323,8 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
                 id: d.rule.id.clone(),
                 deferred: user_data && d.rule.defer_under_cloud_init,
                 func: d.rule.id.replace('-', "_"),
-                summary: d.rule.summary.clone(),
                 announce: format!("rule {}: {}", d.rule.id, d.rule.summary),
-                stage: d.rule.stage,
+                heading: (stage.replace(d.rule.stage) != Some(d.rule.stage)).then(|| d.rule.stage.to_string()),
                 steps: d.steps.clone(),
             })
             .collect(),

@@ -3,21 +3,15 @@ MINGEN_BACKUP=$MINGEN_STATE/backup
 MINGEN_LOG=/var/log/mingen.log
 MINGEN_DRY_RUN=${MINGEN_DRY_RUN:-0}
 MINGEN_REBOOT=${MINGEN_REBOOT:-0}
-KERNEL_VERSION=
-INITRAMFS_STALE=0
-PREFLIGHT_FAILED=0
-LOGGING=0
-WORK=
+{# KEPT: packages a rule would remove that someone needs to log in (keep_package). -#}
+KERNEL_VERSION='' INITRAMFS_STALE=0 PREFLIGHT_FAILED=0 LOGGING=0 WORK='' KEPT=''
 
-# ---------------------------------------------------------------- vocabulary
+# ---- vocabulary
 
-# say TEXT: tell the operator. Once the run logs (see start_log), the text goes
-# to the log and, while it is there, to the terminal (file descriptor 3).
+{# say TEXT: tell the operator; once the run logs (start_log), the log and the terminal (fd 3). -#}
 say() {
 	printf 'mingen: %s\n' "$*" >&2 || true
-	if [ "$LOGGING" = 1 ]; then
-		printf 'mingen: %s\n' "$*" >&3 2>/dev/null || true
-	fi
+	[ "$LOGGING" = 0 ] || printf 'mingen: %s\n' "$*" >&3 2>/dev/null || true
 }
 
 err() {
@@ -30,12 +24,15 @@ dry_run() {
 }
 
 need_cmd() {
-	command -v "$1" >/dev/null 2>&1 || err "\`$1\` is needed and is not installed"
+	local cmd
+	for cmd; do
+		command -v "$cmd" >/dev/null 2>&1 || err "\`$cmd\` is needed and is not installed"
+	done
 }
 
-# start_log: from here on, every command's output goes to the log, and the run
-# carries on to its end when the terminal goes away: a hang-up is ignored (by
-# every command it starts, too), and writes to a closed terminal only fail.
+{# start_log: all output goes to the log; the run ignores a hang-up (its commands too),
+   and writes to a closed terminal only fail. -#}
+# start_log: from here on the output goes to the log, and a hang-up does not stop the run.
 start_log() {
 	trap '' HUP
 	exec 3>&2 >>"$MINGEN_LOG" 2>&1 </dev/null
@@ -44,8 +41,10 @@ start_log() {
 	say "run of $(date '+%Y-%m-%dT%H:%M:%S'); the full output goes to $MINGEN_LOG"
 }
 
-# change WHAT COMMAND [ARG...]: make one change and say so, or in a dry run say
-# what would change. Every change to the host goes through here.
+{# change WHAT COMMAND...: make one change and say so, or in a dry run what would change.
+   Every change goes through here. A daemon the command starts must not hold fd 3 (the
+   terminal): the operator's SSH session would never end. -#}
+# change WHAT COMMAND...: every change to the host goes through here; a dry run only says it.
 change() {
 	local what=$1
 	shift
@@ -55,248 +54,187 @@ change() {
 	fi
 	say "$what"
 	: >"$MINGEN_STATE/reboot-pending" || err "cannot write to $MINGEN_STATE"
-	# A daemon a command starts must not hold the terminal's copy (fd 3): the
-	# operator's SSH session would never end.
 	"$@" 3>&- || err "could not $what (\`$*\` failed)"
 }
 
-# ---------------------------------------------------------------- files
+# ---- files
 
-# put_file PATH MODE NEW: give PATH the content of the file NEW, unless it has it.
-# An existing PATH keeps its mode and owner; the new content lands atomically.
+{# put_file PATH MODE NEW: give PATH the content of the file NEW, atomically; an
+   existing PATH keeps its mode and owner. -#}
 put_file() {
-	local path=$1 mode=$2 new=$3
-	if [ -f "$path" ] && cmp -s "$new" "$path"; then
+	if [ -f "$1" ] && cmp -s "$3" "$1"; then
 		return 0
 	fi
-	if dry_run; then
-		say "would write $path:"
-		if [ -f "$path" ]; then
-			diff -u "$path" "$new" >&2 || true
-		else
-			sed 's/^/+/' "$new" >&2
-		fi
-	fi
-	case $path in
-	/etc/mkinitfs/* | /etc/modprobe.d/*)
-		# The initramfs holds these: note that it must be rebuilt before the
-		# change, so a run cut short after it still rebuilds.
-		INITRAMFS_STALE=1
-		if ! dry_run; then
-			: >"$MINGEN_STATE/initramfs-stale" || err "cannot write to $MINGEN_STATE"
-		fi
-		;;
+	case $1 in
+	/etc/mkinitfs/* | /etc/modprobe.d/*) initramfs_stale ;;
 	esac
 	if dry_run; then
+		say "would write $1:"
+		if [ -f "$1" ]; then
+			diff -u "$1" "$3" >&2 || true
+		else
+			sed 's/^/+/' "$3" >&2
+		fi
 		return 0
 	fi
-	change "write $path" install_file "$path" "$mode" "$new"
+	change "write $1" install_file "$@"
 }
 
 install_file() {
-	local path=$1 mode=$2 new=$3
-	if [ -f "$path" ]; then
-		cp -p "$path" "$path.mingen-new" && cat "$new" >"$path.mingen-new"
+	if [ -f "$1" ]; then
+		cp -p "$1" "$1.mingen-new" && cat "$3" >"$1.mingen-new"
 	else
-		cp "$new" "$path.mingen-new" && chmod "$mode" "$path.mingen-new"
-	fi && mv -f "$path.mingen-new" "$path"
+		cp "$3" "$1.mingen-new" && chmod "$2" "$1.mingen-new"
+	fi && mv -f "$1.mingen-new" "$1"
 }
 
-# make_parent_dir PATH: create the directory PATH goes in, if it is missing.
+{# initramfs_stale: the initramfs must be rebuilt, noted before the change that makes
+   it so, so that a run cut short after it still rebuilds. -#}
+initramfs_stale() {
+	INITRAMFS_STALE=1
+	dry_run || : >"$MINGEN_STATE/initramfs-stale" || err "cannot write to $MINGEN_STATE"
+}
+
 make_parent_dir() {
-	if [ ! -d "${1%/*}" ]; then
-		change "create ${1%/*}" mkdir -p "${1%/*}"
-	fi
+	[ -d "${1%/*}" ] || change "create ${1%/*}" mkdir -p "${1%/*}"
 }
 
-# write_file PATH MODE: give PATH the content read from standard input.
+{# write_file PATH MODE: give PATH the content read from standard input. -#}
 write_file() {
 	cat >"$WORK/new" || err "cannot write to $WORK"
 	put_file "$1" "$2" "$WORK/new"
 }
 
-# edit_lists MODE < FILE: print FILE with lists edited. The lists to edit are
-# given in the environment: KEY, SEP, SET, ADD, REMOVE (items split on spaces).
-#   MODE=assign: the list in each `KEY=list` line (quoted or not) becomes SET, or
-#                loses REMOVE and gains ADD; it is quoted if it holds a space.
-#   MODE=append: in each `APPEND` line of extlinux.conf, `modules=` loses REMOVE
-#                and the options gain ADD.
-#   MODE=check:  exit 1 unless a `KEY=` line exists with a plain list value.
+{# edit_lists MODE <FILE: FILE with lists edited, per KEY, SEP, SET, ADD, REMOVE (items
+   split on spaces). assign: each `KEY=list` line (quoted or not) gets SET, or loses
+   REMOVE and gains ADD; append: each APPEND line of extlinux.conf loses REMOVE from
+   `modules=` and gains the options ADD; check: exit 1 unless a plain `KEY=` list exists. -#}
 edit_lists() {
 	MODE=$1 awk '
-	function join(a, b, sep) { return a == "" ? b : a sep b }
-	function edit(list, sep, set, add, remove,    n, i, m, items, extra, drop, have, out) {
-		out = ""
-		if (set != "") {
-			m = split(set, extra, " ")
-			for (i = 1; i <= m; i++) out = join(out, extra[i], sep)
-			return out
-		}
-		m = split(remove, extra, " ")
-		for (i = 1; i <= m; i++) drop[extra[i]] = 1
-		n = split(list, items, sep)
-		for (i = 1; i <= n; i++) {
-			if (items[i] == "" || items[i] in drop) continue
-			have[items[i]] = 1
-			out = join(out, items[i], sep)
-		}
-		m = split(add, extra, " ")
-		for (i = 1; i <= m; i++) {
-			if (extra[i] in have) continue
-			have[extra[i]] = 1
-			out = join(out, extra[i], sep)
-		}
+	function edit(list, sep, add, remove,    n, i, w, drop, have, out) {
+		n = split(remove, w, " ")
+		for (i = 1; i <= n; i++) drop[w[i]] = 1
+		n = split(list, w, sep)
+		for (i = 1; i <= n; i++) if (w[i] != "" && !(w[i] in drop)) { have[w[i]] = 1; out = out == "" ? w[i] : out sep w[i] }
+		n = split(add, w, " ")
+		for (i = 1; i <= n; i++) if (!(w[i] in have)) { have[w[i]] = 1; out = out == "" ? w[i] : out sep w[i] }
 		return out
 	}
-	function unquote(v,    f) {
-		quote = ""
-		f = substr(v, 1, 1)
-		if (length(v) >= 2 && (f == "\"" || f == "\047") && substr(v, length(v)) == f) {
-			quote = f
-			v = substr(v, 2, length(v) - 2)
-		}
-		return v
-	}
-	BEGIN { mode = ENVIRON["MODE"]; key = ENVIRON["KEY"] "=" }
+	BEGIN { mode = ENVIRON["MODE"]; key = ENVIRON["KEY"] "="; sep = ENVIRON["SEP"]; set = ENVIRON["SET"] }
 	mode != "append" && index($0, key) == 1 {
-		v = unquote(substr($0, length(key) + 1))
+		v = substr($0, length(key) + 1)
+		q = substr(v, 1, 1)
+		if (length(v) >= 2 && (q == "\"" || q == "\047") && substr(v, length(v)) == q) v = substr(v, 2, length(v) - 2)
+		else q = ""
 		if (mode == "check") {
 			found = 1
-			if (v ~ /["$`\\]/ || v ~ /\047/ || (quote == "" && v ~ /[ \t]/)) bad = 1
+			if (v ~ /["$`\\]/ || v ~ /\047/ || (q == "" && v ~ /[ \t]/)) bad = 1
 			next
 		}
-		v = edit(v, ENVIRON["SEP"], ENVIRON["SET"], ENVIRON["ADD"], ENVIRON["REMOVE"])
-		if (quote == "" && index(v, " ")) quote = "\""
-		print key quote v quote
+		v = set != "" ? edit("", sep, set, "") : edit(v, sep, ENVIRON["ADD"], ENVIRON["REMOVE"])
+		if (q == "" && index(v, " ")) q = "\""
+		print key q v q
 		next
 	}
 	mode == "append" && $1 == "APPEND" {
-		out = "APPEND"
-		for (i = 2; i <= NF; i++) {
-			t = $i
-			if (index(t, "modules=") == 1) t = "modules=" edit(substr(t, 9), ",", "", "", ENVIRON["REMOVE"])
-			out = out " " t
-		}
-		opts = edit(substr(out, 8), " ", "", ENVIRON["ADD"], "")
-		print substr($0, 1, index($0, "APPEND") - 1) "APPEND " opts
+		out = ""
+		for (i = 2; i <= NF; i++) out = out " " (index($i, "modules=") == 1 ? "modules=" edit(substr($i, 9), ",", "", ENVIRON["REMOVE"]) : $i)
+		print substr($0, 1, index($0, "APPEND") - 1) "APPEND " edit(substr(out, 2), " ", ENVIRON["ADD"], "")
 		next
 	}
 	mode != "check" { print }
 	END { if (mode == "check") exit !(found && !bad) }'
 }
 
-# edit_assignment PATH KEY SEP SET ADD REMOVE
+{# edit_assignment PATH KEY SEP SET ADD REMOVE -#}
 edit_assignment() {
-	KEY=$2 SEP=$3 SET=$4 ADD=$5 REMOVE=$6 edit_lists assign <"$1" >"$WORK/new" ||
-		err "could not read $1"
+	KEY=$2 SEP=$3 SET=$4 ADD=$5 REMOVE=$6 edit_lists assign <"$1" >"$WORK/new" || err "could not read $1"
 	put_file "$1" 0644 "$WORK/new"
 }
 
-# edit_append_lines PATH REMOVE_MODULES ADD_OPTIONS
+{# edit_append_lines PATH REMOVE_MODULES ADD_OPTIONS -#}
 edit_append_lines() {
 	REMOVE=$2 ADD=$3 edit_lists append <"$1" >"$WORK/new" || err "could not read $1"
 	put_file "$1" 0644 "$WORK/new"
 }
 
-# set_assignment PATH KEY VALUE: make PATH hold `KEY="VALUE"` (in place of the
-# first KEY= line, or added at the end).
+{# set_assignment PATH KEY VALUE: PATH holds `KEY="VALUE"`, in place of its first KEY= line or at the end. -#}
 set_assignment() {
-	local path=$1 key=$2 value=$3
-	if [ -f "$path" ]; then
-		KEY=$key VALUE=$value awk '
-		index($0, ENVIRON["KEY"] "=") == 1 {
-			if (!done) print ENVIRON["KEY"] "=\"" ENVIRON["VALUE"] "\""
-			done = 1
-			next
-		}
-		{ print }
-		END { if (!done) print ENVIRON["KEY"] "=\"" ENVIRON["VALUE"] "\"" }' "$path" >"$WORK/new" ||
-			err "could not read $path"
-	else
-		printf '%s="%s"\n' "$key" "$value" >"$WORK/new" || err "cannot write to $WORK"
-	fi
-	put_file "$path" 0644 "$WORK/new"
+	local from=/dev/null
+	[ ! -f "$1" ] || from=$1
+	KEY=$2 VALUE=$3 awk '
+	BEGIN { line = ENVIRON["KEY"] "=\"" ENVIRON["VALUE"] "\"" }
+	index($0, ENVIRON["KEY"] "=") == 1 { if (!done) print line; done = 1; next }
+	{ print }
+	END { if (!done) print line }' "$from" >"$WORK/new" || err "could not read $1"
+	put_file "$1" 0644 "$WORK/new"
 }
 
-# replace_text PATH FIND REPLACE INTO: on each line of PATH holding FIND and not
-# REPLACE, put REPLACE in the place of the first FIND; the result goes to INTO.
+{# replace_text PATH FIND REPLACE INTO: the first FIND on each line of PATH that lacks
+   REPLACE becomes REPLACE; the result goes to INTO. -#}
 replace_text() {
 	FIND=$2 REPL=$3 awk '
 	{
-		line = $0
-		i = index(line, ENVIRON["FIND"])
-		if (i && !index(line, ENVIRON["REPL"]))
-			line = substr(line, 1, i - 1) ENVIRON["REPL"] substr(line, i + length(ENVIRON["FIND"]))
-		print line
+		i = index($0, ENVIRON["FIND"])
+		if (i && !index($0, ENVIRON["REPL"])) $0 = substr($0, 1, i - 1) ENVIRON["REPL"] substr($0, i + length(ENVIRON["FIND"]))
+		print
 	}' <"$1" >"$WORK/new" || err "could not read $1"
 	put_file "$4" 0644 "$WORK/new"
 }
 
-# inittab_gettys: the terminal of each getty /etc/inittab starts (busybox init:
-# the id field is the terminal the process runs on).
+{# inittab_gettys: the terminal of each getty /etc/inittab starts (busybox init:
+   the id field is the terminal the process runs on). -#}
 inittab_gettys() {
-	awk -F: '$0 !~ /^[ \t]*#/ && $3 == "respawn" && $4 ~ /getty/ { print $1 }' /etc/inittab
+	awk -F: '$0 !~ /^[ 	]*#/ && $3 == "respawn" && $4 ~ /getty/ { print $1 }' /etc/inittab
 }
 
-# keep_gettys CONSOLE...: comment out each getty in /etc/inittab that runs on
-# another terminal. It takes effect at the next boot.
+{# keep_gettys CONSOLE...: comment out each getty in /etc/inittab that runs on
+   another terminal. It takes effect at the next boot. -#}
 keep_gettys() {
 	KEEP=$* awk -F: '
 	BEGIN { n = split(ENVIRON["KEEP"], k, " "); for (i = 1; i <= n; i++) keep[k[i]] = 1 }
-	$0 !~ /^[ \t]*#/ && $3 == "respawn" && $4 ~ /getty/ && !($1 in keep) { print "#" $0; next }
+	$0 !~ /^[ 	]*#/ && $3 == "respawn" && $4 ~ /getty/ && !($1 in keep) { print "#" $0; next }
 	{ print }' </etc/inittab >"$WORK/new" || err "could not read /etc/inittab"
 	put_file /etc/inittab 0644 "$WORK/new"
 }
 
-# write_value PATH VALUE: write a kernel setting (sysfs) now.
+{# write_value PATH VALUE: write a kernel setting (sysfs) now. -#}
 write_value() {
-	if [ "$(cat "$1")" != "$2" ]; then
-		change "set $1 to $2" write_to "$1" "$2"
-	fi
+	[ "$(cat "$1")" = "$2" ] || change "set $1 to $2" write_to "$1" "$2"
 }
 
 write_to() {
 	printf '%s\n' "$2" >"$1"
 }
 
-# clear_dir PATH: delete everything under PATH.
 clear_dir() {
-	if [ -n "$(ls -A "$1" 2>/dev/null)" ]; then
-		change "empty $1" find "$1" -mindepth 1 -delete
-	fi
+	[ -z "$(ls -A "$1" 2>/dev/null)" ] || change "empty $1" find "$1" -mindepth 1 -delete
 }
 
-# ---------------------------------------------------------------- services
+# ---- services
 
 service_started() {
 	rc-service "$1" status >/dev/null 2>&1
 }
 
-in_runlevel() {
-	[ -L "/etc/runlevels/$2/$1" ] || [ -e "/etc/runlevels/$2/$1" ]
-}
-
-# service_off NAME [RUNLEVEL] STOP: stop NAME (STOP=yes) and take it out of
-# RUNLEVEL, or of every runlevel it is in.
+{# service_off NAME RUNLEVEL STOP: stop NAME (STOP=yes); take it out of RUNLEVEL, or of every one. -#}
 service_off() {
-	local name=$1 only=$2 stop=$3 link level
-	if [ "$stop" = yes ] && service_started "$name"; then
-		change "stop $name" rc-service "$name" stop
+	local link level
+	if [ "$3" = yes ] && service_started "$1"; then
+		change "stop $1" rc-service "$1" stop
 	fi
-	for link in /etc/runlevels/*/"$name"; do
-		if [ -L "$link" ] || [ -e "$link" ]; then
-			level=${link%/*}
-			level=${level##*/}
-			if [ -z "$only" ] || [ "$only" = "$level" ]; then
-				change "take $name out of runlevel $level" rc-update del "$name" "$level"
-			fi
+	for link in /etc/runlevels/*/"$1"; do
+		level=${link%/*}
+		level=${level##*/}
+		if { [ -L "$link" ] || [ -e "$link" ]; } && [ "${2:-$level}" = "$level" ]; then
+			change "take $1 out of runlevel $level" rc-update del "$1" "$level"
 		fi
 	done
 }
 
-# service_on NAME RUNLEVEL START: put NAME in RUNLEVEL, and start it (START=yes).
+{# service_on NAME RUNLEVEL START: put NAME in RUNLEVEL; start it (START=yes). -#}
 service_on() {
-	if ! in_runlevel "$1" "$2"; then
+	if [ ! -L "/etc/runlevels/$2/$1" ] && [ ! -e "/etc/runlevels/$2/$1" ]; then
 		change "put $1 in runlevel $2" rc-update add "$1" "$2"
 	fi
 	if [ "$3" = yes ] && ! service_started "$1"; then
@@ -304,34 +242,31 @@ service_on() {
 	fi
 }
 
-# ---------------------------------------------------------------- packages
+# ---- packages
 
-# world_has NAME: NAME is in /etc/apk/world (with or without a version or tag).
+{# world_has NAME: NAME is in /etc/apk/world (with or without a version or tag). -#}
 world_has() {
-	NAME=$1 awk '
-	{ n = $0; sub(/[<>=~@].*/, "", n); if (n == ENVIRON["NAME"]) found = 1 }
-	END { exit !found }' /etc/apk/world
+	NAME=$1 awk '{ sub(/[<>=~@].*/, ""); if ($0 == ENVIRON["NAME"]) found = 1 } END { exit !found }' /etc/apk/world
 }
 
-# installed NAME...: print the NAMEs that are installed (apk info -e, offline).
+{# installed NAME...: the NAMEs that are installed (offline). -#}
 installed() {
 	apk --no-network info -e "$@" 2>/dev/null || true
 }
 
-# removal_candidates NAMES PREFIXES: the installed packages among NAMES or
-# starting with one of PREFIXES, one a line.
+{# removal_candidates NAMES PREFIXES: the installed packages among NAMES or starting with a PREFIX. -#}
 removal_candidates() {
 	# shellcheck disable=SC2086 # one word per package name
 	installed $1
-	# apk's database, read directly: plain `apk info` refreshes the indexes first.
+	{#- apk's database, read directly: plain `apk info` refreshes the indexes first. #}
 	PREFIXES=$2 awk '
 	BEGIN { n = split(ENVIRON["PREFIXES"], p, " ") }
-	/^P:/ { name = substr($0, 3); for (i = 1; i <= n; i++) if (index(name, p[i]) == 1) { print name; next } }' \
+	/^P:/ { for (i = 1; i <= n; i++) if (index($0, "P:" p[i]) == 1) { print substr($0, 3); next } }' \
 		/lib/apk/db/installed 2>/dev/null || :
 }
 
-# apk_install NAMES IF_INSTALLED: one `apk add` for NAMES, and for IF_INSTALLED
-# where installed, that are not yet in the world file.
+{# apk_install NAMES IF_INSTALLED: one `apk add` of NAMES, and of IF_INSTALLED where
+   installed, that are not in the world file yet. -#}
 apk_install() {
 	local names="" name
 	# shellcheck disable=SC2086 # one word per package name
@@ -344,116 +279,101 @@ apk_install() {
 	fi
 }
 
-# apk_remove NAMES PREFIXES: one `apk del` for the installed packages named, if
-# one of them is still in the world file (else apk would only say it keeps them).
+{# apk_remove NAMES PREFIXES: one `apk del` of the installed packages named, but KEPT,
+   if one is still in the world file (else apk would only say it keeps them). -#}
 apk_remove() {
-	local candidates="" name in_world=no
+	local names="" name in_world=no
 	for name in $(removal_candidates "$1" "$2" | sort -u); do
 		case " $KEPT " in
-		*" $name "*) ;;
-		*) candidates="$candidates$name " ;;
+		*" $name "*) continue ;;
 		esac
-	done
-	for name in $candidates; do
+		names="$names $name"
 		if world_has "$name"; then
 			in_world=yes
 		fi
 	done
 	if [ "$in_world" = yes ]; then
 		# shellcheck disable=SC2086 # one word per package name
-		change "remove ${candidates% }" apk --no-network del --quiet $candidates
+		change "remove$names" apk --no-network del --quiet $names
 	fi
 }
 
-# ---------------------------------------------------------------- initramfs
+# ---- initramfs and modules
 
 rebuild_initramfs() {
 	if [ "$INITRAMFS_STALE" = 1 ] || [ -e "$MINGEN_STATE/initramfs-stale" ]; then
 		change "rebuild the initramfs for kernel $KERNEL_VERSION" mkinitfs "$KERNEL_VERSION"
 		INITRAMFS_STALE=0
-		if ! dry_run; then
-			rm -f "$MINGEN_STATE/initramfs-stale"
-		fi
+		dry_run || rm -f "$MINGEN_STATE/initramfs-stale"
 	fi
 }
 
-# ---------------------------------------------------------------- kernel modules
-
-# need_modules_dep: the installed kernel has its module index.
 need_modules_dep() {
 	[ -z "$KERNEL_VERSION" ] || [ -f "/lib/modules/$KERNEL_VERSION/modules.dep" ] ||
 		mismatch "/lib/modules/$KERNEL_VERSION/modules.dep is missing"
 }
 
-# The pruning program, shared by the run and the apk hook for later kernels.
+{# The pruning program, for the run and for the apk hook (later kernels). -#}
 write_prune_program() {
 	cat <<'MINGEN_PRUNE'
 {% include "prune_modules.sh" %}
 MINGEN_PRUNE
 }
 
-# prune_modules KEEP: keep in /lib/modules only what the host needs, and KEEP
-# (names or paths, split on spaces); the apk hook does the same for later kernels.
+{# prune_modules KEEP: keep in /lib/modules only what the host needs, and KEEP (names or paths). -#}
 prune_modules() {
-	local count
+	local count file
 	write_prune_program >"$WORK/prune-modules.sh" || err "cannot write to $WORK"
-	# The modules loaded when the run first ran stay: on a later run, after a boot
-	# with the blacklist, fewer are loaded, and the set must not shrink.
+	{#- The modules loaded at the first run stay: after a boot with the blacklist fewer
+	    are loaded, and the set must not shrink. #}
 	if [ -f "$MINGEN_STATE/modules-loaded" ]; then
-		cp "$MINGEN_STATE/modules-loaded" "$WORK/modules-loaded" || err "cannot write to $WORK"
+		cp "$MINGEN_STATE/modules-loaded" "$WORK/modules-loaded"
 	else
 		awk '{ print $1 }' /proc/modules >"$WORK/modules-loaded" 2>/dev/null || : >"$WORK/modules-loaded"
-	fi
+	fi || err "cannot write to $WORK"
 	# shellcheck disable=SC2086 # one module name or path a word
 	{ printf '%s\n' $1 && cat "$WORK/modules-loaded"; } >"$WORK/modules-keep" || err "cannot write to $WORK"
 	if dry_run; then
 		sh "$WORK/prune-modules.sh" "$KERNEL_VERSION" "$WORK/modules-keep" --dry-run || err "the pruning program failed"
 		return 0
 	fi
-	put_state "$MINGEN_STATE/modules-loaded" "$WORK/modules-loaded"
-	put_state "$MINGEN_STATE/prune-modules.sh" "$WORK/prune-modules.sh"
-	put_state "$MINGEN_STATE/modules-keep" "$WORK/modules-keep"
+	for file in modules-loaded prune-modules.sh modules-keep; do
+		put_state "$file"
+	done
 	count=$(sh "$MINGEN_STATE/prune-modules.sh" "$KERNEL_VERSION" "$MINGEN_STATE/modules-keep" --count) ||
 		err "the pruning program failed"
 	if [ "$count" -gt 0 ]; then
-		INITRAMFS_STALE=1
-		: >"$MINGEN_STATE/initramfs-stale" || err "cannot write to $MINGEN_STATE"
+		initramfs_stale
 		change "remove $count unneeded modules from /lib/modules/$KERNEL_VERSION" \
 			sh "$MINGEN_STATE/prune-modules.sh" "$KERNEL_VERSION" "$MINGEN_STATE/modules-keep"
 	fi
 }
 
-# initramfs_files IMAGE: the paths an initramfs holds (gzip, xz, zstd or plain cpio).
-initramfs_files() {
-	local magic
-	magic=$(od -An -tx1 -N4 "$1" | tr -d ' \n')
-	case $magic in
-	1f8b*) gzip -dc "$1" ;;
-	fd377a58) xz -dc "$1" ;;
-	28b52ffd) zstd -dc "$1" ;;
-	30373037) cat "$1" ;;
-	*) return 1 ;;
-	esac | cpio -t 2>/dev/null
-}
-
-# check_initramfs MODULES: the new initramfs holds MODULES (split on spaces) and
-# what modules.dep says they need; else the previous one goes back and the run
-# stops, before any reboot.
+{# check_initramfs MODULES: the new initramfs holds MODULES and what modules.dep says they
+   need; else the previous one goes back and the run stops, before any reboot. -#}
+# check_initramfs MODULES: the new initramfs holds MODULES and their dependencies, or the old one goes back.
 check_initramfs() {
-	local image=/boot/initramfs-{{ target.kernel_flavor }} listing wanted missing
+	local image=/boot/initramfs-{{ target.kernel_flavor }} magic missing
 	if dry_run; then
 		say "would check that $image holds $1 and their dependencies"
 		return 0
 	fi
 	# shellcheck disable=SC2086 # one module name a word
-	wanted=$(printf '%s\n' $1 | awk -v dep="/lib/modules/$KERNEL_VERSION/modules.dep" '
+	printf '%s\n' $1 | awk -v dep="/lib/modules/$KERNEL_VERSION/modules.dep" '
 	function name_of(p) { sub(/.*\//, "", p); sub(/\.ko.*$/, "", p); gsub(/-/, "_", p); return p }
 	FILENAME != dep { n = $1; gsub(/-/, "_", n); want[n] = 1; next }
 	{ p = $1; sub(/:$/, "", p); if (name_of(p) in want) for (i = 2; i <= NF; i++) need[name_of($i)] = 1 }
-	END { for (n in want) print n; for (n in need) print n }' - "/lib/modules/$KERNEL_VERSION/modules.dep" | sort -u)
-	listing=$(initramfs_files "$image" | awk '/\.ko/ { sub(/.*\//, ""); sub(/\.ko.*$/, ""); gsub(/-/, "_"); print }' | sort -u)
-	printf '%s\n' "$wanted" >"$WORK/wanted" || err "cannot write to $WORK"
-	missing=$(printf '%s\n' "$listing" | comm -13 - "$WORK/wanted" | tr '\n' ' ')
+	END { for (n in want) print n; for (n in need) print n }' - "/lib/modules/$KERNEL_VERSION/modules.dep" | sort -u >"$WORK/wanted"
+	{#- gzip, xz, zstd or plain cpio #}
+	magic=$(od -An -tx1 -N4 "$image" | tr -d ' \n')
+	case $magic in
+	1f8b*) gzip -dc "$image" ;;
+	fd377a58) xz -dc "$image" ;;
+	28b52ffd) zstd -dc "$image" ;;
+	30373037) cat "$image" ;;
+	esac | cpio -t 2>/dev/null | awk '/\.ko/ { sub(/.*\//, ""); sub(/\.ko.*$/, ""); gsub(/-/, "_"); print }' |
+		sort -u | comm -13 - "$WORK/wanted" >"$WORK/missing"
+	missing=$(tr '\n' ' ' <"$WORK/missing")
 	if [ -n "$missing" ]; then
 		if [ -f "$MINGEN_BACKUP$image" ]; then
 			cp -p "$MINGEN_BACKUP$image" "$image" || err "cannot put the previous initramfs back: $image lacks $missing"
@@ -461,55 +381,44 @@ check_initramfs() {
 		: >"$MINGEN_STATE/initramfs-stale" || :
 		err "the new initramfs lacks ${missing% }, which the root disk needs: the previous initramfs is back in $image, and nothing reboots"
 	fi
-	say "the initramfs holds $(printf '%s' "$wanted" | tr '\n' ' ')"
+	say "the initramfs holds $(xargs <"$WORK/wanted")"
 }
 
-# ---------------------------------------------------------------- ssh
+# ---- ssh
 
 {% include "host_reading.sh" %}
 
-# check_sshd_settings PORTS PASSWORD ROOT_LOGIN: sshd's settings (its config
-# file and the arguments in /etc/conf.d/sshd) are the facts', and dropbear can
-# carry every one of them.
+{# check_sshd_settings PORTS PASSWORD ROOT_LOGIN: sshd's settings (its config and
+   /etc/conf.d/sshd) are the facts', and dropbear can carry every one of them. -#}
 check_sshd_settings() {
 	local settings ports password root listen found live
-	if ! command -v sshd >/dev/null 2>&1; then
-		return 0 # OpenSSH is gone already: a run before this one carried its settings
-	fi
-	[ -f "$(sshd_cfgfile)" ] || {
+	command -v sshd >/dev/null 2>&1 || return 0 # OpenSSH is gone: an earlier run carried its settings
+	if [ ! -f "$(sshd_cfgfile)" ]; then
 		mismatch "fact \`ssh\` is dropbear, but sshd's config file $(sshd_cfgfile) is missing, so its settings cannot be carried"
 		return 0
-	}
+	fi
 	settings=$(sshd_settings)
-	ports=$(printf '%s\n' "$settings" | awk '$1 == "port" { print $2 }' | sort -nu | tr '\n' ' ')
-	ports=${ports% }
-	password=$(printf '%s\n' "$settings" | awk '$1 == "passwordauthentication" { print $2 }')
-	root=$(printf '%s\n' "$settings" | awk '$1 == "permitrootlogin" { print $2 }')
-	listen=$(printf '%s\n' "$settings" | awk '$1 == "listenaddress" && $2 != "0.0.0.0" && $2 != "::" { print $2 }' | tr '\n' ' ')
+	ports=$(sshd_setting "$settings" port | sort -nu | tr '\n' ' ')
+	password=$(sshd_setting "$settings" passwordauthentication)
+	root=$(sshd_setting "$settings" permitrootlogin)
+	listen=$(sshd_setting "$settings" listenaddress | grep -vxF -e 0.0.0.0 -e :: | tr '\n' ' ')
+	live=$(netstat -ltnp 2>/dev/null | awk '$NF ~ /\/sshd/ { sub(/.*:/, "", $4); print $4 }' | sort -nu | tr '\n' ' ')
+	ports=${ports% } live=${live% }
 	[ "$root" != without-password ] || root=prohibit-password
-	if [ "${ports:-22}" != "$1" ]; then
+	[ "${ports:-22}" = "$1" ] ||
 		mismatch "fact \`ssh_ports\` is [$1], but sshd listens on port(s) ${ports:-22} (its config and /etc/conf.d/sshd)"
-	fi
-	live=$(sshd_listening_ports)
-	if [ -n "$live" ] && [ "$live" != "$1" ]; then
+	[ -z "$live" ] || [ "$live" = "$1" ] ||
 		mismatch "fact \`ssh_ports\` is [$1], but the running sshd listens on port(s) $live (netstat)"
-	fi
-	if [ "${password:-yes}" != "$2" ]; then
+	[ "${password:-yes}" = "$2" ] ||
 		mismatch "fact \`ssh_password_auth\` is $2, but sshd has PasswordAuthentication ${password:-yes}"
-	fi
-	case ${root:-prohibit-password} in
+	case ${root:=prohibit-password} in
 	yes | no | prohibit-password)
-		if [ "${root:-prohibit-password}" != "$3" ]; then
-			mismatch "fact \`ssh_root_login\` is $3, but sshd has PermitRootLogin ${root:-prohibit-password}"
-		fi
+		[ "$root" = "$3" ] || mismatch "fact \`ssh_root_login\` is $3, but sshd has PermitRootLogin $root"
 		;;
 	*) mismatch "sshd has PermitRootLogin $root, which dropbear cannot carry: keep OpenSSH (ssh = \"openssh\")" ;;
 	esac
-	if [ -n "$listen" ]; then
+	[ -z "$listen" ] ||
 		mismatch "sshd has ListenAddress ${listen% }, which mingen does not carry to dropbear: keep OpenSSH (ssh = \"openssh\")"
-	fi
-	# What dropbear has no way to do: dropping it would let in more than before,
-	# or lock out who logs in through it.
 	found=$(sshd_uncarried "$settings")
 	if [ -n "$found" ]; then
 		printf '%s\n' "$found" | while IFS= read -r setting; do
@@ -519,20 +428,7 @@ check_sshd_settings() {
 	fi
 }
 
-# sshd_listening_ports: the TCP ports the running sshd listens on, sorted and
-# separated by spaces; empty when that cannot be seen (no netstat, not running).
-sshd_listening_ports() {
-	local ports
-	ports=$(netstat -ltnp 2>/dev/null | awk '$NF ~ /\/sshd/ { n = $4; sub(/.*:/, "", n); print n }' | sort -nu | tr '\n' ' ')
-	printf '%s' "${ports% }"
-}
-
-# ---------------------------------------------------------------- who can still log in
-
-# KEPT: packages a rule would remove that this host needs to let someone log in,
-# with the reason said once; apk_remove leaves them installed.
-KEPT=
-
+{# keep_package NAME WHY: apk_remove leaves NAME installed; the reason is said once. -#}
 keep_package() {
 	case " $KEPT " in
 	*" $1 "*) return 0 ;;
@@ -541,26 +437,22 @@ keep_package() {
 	say "preflight: keeps $1: $2"
 }
 
-# check_login_shells NAMES PREFIXES: no account that can log in loses its shell
-# with the packages the run removes; a package that holds such a shell is kept.
+{# check_login_shells: a package the run removes that holds the login shell of an
+   account that can log in is kept. -#}
 check_login_shells() {
 	local removed name shell home owner
-	removed=" $(removal_candidates "$1" "$2" | tr '\n' ' ') "
-	login_accounts | while read -r name shell home; do
+	removed=" $(removal_candidates "$REMOVE_NAMES" "$REMOVE_PREFIXES" | tr '\n' ' ') "
+	login_accounts >"$WORK/accounts"
+	while read -r name shell home; do
 		owner=$(owner_of "$shell")
-		[ -n "$owner" ] || continue
 		case $removed in
-		*" $owner "*) printf '%s %s %s\n' "$owner" "$name" "$shell" ;;
+		*" ${owner:-?} "*) keep_package "$owner" "account $name logs in with $shell, which $owner holds" ;;
 		esac
-	done >"$WORK/shells"
-	while read -r owner name shell; do
-		keep_package "$owner" "account $name logs in with $shell, which $owner holds"
-	done <"$WORK/shells"
+	done <"$WORK/accounts"
 }
 
-# check_sudo_doas auto|remove: removing sudo and doas leaves a way in as root.
-# auto keeps them unless root can log in directly; a run that came through sudo
-# or doas stops before taking that way away.
+{# check_sudo_doas auto|remove: auto keeps sudo and doas unless root can log in directly;
+   a run that came through the one to remove stops. -#}
 check_sudo_doas() {
 	local tool user
 	for tool in sudo doas; do
@@ -569,23 +461,17 @@ check_sudo_doas() {
 			keep_package "$tool" "root cannot log in over SSH directly (no key line without a forced command, or PermitRootLogin no); set sudo_doas = \"remove\" to remove it anyway"
 			continue
 		fi
-		case $tool in
-		sudo) user=${SUDO_USER:-} ;;
-		doas) user=${DOAS_USER:-} ;;
-		esac
-		if [ -n "$user" ]; then
+		user=${DOAS_USER:-}
+		[ "$tool" = doas ] || user=${SUDO_USER:-}
+		[ -z "$user" ] ||
 			mismatch "this run came through $tool (as $user), which the run would remove: run it as root directly, or set sudo_doas = \"keep\""
-		fi
 	done
 }
 
-# carry_host_keys: convert each OpenSSH host key for dropbear, so clients see
-# the same host keys after the switch.
+{# carry_host_keys: clients see the same host keys after the switch. -#}
 carry_host_keys() {
 	local type
-	if [ ! -d /etc/dropbear ]; then
-		change "create /etc/dropbear" mkdir -p -m 0700 /etc/dropbear
-	fi
+	[ -d /etc/dropbear ] || change "create /etc/dropbear" mkdir -p -m 0700 /etc/dropbear
 	for type in rsa ecdsa ed25519; do
 		if [ -f "/etc/ssh/ssh_host_${type}_key" ] && [ ! -f "/etc/dropbear/dropbear_${type}_host_key" ]; then
 			change "convert the OpenSSH $type host key for dropbear" dropbearconvert openssh dropbear \
@@ -594,8 +480,9 @@ carry_host_keys() {
 	done
 }
 
-# ssh_switch DROPBEAR_OPTS: carry the host keys and settings to dropbear, then
-# stop sshd and start dropbear in one step that a hang-up cannot cut.
+{# ssh_switch DROPBEAR_OPTS: carry the host keys and settings to dropbear, then stop
+   sshd and start dropbear in one step that a hang-up cannot cut. -#}
+# ssh_switch DROPBEAR_OPTS: stop sshd and start dropbear in one step a hang-up cannot cut.
 ssh_switch() {
 	carry_host_keys
 	set_assignment /etc/conf.d/dropbear DROPBEAR_OPTS "$1"
@@ -619,88 +506,73 @@ ssh_switch() {
 	fi
 }
 
-# ---------------------------------------------------------------- preflight
+# ---- preflight
 
 mismatch() {
 	say "preflight: $*"
 	PREFLIGHT_FAILED=1
 }
 
-# need_program NAME: a program the rules run is installed (a preflight check,
-# unlike need_cmd, which stops at once).
+{# need_program NAME: a preflight check (need_cmd stops at once). -#}
 need_program() {
 	command -v "$1" >/dev/null 2>&1 || mismatch "\`$1\` is not installed"
 }
 
 need_file() {
-	[ -f "$1" ] || mismatch "$1 is missing"
+	[ -f "$1" ] || {
+		mismatch "$1 is missing"
+		return 1
+	}
 }
 
-# need_console_gettys CONSOLES: a getty stays on one of the CONSOLES (fact
-# `consoles`), and every console the kernel's console= names keeps its getty.
+{# need_console_gettys CONSOLES: a getty stays on one of CONSOLES (fact `consoles`),
+   and each console the kernel's console= names keeps its getty. -#}
 need_console_gettys() {
-	local gettys cmdline word name staying=''
-	[ -f /etc/inittab ] || {
-		mismatch "/etc/inittab is missing"
-		return 0
-	}
+	local gettys cmdline word name stay=''
+	need_file /etc/inittab || return 0
 	gettys=" $(inittab_gettys | tr '\n' ' ')"
 	for name in $1; do
-		case $gettys in *" $name "*) staying="$staying $name" ;; esac
+		case $gettys in *" $name "*) stay=1 ;; esac
 	done
-	if [ -z "$staying" ] && [ "$gettys" != " " ]; then
-		mismatch "fact \`consoles\` is [$1], but /etc/inittab has gettys only on${gettys% }: none would stay"
-	fi
+	[ -n "$stay" ] || [ "$gettys" = " " ] || mismatch "fact \`consoles\` is [$1], but /etc/inittab has gettys only on${gettys% }: none would stay"
 	read -r cmdline </proc/cmdline || cmdline=''
 	for word in $cmdline; do
-		case $word in console=*) ;; *) continue ;; esac
-		name=${word#console=}
+		case $word in console=*) name=${word#console=} ;; *) continue ;; esac
 		name=${name%%,*}
 		[ "$name" = tty0 ] && name=tty1
-		case "$gettys" in *" $name "*) ;; *) continue ;; esac
-		case " $1 " in
-		*" $name "*) ;;
-		*) mismatch "fact \`consoles\` is [$1], but the kernel's console=$name has a getty that would go" ;;
-		esac
+		case $gettys in *" $name "*) ;; *) continue ;; esac
+		case " $1 " in *" $name "*) ;; *) mismatch "fact \`consoles\` is [$1], but the kernel's console=$name has a getty that would go" ;; esac
 	done
 }
 
-# check_no_containers none|used: with `containers = none`, no container runtime is installed.
+{# check_no_containers none|used: with `containers = none`, no container runtime is installed. -#}
 check_no_containers() {
 	local found
 	[ "$1" = none ] || return 0
 	found=$(installed docker podman containerd lxc incus lxd crun runc | tr '\n' ' ')
-	if [ -n "$found" ]; then
-		mismatch "fact \`containers\` is none, but ${found% } is installed: set containers = \"used\""
-	fi
+	[ -z "$found" ] || mismatch "fact \`containers\` is none, but ${found% } is installed: set containers = \"used\""
 }
 
 need_dir() {
 	[ -d "$1" ] || mismatch "directory $1 is missing"
 }
 
-# need_assignment PATH KEY: PATH has a `KEY=` line with a plain list.
+{# need_assignment PATH KEY: PATH has a `KEY=` line with a plain list. -#}
 need_assignment() {
-	if [ ! -f "$1" ]; then
-		mismatch "$1 is missing"
-	elif ! KEY=$2 edit_lists check <"$1"; then
+	if need_file "$1" && ! KEY=$2 edit_lists check <"$1"; then
 		mismatch "$1 has no plain \`$2=\` line to edit"
 	fi
 }
 
-# need_text PATH FIND REPLACE: PATH holds FIND, or REPLACE from an earlier run.
+{# need_text PATH FIND REPLACE: PATH holds FIND, or REPLACE from an earlier run. -#}
 need_text() {
-	if [ ! -f "$1" ]; then
-		mismatch "$1 is missing"
-	elif ! grep -qF -e "$2" "$1" && ! grep -qF -e "$3" "$1"; then
+	if need_file "$1" && ! grep -qF -e "$2" -e "$3" "$1"; then
 		mismatch "$1 does not hold \`$2\`"
 	fi
 }
 
 need_append_line() {
-	if [ ! -f "$1" ]; then
-		mismatch "$1 is missing"
-	elif ! grep -q '^[[:space:]]*APPEND[[:space:]]' "$1"; then
+	if need_file "$1" && ! grep -q '^[[:space:]]*APPEND[[:space:]]' "$1"; then
 		mismatch "$1 has no APPEND line"
 	fi
 }
@@ -709,85 +581,70 @@ need_init_script() {
 	[ -f "/etc/init.d/$1" ] || mismatch "service $1 has no init script (/etc/init.d/$1)"
 }
 
-# need_installable NAME...: apk can resolve the packages (they are installed or
-# in a repository index it has).
+{# need_installable NAME...: apk can resolve them (installed, or in an index it has). -#}
 need_installable() {
 	local missing name
-	missing=$(for name in "$@"; do apk --no-network info -e "$name" >/dev/null 2>&1 || printf ' %s' "$name"; done)
+	missing=$(for name; do apk --no-network info -e "$name" >/dev/null 2>&1 || printf ' %s' "$name"; done)
 	if [ -n "$missing" ] && ! apk add --simulate --quiet "$@" >/dev/null 2>&1; then
 		mismatch "apk cannot install$missing: is the repository reachable? (try \`apk update\`)"
 	fi
 }
 
-# check_static_network: /etc/network/interfaces holds a complete static stanza
-# for the interface with the default route, and no DHCP.
+{# check_static_network: /etc/network/interfaces has a complete static stanza for the
+   interface with the default route, and no DHCP. -#}
 check_static_network() {
-	local route_if found
-	route_if=$(awk 'NR > 1 && $2 == "00000000" { print $1; exit }' /proc/net/route 2>/dev/null || :)
+	local found
 	if [ ! -f /etc/network/interfaces ]; then
 		mismatch "fact \`network\` is static, but /etc/network/interfaces is missing"
 		return 0
 	fi
-	found=$(interfaces_lines | ROUTE_IF=$route_if awk '
+	found=$(interfaces_lines | awk -v want="$(awk 'NR > 1 && $2 == "00000000" { print $1; exit }' /proc/net/route 2>/dev/null)" '
 	$1 == "iface" {
-		iface = $2; family = $3; method = $4
-		if (method == "dhcp" || (family == "inet6" && method == "auto")) dhcp = dhcp " " iface " " family " " method
-		if (family == "inet" && method == "static") static[iface] = 1
+		iface = $2; static = $3 == "inet" && $4 == "static"
+		if ($4 == "dhcp" || ($3 == "inet6" && $4 == "auto")) dhcp = dhcp " " $2 " " $3 " " $4
 		next
 	}
 	$1 == "use" && $2 == "dhcp" { dhcp = dhcp " " iface " use dhcp" }
-	family == "inet" && method == "static" && $1 == "address" { addr[iface] = 1; if (index($2, "/")) mask[iface] = 1 }
-	family == "inet" && method == "static" && $1 == "netmask" { mask[iface] = 1 }
-	family == "inet" && method == "static" && $1 == "gateway" { gw[iface] = 1 }
+	static && $1 == "address" { addr[iface] = 1; if (index($2, "/")) mask[iface] = 1 }
+	static && $1 == "netmask" { mask[iface] = 1 }
+	static && $1 == "gateway" { gw[iface] = 1 }
 	END {
 		if (dhcp != "") { print "it configures DHCP (iface" dhcp ")"; exit }
-		want = ENVIRON["ROUTE_IF"]
-		for (i in static) if (addr[i] && mask[i] && gw[i] && (want == "" || want == i)) ok = 1
-		if (ok) exit
-		if (want != "") print "it has no complete static stanza (address, netmask or prefix, gateway) for " want ", the interface with the default route"
-		else print "it has no complete static stanza (address, netmask or prefix, gateway)"
+		for (i in addr) if (mask[i] && gw[i] && (want == "" || want == i)) exit
+		print "it has no complete static stanza (address, netmask or prefix, gateway)" (want == "" ? "" : " for " want ", the interface with the default route")
 	}')
-	if [ -n "$found" ]; then
+	[ -z "$found" ] ||
 		mismatch "fact \`network\` is static, but in /etc/network/interfaces $found: keep dhcpcd (network = \"dhcp\")"
-	fi
 }
 
-# check_ipv6_unused: no global IPv6 address is in use or configured.
+{# check_ipv6_unused: no global IPv6 address is in use or configured. -#}
 check_ipv6_unused() {
 	local found
-	if [ -r /proc/net/if_inet6 ]; then
-		found=$(awk '$4 == "00" { print $1 " on " $6; exit }' /proc/net/if_inet6)
-		if [ -n "$found" ]; then
-			mismatch "fact \`ipv6\` is unused, but a global IPv6 address is in use ($found): set ipv6 = \"used\""
-		fi
-	fi
+	found=$(awk '$4 == "00" { print $1 " on " $6; exit }' /proc/net/if_inet6 2>/dev/null)
+	[ -z "$found" ] ||
+		mismatch "fact \`ipv6\` is unused, but a global IPv6 address is in use ($found): set ipv6 = \"used\""
 	found=$(interfaces_lines 2>/dev/null | awk '$1 == "iface" && $3 == "inet6" && $4 != "loopback" { print $2 " inet6 " $4; exit }')
-	if [ -n "$found" ]; then
+	[ -z "$found" ] ||
 		mismatch "fact \`ipv6\` is unused, but /etc/network/interfaces configures IPv6 (iface $found): set ipv6 = \"used\""
-	fi
 	if [ -f /etc/ssh/sshd_config ] && command -v sshd >/dev/null 2>&1; then
-		found=$(sshd_settings | awk '$1 == "listenaddress" && index($2, ":") { print $2; exit }')
-		if [ -n "$found" ]; then
+		found=$(sshd_setting "$(sshd_settings)" listenaddress | grep -m 1 :)
+		[ -z "$found" ] ||
 			mismatch "fact \`ipv6\` is unused, but sshd listens on the IPv6 address $found: set ipv6 = \"used\""
-		fi
 	fi
 }
 
-# ---------------------------------------------------------------- backup and undo
+# ---- backup and undo
 
-# backup_file PATH: keep the first copy of PATH (mode and owner too), or note
-# that it did not exist, so undo.sh can put it back or delete it (a directory too).
+{# backup_file PATH: keep the first copy of PATH (mode and owner too), or note that it
+   did not exist, so that undo.sh puts it back or deletes it (a directory too). -#}
+# backup_file PATH: keep the first copy of PATH, or note that it did not exist, for undo.sh.
 backup_file() {
 	local copy=$MINGEN_BACKUP$1
-	if [ -e "$copy" ] || grep -qxF -e "$1" "$MINGEN_BACKUP/absent.list" 2>/dev/null; then
-		return 0
-	fi
-	if [ -d "$1" ]; then
-		return 0 # a directory that exists stays: only one the run creates goes
+	if [ -e "$copy" ] || grep -qxF -e "$1" "$MINGEN_BACKUP/absent.list" 2>/dev/null || [ -d "$1" ]; then
+		return 0 # kept already, or a directory that exists (only one the run creates goes)
 	elif [ -e "$1" ]; then
-		if ! { mkdir -p "${copy%/*}" && cp -p "$1" "$copy.tmp" && mv -f "$copy.tmp" "$copy"; }; then
+		{ mkdir -p "${copy%/*}" && cp -p "$1" "$copy.tmp" && mv -f "$copy.tmp" "$copy"; } ||
 			err "cannot back up $1 to $copy"
-		fi
 	else
 		printf '%s\n' "$1" >>"$MINGEN_BACKUP/absent.list" || err "cannot write to $MINGEN_BACKUP"
 	fi
@@ -807,18 +664,19 @@ list_started() {
 	ls /run/openrc/started 2>/dev/null || :
 }
 
-# keep_once FILE COMMAND...: write COMMAND's output to FILE if FILE does not exist.
+{# keep_once NAME COMMAND...: COMMAND's output becomes $MINGEN_STATE/NAME, unless that exists. -#}
 keep_once() {
-	local file=$1
+	local file=$MINGEN_STATE/$1
 	shift
-	if [ ! -e "$file" ]; then
-		if ! { "$@" >"$file.tmp" && mv -f "$file.tmp" "$file"; }; then
-			err "cannot write $file"
-		fi
-	fi
+	[ -e "$file" ] || { "$@" >"$file.tmp" && mv -f "$file.tmp" "$file"; } || err "cannot write $file"
 }
 
-# forget_killed_runs: a run killed outright leaves its scratch directory behind.
+{# put_state NAME: $WORK/NAME becomes $MINGEN_STATE/NAME (mingen's own files, without ceremony). -#}
+put_state() {
+	cmp -s "$WORK/$1" "$MINGEN_STATE/$1" || cp "$WORK/$1" "$MINGEN_STATE/$1" || err "cannot write $MINGEN_STATE/$1"
+}
+
+{# forget_killed_runs: a run killed outright leaves its scratch directory behind. -#}
 forget_killed_runs() {
 	local dir
 	for dir in /tmp/mingen.*; do

@@ -1,6 +1,6 @@
 # What the script and the probe read of a host, the same way in both.
 
-# root_disk: the disk holding the root filesystem, without its partition.
+{# root_disk: the disk holding the root filesystem, without its partition. -#}
 root_disk() {
 	local dev
 	dev=$(awk '$2 == "/" { d = $1 } END { print d }' /proc/mounts 2>/dev/null || :)
@@ -13,7 +13,7 @@ root_disk() {
 	printf '%s\n' "$dev"
 }
 
-# sshd_config_lines FILE: FILE with its Include lines replaced by the files they name.
+{# sshd_config_lines FILE: FILE with its Include lines replaced by the files they name. -#}
 sshd_config_lines() {
 	local line file
 	while IFS= read -r line || [ -n "$line" ]; do
@@ -25,9 +25,7 @@ sshd_config_lines() {
 				/*) ;;
 				*) file=/etc/ssh/$file ;;
 				esac
-				if [ -f "$file" ]; then
-					cat "$file"
-				fi
+				[ ! -f "$file" ] || cat "$file"
 			done
 			;;
 		*) printf '%s\n' "$line" ;;
@@ -35,42 +33,63 @@ sshd_config_lines() {
 	done <"$1"
 }
 
-# sshd_cfgfile, sshd_args: the config file and the extra arguments OpenRC starts
-# sshd with, read from /etc/conf.d/sshd as Alpine's init script reads it
-# (cfgfile, else SSHD_CONFIG or SSHD_CONFDIR; command_args, else SSHD_OPTS).
-sshd_cfgfile() {
+{# interfaces_lines: /etc/network/interfaces with its `source` and `source-directory`
+   lines replaced by the files they name, as ifupdown reads them. -#}
+interfaces_lines() {
+	local line file
+	while IFS= read -r line || [ -n "$line" ]; do
+		case $line in
+		source[[:space:]]* | source-directory[[:space:]]*)
+			file=${line#*[[:space:]]}
+			case $file in
+			/*) ;;
+			*) file=/etc/network/$file ;;
+			esac
+			case $line in
+			source-directory*) file="$file/*" ;;
+			esac
+			# shellcheck disable=SC2086 # the value is a glob to expand
+			for file in $file; do
+				[ ! -f "$file" ] || cat "$file"
+			done
+			;;
+		*) printf '%s\n' "$line" ;;
+		esac
+	done </etc/network/interfaces
+}
+
+{# sshd_conf: how OpenRC starts sshd, from /etc/conf.d/sshd read as Alpine's init script
+   reads it: the config file (cfgfile, else SSHD_CONFIG or SSHD_CONFDIR) on the first
+   line, the extra arguments (command_args, else SSHD_OPTS) on the second. -#}
+sshd_conf() {
 	(
-		cfgfile='' SSHD_CONFIG='' SSHD_CONFDIR=''
+		cfgfile='' SSHD_CONFIG='' SSHD_CONFDIR='' command_args='' SSHD_OPTS=''
 		if [ -f /etc/conf.d/sshd ]; then
 			# shellcheck disable=SC1091 # the host's own file, sourced as OpenRC sources it
 			. /etc/conf.d/sshd >/dev/null 2>&1 || :
 		fi
-		printf '%s\n' "${cfgfile:-${SSHD_CONFIG:-${SSHD_CONFDIR:-/etc/ssh}/sshd_config}}"
+		printf '%s\n%s\n' "${cfgfile:-${SSHD_CONFIG:-${SSHD_CONFDIR:-/etc/ssh}/sshd_config}}" "${command_args:-${SSHD_OPTS:-}}"
 	)
+}
+
+sshd_cfgfile() {
+	sshd_conf | sed -n 1p
 }
 
 sshd_args() {
-	(
-		command_args='' SSHD_OPTS=''
-		if [ -f /etc/conf.d/sshd ]; then
-			# shellcheck disable=SC1091 # the host's own file, sourced as OpenRC sources it
-			. /etc/conf.d/sshd >/dev/null 2>&1 || :
-		fi
-		printf '%s\n' "${command_args:-${SSHD_OPTS:-}}"
-	)
+	sshd_conf | sed -n 2p
 }
 
-# sshd_settings: sshd's settings as OpenRC starts it: the arguments from
-# /etc/conf.d/sshd (`-p`, `-o`, `-f`) over its config file, Includes read in
-# place. One `keyword value...` a line, keywords in lower case: every `port` and
-# `listenaddress`, the first value of any other keyword (as sshd takes it),
-# `match` when a Match block follows, and `argument ARG` for each argument that
-# is not `-p`, `-o` or `-f`.
+{# sshd_settings: sshd's settings as OpenRC starts it: the arguments from /etc/conf.d/sshd
+   (`-p`, `-o`, `-f`) over its config file, Includes read in place. One `keyword value...`
+   a line, keywords in lower case: every `port` and `listenaddress`, the first value of
+   any other keyword (as sshd takes it), `match` when a Match block follows, and
+   `argument ARG` for each argument that is not `-p`, `-o` or `-f`. -#}
 sshd_settings() {
 	local cfg args
 	cfg=$(sshd_cfgfile)
 	args=$(sshd_args)
-	# A `-f FILE` argument names the config file instead.
+	{#- A `-f FILE` argument names the config file instead. #}
 	cfg=$(ARGS=$args CFG=$cfg awk 'BEGIN {
 		n = split(ENVIRON["ARGS"], a, " "); f = ENVIRON["CFG"]
 		for (i = 1; i <= n; i++) if (a[i] == "-f") f = a[++i]; else if (a[i] ~ /^-f./) f = substr(a[i], 3)
@@ -89,14 +108,12 @@ sshd_settings() {
 		n = split(ENVIRON["ARGS"], a, " ")
 		for (i = 1; i <= n; i++) {
 			w = a[i]
-			if (w == "-p" || w == "-o" || w == "-f") { v = a[++i]; w = w v }
+			if (w == "-p" || w == "-o" || w == "-f") w = w a[++i]
 			c = substr(w, 1, 2); v = substr(w, 3)
-			if (c == "-p") { print "port", v; cmdport = 1 }
-			else if (c == "-o") {
-				k = v; sub(/=.*/, "", k); sub(/^[^=]*=/, "", v)
-				k = tolower(k)
-				if (k == "port") { print "port", v; cmdport = 1 } else take(k, v)
-			} else if (c != "-f") print "argument", w
+			if (c == "-o") { k = v; sub(/=.*/, "", k); sub(/^[^=]*=/, "", v); k = tolower(k) }
+			if (c == "-p" || (c == "-o" && k == "port")) { print "port", v; cmdport = 1 }
+			else if (c == "-o") take(k, v)
+			else if (c != "-f") print "argument", w
 		}
 	}
 	{ sub(/^[ \t]+/, ""); sub(/=/, " ") }
@@ -106,55 +123,32 @@ sshd_settings() {
 	{ take(k, v) }'
 }
 
-# sshd_uncarried SETTINGS: what in sshd_settings' output dropbear cannot carry
-# (dropping it would let in more than before, or lock out who logs in through
-# it), one description a line.
+{# sshd_setting SETTINGS KEYWORD: the first word of each KEYWORD line of sshd_settings' output. -#}
+sshd_setting() {
+	printf '%s\n' "$1" | awk -v k="$2" '$1 == k { print $2 }'
+}
+
+{# sshd_uncarried SETTINGS: what in sshd_settings' output dropbear cannot carry (dropping it
+   would let in more than before, or lock out who logs in through it), one a line. -#}
 sshd_uncarried() {
 	printf '%s\n' "$1" | awk '
-	$1 == "authorizedkeysfile" {
-		v = $0; sub(/^[^ ]+ /, "", v)
-		if (v != ".ssh/authorized_keys" && v != ".ssh/authorized_keys .ssh/authorized_keys2" && v != "%h/.ssh/authorized_keys") print "AuthorizedKeysFile " v " (dropbear reads only ~/.ssh/authorized_keys)"
+	{ v = $0; sub(/^[^ ]+ /, "", v) }
+	$1 == "authorizedkeysfile" && v != ".ssh/authorized_keys" && v != ".ssh/authorized_keys .ssh/authorized_keys2" && v != "%h/.ssh/authorized_keys" {
+		print "AuthorizedKeysFile " v " (dropbear reads only ~/.ssh/authorized_keys)"
 	}
 	$1 == "trustedusercakeys" && tolower($2) != "none" { print "TrustedUserCAKeys " $2 " (dropbear has no certificates)" }
 	$1 == "authorizedkeyscommand" && tolower($2) != "none" { print "AuthorizedKeysCommand " $2 }
 	$1 == "authenticationmethods" && tolower($2) != "any" { print "AuthenticationMethods " $2 }
-	$1 == "allowusers" || $1 == "denyusers" || $1 == "allowgroups" || $1 == "denygroups" {
-		name["allowusers"] = "AllowUsers"; name["denyusers"] = "DenyUsers"; name["allowgroups"] = "AllowGroups"; name["denygroups"] = "DenyGroups"
-		v = $0; sub(/^[^ ]+ /, "", v); print name[$1] " " v " (dropping it lets in more users than before)"
+	$1 ~ /^(allow|deny)(users|groups)$/ {
+		k = $1; sub(/^allow/, "Allow", k); sub(/^deny/, "Deny", k); sub(/users$/, "Users", k); sub(/groups$/, "Groups", k)
+		print k " " v " (dropping it lets in more users than before)"
 	}
 	$1 == "match" { print "a Match block (dropbear has no per-user settings)" }
 	$1 == "argument" { print "the argument " $2 " in /etc/conf.d/sshd" }'
 }
 
-# interfaces_lines: /etc/network/interfaces with its `source` and
-# `source-directory` lines replaced by the files they name, as ifupdown reads them.
-interfaces_lines() {
-	local line file
-	while IFS= read -r line || [ -n "$line" ]; do
-		case $line in
-		source[[:space:]]* | source-directory[[:space:]]*)
-			file=${line#*[[:space:]]}
-			case $file in
-			/*) ;;
-			*) file=/etc/network/$file ;;
-			esac
-			case $line in
-			source-directory*) file="$file/*" ;;
-			esac
-			# shellcheck disable=SC2086 # the value is a glob to expand
-			for file in $file; do
-				if [ -f "$file" ]; then
-					cat "$file"
-				fi
-			done
-			;;
-		*) printf '%s\n' "$line" ;;
-		esac
-	done </etc/network/interfaces
-}
-
-# login_accounts: `NAME SHELL HOME` for each account that can log in: it has a
-# usable password (not locked, `!` or `*`) or an authorized_keys file.
+{# login_accounts: `NAME SHELL HOME` for each account that can log in: it has a usable
+   password (not locked, `!` or `*`) or an authorized_keys file. -#}
 login_accounts() {
 	awk -F: 'FILENAME == "/etc/shadow" { if ($2 !~ /^[!*]/) pw[$1] = 1; next }
 	$7 != "" && $7 !~ /(nologin|false)$/ { print $1, $7, $6, ($1 in pw) ? "password" : "" }' \
@@ -166,7 +160,7 @@ login_accounts() {
 		done
 }
 
-# owner_of PATH: the installed package that holds PATH (apk's database, offline).
+{# owner_of PATH: the installed package that holds PATH (apk's database, offline). -#}
 owner_of() {
 	FILE=${1#/} awk '
 	/^P:/ { p = substr($0, 3) }
@@ -174,23 +168,23 @@ owner_of() {
 	/^R:/ && d "/" substr($0, 3) == ENVIRON["FILE"] { print p; exit }' /lib/apk/db/installed
 }
 
-# root_can_log_in: root can log in over SSH without sudo or doas: sshd (or
-# dropbear) lets root in, and root has a key line with no forced command, or a
-# password where passwords are allowed.
+{# root_can_log_in: root can log in over SSH without sudo or doas: sshd (or dropbear)
+   lets root in, and root has a key line with no forced command, or a password where
+   passwords are allowed. -#}
 root_can_log_in() {
 	local settings root password shadow opts
 	if command -v sshd >/dev/null 2>&1; then
 		settings=$(sshd_settings)
-		root=$(printf '%s\n' "$settings" | awk '$1 == "permitrootlogin" { print $2 }')
-		password=$(printf '%s\n' "$settings" | awk '$1 == "passwordauthentication" { print $2 }')
+		root=$(sshd_setting "$settings" permitrootlogin)
+		password=$(sshd_setting "$settings" passwordauthentication)
 		root=${root:-prohibit-password}
 		[ "$root" != without-password ] || root=prohibit-password
 	else
-		opts=$(sed -n 's/^[[:space:]]*DROPBEAR_OPTS=//p' /etc/conf.d/dropbear 2>/dev/null | tail -n 1)
+		opts=" $(sed -n 's/^[[:space:]]*DROPBEAR_OPTS=//p' /etc/conf.d/dropbear 2>/dev/null | tail -n 1) "
 		root=yes password=yes
-		case " $opts " in *" -g "*) root=prohibit-password ;; esac
-		case " $opts " in *" -w "*) root=no ;; esac
-		case " $opts " in *" -s "*) password=no ;; esac
+		case $opts in *" -g "*) root=prohibit-password ;; esac
+		case $opts in *" -w "*) root=no ;; esac
+		case $opts in *" -s "*) password=no ;; esac
 	fi
 	[ "$root" != no ] || return 1
 	if [ "$root" = yes ] && [ "${password:-yes}" = yes ]; then

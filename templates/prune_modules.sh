@@ -1,20 +1,13 @@
 #!/bin/sh
-# prune-modules.sh: written by mingen (rule modules-prune). Keeps in
-# /lib/modules/KVER/kernel only the modules this host can need, and removes the rest:
-#   sh prune-modules.sh KVER KEEP_FILE [--dry-run | --count]
-# The keep-set: /etc/modules, what the initramfs features in
-# /etc/mkinitfs/mkinitfs.conf take (features.d/*.modules), and KEEP_FILE's lines
-# (module names, or paths such as kernel/net/netfilter; the run writes there the
-# modules loaded when it first ran, so that every later run keeps the same set),
-# closed under modules.dep and the pre:/post: soft dependencies. The removed files
-# are first moved aside; if `modprobe -n` cannot resolve every kept module after
-# depmod, they are put back and it fails. The apk commit hook runs it for a
-# kernel that apk installs later. It also removes /boot/System.map-KVER.
+# prune-modules.sh KVER KEEP_FILE [--dry-run | --count]: written by mingen (rule
+# modules-prune); the apk hook runs it for kernels installed later. Keeps in
+# /lib/modules/KVER/kernel the modules in /etc/modules, those the initramfs features
+# take, and KEEP_FILE's (names or paths), closed under modules.dep and soft
+# dependencies; removes the rest, or puts them back if `modprobe -n` then fails.
+# It also removes /boot/System.map-KVER, which nothing reads at run time.
 set -eu
 
-kver=$1
-keep_file=$2
-mode=${3:-apply}
+kver=$1 keep_file=$2 mode=${3:-apply}
 dir=/lib/modules/$kver
 aside=$dir.mingen-pruned
 list=/var/lib/mingen/modules-removed.$kver
@@ -28,7 +21,7 @@ say() {
 	exit 1
 }
 
-# wanted: the names and paths to keep, one a line.
+{# wanted: the names and paths to keep, one a line. -#}
 wanted() {
 	if [ -f /etc/modules ]; then
 		sed 's/#.*//' /etc/modules | awk 'NF { print $1 }'
@@ -49,7 +42,7 @@ wanted() {
 	cat "$keep_file"
 }
 
-# kept WORK: the paths of the modules to keep (as modules.dep names them), one a line.
+{# kept WORK: the paths of the modules to keep (as modules.dep names them), one a line. -#}
 kept() {
 	local softdeps=$dir/modules.softdep
 	[ -f "$softdeps" ] || softdeps=/dev/null
@@ -95,7 +88,7 @@ kept() {
 	}' "$1.wanted" "$dir/modules.dep" "$softdeps" | sort
 }
 
-# removable: the module files under kernel/ that are not kept, one a line.
+{# removable: the module files under kernel/ that are not kept, one a line. -#}
 removable() {
 	kept "$1" >"$1.kept"
 	(cd "$dir" && find kernel -type f -name '*.ko*') | sort | comm -23 - "$1.kept"

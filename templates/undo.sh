@@ -1,7 +1,7 @@
 #!/bin/sh
-# undo.sh: written by mingen's minimise.sh. Puts back what it changed: the
-# packages (as /etc/apk/world was), every file it changed or created, the
-# runlevels and the started services, sshd in place of dropbear, and the initramfs.
+# undo.sh: written by mingen's minimise.sh. Puts back what it changed: the packages
+# (as /etc/apk/world was), every file it changed or created, the runlevels and the
+# started services, sshd in place of dropbear, and the initramfs.
 # Run it as root; it needs the package repository (`apk update` first).
 set -eu
 
@@ -17,9 +17,9 @@ err() {
 	exit 1
 }
 
-# words_missing FILE_A FILE_B: the lines of FILE_B that FILE_A lacks.
-words_missing() {
-	awk 'FNR == NR { have[$0] = 1; next } $0 != "" && !($0 in have) { print }' "$1" "$2" | tr '\n' ' '
+{# lines_missing A B: the lines of file B that file A lacks. -#}
+lines_missing() {
+	awk 'FNR == NR { have[$0] = 1; next } $0 != "" && !($0 in have)' "$1" "$2"
 }
 
 started() {
@@ -27,31 +27,27 @@ started() {
 }
 
 restore_files() {
-	local path copy
-	if [ -f "$BACKUP/absent.list" ]; then
-		# Deepest first, so a directory the run created is empty when its turn comes.
-		sort -r "$BACKUP/absent.list" | while IFS= read -r path; do
-			if [ -d "$path" ] && [ ! -L "$path" ]; then
-				say "delete $path"
-				rmdir "$path" || say "$path is not empty: left in place"
-			elif [ -e "$path" ] || [ -L "$path" ]; then
-				say "delete $path"
-				rm -f "$path" || err "cannot delete $path"
-			fi
-		done
-	fi
-	(cd "$BACKUP" && find . -type f ! -name absent.list) | while IFS= read -r copy; do
-		path=${copy#.}
+	local path
+	{#- Deepest first, so a directory the run created is empty when its turn comes. #}
+	sort -r "$BACKUP/absent.list" 2>/dev/null | while IFS= read -r path; do
+		if [ -d "$path" ] && [ ! -L "$path" ]; then
+			say "delete $path"
+			rmdir "$path" || say "$path is not empty: left in place"
+		elif [ -e "$path" ] || [ -L "$path" ]; then
+			say "delete $path"
+			rm -f "$path" || err "cannot delete $path"
+		fi
+	done
+	(cd "$BACKUP" && find . -type f ! -name absent.list) | while IFS= read -r path; do
+		path=${path#.}
 		case $path in
 		/sys/* | /proc/*) cat "$BACKUP$path" >"$path" || say "could not restore $path" ;;
 		*)
 			if ! cmp -s "$BACKUP$path" "$path"; then
 				say "restore $path"
-				if ! { mkdir -p "${path%/*}" && cp -p "$BACKUP$path" "$path"; }; then
-					err "cannot restore $path"
-				fi
+				{ mkdir -p "${path%/*}" && cp -p "$BACKUP$path" "$path"; } || err "cannot restore $path"
 			fi
-			# apk leaves its own copy beside a changed config file it reinstalls.
+			{#- apk leaves its own copy beside a changed config file it reinstalls. #}
 			if [ -e "$path.apk-new" ] && [ ! -e "$BACKUP$path.apk-new" ]; then
 				rm -f "$path.apk-new"
 			fi
@@ -63,26 +59,24 @@ restore_files() {
 restore_runlevels() {
 	local now level name
 	now=$(mktemp)
-	for link in /etc/runlevels/*/*; do
-		if [ -L "$link" ] || [ -e "$link" ]; then
-			level=${link%/*}
-			printf '%s %s\n' "${level##*/}" "${link##*/}"
+	for name in /etc/runlevels/*/*; do
+		if [ -L "$name" ] || [ -e "$name" ]; then
+			level=${name%/*}
+			printf '%s %s\n' "${level##*/}" "${name##*/}"
 		fi
 	done >"$now"
-	awk 'FNR == NR { was[$0] = 1; next } !($0 in was)' "$STATE/runlevels.before" "$now" |
-		while read -r level name; do
-			say "take $name out of runlevel $level"
-			rc-update del "$name" "$level" >/dev/null </dev/null || err "could not take $name out of $level"
-		done
-	awk 'FNR == NR { is[$0] = 1; next } !($0 in is)' "$now" "$STATE/runlevels.before" |
-		while read -r level name; do
-			say "put $name in runlevel $level"
-			rc-update add "$name" "$level" >/dev/null </dev/null || err "could not put $name in $level"
-		done
+	lines_missing "$STATE/runlevels.before" "$now" | while read -r level name; do
+		say "take $name out of runlevel $level"
+		rc-update del "$name" "$level" >/dev/null </dev/null || err "could not take $name out of $level"
+	done
+	lines_missing "$now" "$STATE/runlevels.before" | while read -r level name; do
+		say "put $name in runlevel $level"
+		rc-update add "$name" "$level" >/dev/null </dev/null || err "could not put $name in $level"
+	done
 	rm -f "$now"
 }
 
-# restore_modules: reinstall the kernel package whose modules rule modules-prune removed.
+{# restore_modules: reinstall the kernel package whose modules rule modules-prune removed. -#}
 restore_modules() {
 	local list kver package missing
 	for list in "$STATE"/modules-removed.*; do
@@ -97,7 +91,7 @@ restore_modules() {
 			if [ -z "$package" ] || ! apk fix --reinstall "$package"; then
 				err "apk could not reinstall the modules of $kver (is the repository reachable? try apk update)"
 			fi
-			# apk skips, and exits 0, when the repository no longer has the installed build.
+			{#- apk skips, and exits 0, when the repository no longer has the installed build. #}
 			missing=$(while IFS= read -r path; do [ -e "/lib/modules/$kver/$path" ] || echo "$path"; done <"$list" | grep -c . || :)
 			if [ "$missing" != 0 ]; then
 				err "apk did not bring back $missing modules of $kver: the repository may not have $package at the installed version any more (apk upgrade brings a kernel with every module); $list names them"
@@ -108,7 +102,7 @@ restore_modules() {
 	done
 }
 
-# The reverse switch: start sshd in the same step that stops dropbear.
+{# restore_sshd: the reverse switch, sshd started in the step that stops dropbear. -#}
 restore_sshd() {
 	if grep -qx sshd "$STATE/started.before" && ! started sshd && started dropbear; then
 		say "stopping dropbear and starting sshd in one step"
@@ -147,8 +141,8 @@ main() {
 	[ "$(id -u)" = 0 ] || err "run this as root"
 	[ -f "$BACKUP/etc/apk/world" ] || err "no backup in $BACKUP: nothing to undo"
 	trap '' HUP
-	add=$(words_missing /etc/apk/world "$BACKUP/etc/apk/world")
-	del=$(words_missing "$BACKUP/etc/apk/world" /etc/apk/world)
+	add=$(lines_missing /etc/apk/world "$BACKUP/etc/apk/world" | tr '\n' ' ')
+	del=$(lines_missing "$BACKUP/etc/apk/world" /etc/apk/world | tr '\n' ' ')
 	if [ -n "$add" ]; then
 		say "install $add"
 		# shellcheck disable=SC2086 # one word per world entry
@@ -163,7 +157,7 @@ main() {
 		# shellcheck disable=SC2086 # one word per world entry
 		apk del --quiet $del || err "apk could not remove $del"
 	fi
-	# After the last package change: apk fix reads the world file restore_files put back.
+	{#- After the last package change: apk fix reads the world file restore_files put back. #}
 	restore_modules
 	say "rebuild the initramfs"
 	mkinitfs "$(cat "$STATE/kernel-version")" || err "mkinitfs failed: the old initramfs is in place"

@@ -241,3 +241,26 @@ fn plan_fills_every_placeholder_even_for_skipped_rules() {
     assert!(run.stdout.contains("sets /sys/block/sda/queue/read_ahead_kb"), "{}", run.stdout);
     assert!(!run.stdout.contains('@'), "an unfilled placeholder:\n{}", run.stdout);
 }
+
+#[test]
+fn plan_compares_the_expected_figures_with_the_budgets() {
+    let run = mingen(&["plan"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let expected = run.stdout.split("\nexpected after the run").nth(1).unwrap_or_else(|| panic!("{}", run.stdout));
+    assert!(expected.contains("within the budget of 23 MB") && expected.contains("within the budget of 72 MB"), "{expected}");
+    assert!(run.stdout.contains("saved on the bench: RAM "), "rules carry their measured savings");
+    let tight = mingen(&["plan", "--ram-budget-mb", "10", "--disk-budget-mb", "20"]);
+    assert!(tight.stdout.contains("over the budget of 10 MB") && tight.stdout.contains("over the budget of 20 MB"));
+    // Facts that leave out a measured rule expect what it saved back.
+    let ram = |out: &str| -> f64 {
+        let line = out.lines().find(|l| l.trim_start().starts_with("RAM used")).expect("a RAM line");
+        line.split_whitespace().nth(2).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    let all_gettys = mingen(&["plan", "--consoles", "tty1,tty2,tty3,tty4,tty5,tty6,ttyS0", "--containers", "used"]);
+    assert!(ram(&all_gettys.stdout) > ram(&run.stdout) + 4.0, "{}", all_gettys.stdout);
+
+    let file = facts_file("ram_budget_mb = 0\n");
+    let bad = mingen(&["plan", "--facts", file.path().to_str().unwrap()]);
+    assert_eq!(bad.status, 1);
+    assert!(bad.stderr.contains(":1") && bad.stderr.contains("ram_budget_mb") && bad.stderr.contains("1 to"), "{}", bad.stderr);
+}

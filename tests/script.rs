@@ -81,6 +81,21 @@ fn python_kept() {
     check("python_kept", &["--python", "keep", "--balloon", "keep"]);
 }
 
+/// The script for the guide's host, as `mingen > minimise.sh` prints it, stays within
+/// its size budget (issue 12, item 4). The issue's goal is 32 KiB; without dropping a
+/// check, the undo or the programs the host keeps, it is at this budget for now, and a
+/// change that makes it larger must raise the budget knowingly.
+const GUIDE_SCRIPT_BUDGET: usize = 52 * 1024;
+
+#[test]
+fn the_guide_hosts_script_stays_within_its_size_budget() {
+    let size = script(&[]).len();
+    assert!(
+        size <= GUIDE_SCRIPT_BUDGET,
+        "the guide host's script is {size} bytes, over its budget of {GUIDE_SCRIPT_BUDGET}"
+    );
+}
+
 /// Every snapshot on disk is linted, whichever test wrote it.
 #[test]
 fn every_snapshot_is_shellcheck_clean() {
