@@ -23,6 +23,9 @@ pub enum Format {
 
 /// The heredoc delimiter of file contents; a content line equal to it would end the heredoc.
 const HEREDOC_END: &str = "MINGEN_EOF";
+/// Ends a file the script writes that is a program of mingen's (it starts with `#!`):
+/// `compact` drops its comments too.
+const PROGRAM_END: &str = "MINGEN_PROGRAM";
 
 mod filters {
     /// Quote a value as one shell word.
@@ -41,6 +44,7 @@ struct RuleView {
     id: String,
     deferred: bool,
     func: String,
+    summary: String,
     announce: String,
     /// The stage's heading, on the first rule of each stage.
     heading: Option<String>,
@@ -222,10 +226,10 @@ pub fn integrity_note(bytes: &[u8]) -> String {
     )
 }
 
-/// The heredocs that hold mingen's own programs (undo.sh, the pruning program),
-/// which `compact` leaves without comments too; every other heredoc is a file the
-/// host keeps as written.
-pub const OWN_PROGRAMS: &[&str] = &["MINGEN_UNDO", "MINGEN_PRUNE"];
+/// The heredocs that hold mingen's own programs (undo.sh, the pruning program, the
+/// boot scripts and hooks the rules write), which `compact` leaves without comments
+/// too; every other heredoc is a file the host keeps as written.
+pub const OWN_PROGRAMS: &[&str] = &["MINGEN_UNDO", "MINGEN_PRUNE", PROGRAM_END];
 
 /// The script without its comment lines: the same program, smaller. The files it
 /// writes (heredocs) are kept to the letter, but for mingen's own programs, and so
@@ -291,9 +295,9 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
             push_new(&mut needs, &step_needs(step, target.boot_loader)?);
             push_new(&mut backup_paths, &step_files(step, target));
             if let Action::WriteFile { path, content, .. } = step
-                && content.lines().any(|line| line == HEREDOC_END)
+                && let Some(end) = content.lines().find(|line| [HEREDOC_END, PROGRAM_END].contains(line))
             {
-                return Err(Error::Internal(format!("content of {path} holds the line {HEREDOC_END}")));
+                return Err(Error::Internal(format!("content of {path} holds the line {end}")));
             }
         }
     }
@@ -323,7 +327,8 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
                 id: d.rule.id.clone(),
                 deferred: user_data && d.rule.defer_under_cloud_init,
                 func: d.rule.id.replace('-', "_"),
-                announce: format!("rule {}: {}", d.rule.id, d.rule.summary),
+                summary: d.rule.summary.clone(),
+                announce: format!("rule {}", d.rule.id),
                 heading: (stage.replace(d.rule.stage) != Some(d.rule.stage)).then(|| d.rule.stage.to_string()),
                 steps: d.steps.clone(),
             })

@@ -545,12 +545,14 @@ need_console_gettys() {
 	done
 }
 
-{# check_no_containers none|used: with `containers = none`, no container runtime is installed. -#}
+{# check_no_containers none|used: with `containers = none`, no container runtime is
+   installed (by apk or by hand). -#}
 check_no_containers() {
-	local found
+	local tool
 	[ "$1" = none ] || return 0
-	found=$(installed docker podman containerd lxc incus lxd crun runc | tr '\n' ' ')
-	[ -z "$found" ] || mismatch "fact \`containers\` is none, but ${found% } is installed: set containers = \"used\""
+	for tool in dockerd podman containerd lxc-start incusd runc; do
+		! command -v $tool >/dev/null || mismatch "fact \`containers\` is none, but $tool is installed: set containers = \"used\""
+	done
 }
 
 need_dir() {

@@ -105,6 +105,7 @@ write_undo() {
 {%- if let Some(heading) = rule.heading %}
 # {{ heading }}
 {%- endif %}
+# {{ rule.summary }}
 rule_{{ rule.func }}() {
 	say {{ rule.announce|sh }}
 {%- for step in rule.steps %}
@@ -113,14 +114,21 @@ rule_{{ rule.func }}() {
 {%- if *create_dir %}
 	make_parent_dir {{ path|sh }}
 {%- endif %}
+{%- if content.starts_with("#!") %}
+	write_file {{ path|sh }} {{ mode }} <<'MINGEN_PROGRAM'
+{{ content }}MINGEN_PROGRAM
+{%- else %}
 	write_file {{ path|sh }} {{ mode }} <<'MINGEN_EOF'
 {{ content }}MINGEN_EOF
+{%- endif %}
 {%- when Action::EditList { path, key, separator, set, add, remove } %}
 	edit_assignment {{ path|sh }} {{ key|sh }} {{ separator|sh }} {{ set.join(" ")|sh }} {{ add.join(" ")|sh }} {{ remove.join(" ")|sh }}
 {%- when Action::Replace { path, find, replace, into } %}
 	replace_text {{ path|sh }} {{ find|sh }} {{ replace|sh }} {{ into.as_deref().unwrap_or(path)|sh }}
 {%- when Action::KernelCmdline { remove_modules, add_options } %}
+{%- if !remove_modules.is_empty() %}
 	edit_assignment /etc/update-extlinux.conf modules , '' '' {{ remove_modules.join(" ")|sh }}
+{%- endif %}
 	edit_assignment /etc/update-extlinux.conf default_kernel_opts ' ' '' {{ add_options.join(" ")|sh }} ''
 	edit_append_lines /boot/extlinux.conf {{ remove_modules.join(" ")|sh }} {{ add_options.join(" ")|sh }}
 {%- when Action::Mkinitfs {} %}

@@ -85,7 +85,7 @@ fn python_kept() {
 /// its size budget (issue 12, item 4). The issue's goal is 32 KiB; without dropping a
 /// check, the undo or the programs the host keeps, it is at this budget for now, and a
 /// change that makes it larger must raise the budget knowingly.
-const GUIDE_SCRIPT_BUDGET: usize = 52 * 1024;
+const GUIDE_SCRIPT_BUDGET: usize = 60 * 1024;
 
 #[test]
 fn the_guide_hosts_script_stays_within_its_size_budget() {
@@ -128,8 +128,8 @@ fn compact_scripts_keep_every_line_but_comments_and_user_data_fits_gzipped() {
         let mut in_heredoc: Option<String> = None;
         for line in full.lines() {
             // Comments go, but not in the files the script writes: only in mingen's
-            // own programs (undo.sh, the pruning program).
-            let own = ["MINGEN_UNDO", "MINGEN_PRUNE"];
+            // own programs (undo.sh, the pruning program, the scripts the rules write).
+            let own = ["MINGEN_UNDO", "MINGEN_PRUNE", "MINGEN_PROGRAM"];
             let in_file = in_heredoc.as_deref().is_some_and(|end| !own.contains(&end) || line == end);
             let dropped = !in_file
                 && line.trim_start().starts_with('#')
