@@ -139,13 +139,18 @@ facts! {
     target: TargetName = TargetName(DEFAULT_TARGET.into()),
         "the rule set to use (`mingen targets` lists them)";
     disk: Disk = Disk::Vda,
-        "the root disk: vda (virtio-blk), sda (virtio-scsi, keeps `scsi` in the initramfs) or nvme0n1 (keeps `nvme`)";
+        "the root disk: vda (virtio-blk), sda (virtio-scsi, keeps `scsi` in the initramfs), nvme0n1 (keeps `nvme`) or xvda (Xen's blkfront, built into linux-virt)";
+    hypervisor: Hypervisor = Hypervisor::Kvm,
+        "kvm: a KVM guest (virtio devices); xen: a Xen guest, PV or HVM (xen-blkfront and xen-netfront, built into linux-virt): the virtio-only steps are skipped";
+    boot_loader: BootLoader = BootLoader::Extlinux,
+        "where the kernel command line persists: extlinux (/etc/update-extlinux.conf), grub (/etc/default/grub, then grub-mkconfig) or efi-stub (/boot/startup.nsh)";
     ipv6: Ipv6 = Ipv6::Unused,
         "used: IPv6 stays on; unused: `ipv6.disable=1` and the sysctl fix";
     guest_agent: Keep = Keep::Remove,
         "qemu-guest-agent: keep it if the provider uses QEMU guest operations (snapshots, password reset)";
     balloon: Keep = Keep::Remove,
-        "virtio_balloon: keep it if the provider reclaims memory by ballooning";
+        "virtio_balloon: keep it if the provider reclaims memory by ballooning",
+        when hypervisor = "kvm";
     ntp: Ntp = Ntp::Busybox,
         "busybox: busybox ntpd replaces chrony; none: no NTP (kvm-clock keeps time); chrony: keep chrony";
     python: Keep = Keep::Remove,
@@ -201,7 +206,7 @@ macro_rules! choice {
     )*};
 }
 
-choice!(Disk, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas, ModulesPrune);
+choice!(Disk, Hypervisor, BootLoader, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas, ModulesPrune);
 
 /// Which kind of disk holds the root filesystem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -213,6 +218,30 @@ pub enum Disk {
     /// NVMe, `/dev/nvme0n1`
     #[value(name = "nvme0n1")]
     Nvme0n1,
+    /// Xen's virtual block device, `/dev/xvda`
+    Xvda,
+}
+
+/// Which hypervisor the guest runs on: what its devices are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Hypervisor {
+    /// KVM: virtio devices
+    Kvm,
+    /// Xen, PV or HVM: the Xen front-ends, built into linux-virt
+    Xen,
+}
+
+/// Where the kernel command line persists, and what makes it take effect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootLoader {
+    /// `/etc/update-extlinux.conf`, regenerated into `/boot/extlinux.conf` (BIOS)
+    #[default]
+    Extlinux,
+    /// `GRUB_CMDLINE_LINUX_DEFAULT` in `/etc/default/grub`, then `grub-mkconfig` (UEFI)
+    Grub,
+    /// the one line of `/boot/startup.nsh` that the UEFI shell runs (alpine-make-vm-image)
+    EfiStub,
 }
 
 /// Whether the host uses IPv6.

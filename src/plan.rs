@@ -83,7 +83,8 @@ fn resolve(action: &Action, facts: &Facts) -> Action<String> {
         Action::Replace { path, find, replace, into } => {
             Action::Replace { path: f(path), find: f(find), replace: f(replace), into: into.as_deref().map(f) }
         }
-        Action::KernelCmdline { remove_modules, add_options } => Action::KernelCmdline {
+        Action::KernelCmdline { boot_loader, remove_modules, add_options } => Action::KernelCmdline {
+            boot_loader: *boot_loader,
             remove_modules: items(remove_modules, facts),
             add_options: items(add_options, facts),
         },

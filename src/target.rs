@@ -7,6 +7,7 @@ use std::fmt;
 
 use crate::error::Error;
 use crate::facts;
+pub use crate::facts::BootLoader;
 
 /// The target files, compiled in: nothing under `targets/` is read at run time.
 const TARGET_FILES: &[(&str, &str)] = &[
@@ -82,8 +83,11 @@ pub enum Action<I = Item> {
         #[serde(default)]
         into: Option<String>,
     },
-    /// Edit the kernel command line where the boot loader keeps it.
+    /// Edit the kernel command line where the boot loader keeps it (the rule's
+    /// condition pins the `boot_loader` fact to the same loader).
     KernelCmdline {
+        #[serde(default)]
+        boot_loader: BootLoader,
         #[serde(default)]
         remove_modules: Vec<I>,
         #[serde(default)]
@@ -208,7 +212,6 @@ struct RawHeader {
     summary: String,
     release: String,
     kernel_flavor: Option<String>,
-    boot_loader: Option<BootLoader>,
     min_free_kb: Option<u64>,
 }
 
@@ -218,14 +221,6 @@ struct RawTarget {
     target: RawHeader,
     #[serde(default)]
     rule: Vec<RawRule>,
-}
-
-/// Where the kernel command line persists.
-#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum BootLoader {
-    /// `/etc/update-extlinux.conf`, regenerated into `/boot/extlinux.conf`.
-    Extlinux,
 }
 
 /// A checked rule.
@@ -252,7 +247,6 @@ pub struct Target {
     pub summary: String,
     pub release: String,
     pub kernel_flavor: String,
-    pub boot_loader: BootLoader,
     pub min_free_kb: u64,
     pub rules: Vec<Rule>,
 }
@@ -286,7 +280,6 @@ impl Target {
                 target.summary = header.summary;
                 target.release = header.release;
                 target.kernel_flavor = header.kernel_flavor.unwrap_or(target.kernel_flavor);
-                target.boot_loader = header.boot_loader.unwrap_or(target.boot_loader);
                 target.min_free_kb = header.min_free_kb.unwrap_or(target.min_free_kb);
                 target
             }
@@ -297,7 +290,6 @@ impl Target {
                     summary: header.summary,
                     release: header.release,
                     kernel_flavor: header.kernel_flavor.ok_or_else(|| bad("`kernel_flavor` is missing".into()))?,
-                    boot_loader: header.boot_loader.ok_or_else(|| bad("`boot_loader` is missing".into()))?,
                     min_free_kb: header.min_free_kb.ok_or_else(|| bad("`min_free_kb` is missing".into()))?,
                     rules,
                 }
@@ -402,6 +394,13 @@ impl Rule {
         }
         for action in &self.actions {
             action.validate()?;
+            if let Action::KernelCmdline { boot_loader, .. } = action {
+                let loader = facts::FactValue::text(boot_loader);
+                let pinned = self.when.get("boot_loader").is_some_and(|v| v.values() == [loader.clone()]);
+                if !pinned {
+                    return Err(format!("its kernel-cmdline action edits {loader}'s: its condition must be boot_loader = \"{loader}\""));
+                }
+            }
         }
         Ok(())
     }
@@ -489,7 +488,7 @@ impl Action {
                 }
                 Ok(())
             }
-            Action::KernelCmdline { remove_modules, add_options } => {
+            Action::KernelCmdline { remove_modules, add_options, .. } => {
                 check_items(remove_modules)?;
                 check_items(add_options)
             }

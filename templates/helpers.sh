@@ -5,6 +5,7 @@ MINGEN_DRY_RUN=${MINGEN_DRY_RUN:-0}
 MINGEN_REBOOT=${MINGEN_REBOOT:-0}
 KERNEL_VERSION=
 INITRAMFS_STALE=0
+GRUB_STALE=0
 PREFLIGHT_FAILED=0
 LOGGING=0
 WORK=
@@ -86,6 +87,13 @@ put_file() {
 			: >"$MINGEN_STATE/initramfs-stale" || err "cannot write to $MINGEN_STATE"
 		fi
 		;;
+	/etc/default/grub)
+		# grub.cfg is made from it: the same, for grub-mkconfig.
+		GRUB_STALE=1
+		if ! dry_run; then
+			: >"$MINGEN_STATE/grub-stale" || err "cannot write to $MINGEN_STATE"
+		fi
+		;;
 	esac
 	if dry_run; then
 		return 0
@@ -119,12 +127,26 @@ write_file() {
 # given in the environment: KEY, SEP, SET, ADD, REMOVE (items split on spaces).
 #   MODE=assign: the list in each `KEY=list` line (quoted or not) becomes SET, or
 #                loses REMOVE and gains ADD; it is quoted if it holds a space.
-#   MODE=append: in each `APPEND` line of extlinux.conf, `modules=` loses REMOVE
-#                and the options gain ADD.
+#   MODE=append: in each `APPEND` line of extlinux.conf, the command line is
+#                edited: `modules=` loses REMOVE and the options gain ADD.
+#   MODE=cmdline: the same in the command line that is the value of `KEY=`
+#                (GRUB_CMDLINE_LINUX_DEFAULT in /etc/default/grub).
+#   MODE=lines:  the same in each line that is not empty or a comment (the one
+#                line of an EFI stub's startup.nsh).
 #   MODE=check:  exit 1 unless a `KEY=` line exists with a plain list value.
 edit_lists() {
 	MODE=$1 awk '
 	function join(a, b, sep) { return a == "" ? b : a sep b }
+	function cmdline(v,    n, i, t, w, out) {
+		out = ""
+		n = split(v, w, " ")
+		for (i = 1; i <= n; i++) {
+			t = w[i]
+			if (index(t, "modules=") == 1) t = "modules=" edit(substr(t, 9), ",", "", "", ENVIRON["REMOVE"])
+			out = join(out, t, " ")
+		}
+		return edit(out, " ", "", ENVIRON["ADD"], "")
+	}
 	function edit(list, sep, set, add, remove,    n, i, m, items, extra, drop, have, out) {
 		out = ""
 		if (set != "") {
@@ -158,7 +180,14 @@ edit_lists() {
 		return v
 	}
 	BEGIN { mode = ENVIRON["MODE"]; key = ENVIRON["KEY"] "=" }
-	mode != "append" && index($0, key) == 1 {
+	mode == "cmdline" && index($0, key) == 1 {
+		v = cmdline(unquote(substr($0, length(key) + 1)))
+		if (quote == "" && index(v, " ")) quote = "\""
+		print key quote v quote
+		next
+	}
+	mode == "lines" && NF && $1 !~ /^#/ { print cmdline($0); next }
+	(mode == "assign" || mode == "check") && index($0, key) == 1 {
 		v = unquote(substr($0, length(key) + 1))
 		if (mode == "check") {
 			found = 1
@@ -171,14 +200,9 @@ edit_lists() {
 		next
 	}
 	mode == "append" && $1 == "APPEND" {
-		out = "APPEND"
-		for (i = 2; i <= NF; i++) {
-			t = $i
-			if (index(t, "modules=") == 1) t = "modules=" edit(substr(t, 9), ",", "", "", ENVIRON["REMOVE"])
-			out = out " " t
-		}
-		opts = edit(substr(out, 8), " ", "", ENVIRON["ADD"], "")
-		print substr($0, 1, index($0, "APPEND") - 1) "APPEND " opts
+		v = $0
+		sub(/^[ \t]*APPEND[ \t]*/, "", v)
+		print substr($0, 1, index($0, "APPEND") - 1) "APPEND " cmdline(v)
 		next
 	}
 	mode != "check" { print }
@@ -195,6 +219,19 @@ edit_assignment() {
 # edit_append_lines PATH REMOVE_MODULES ADD_OPTIONS
 edit_append_lines() {
 	REMOVE=$2 ADD=$3 edit_lists append <"$1" >"$WORK/new" || err "could not read $1"
+	put_file "$1" 0644 "$WORK/new"
+}
+
+# edit_cmdline_assignment PATH KEY REMOVE_MODULES ADD_OPTIONS: the command line
+# that is the value of PATH's `KEY=`.
+edit_cmdline_assignment() {
+	KEY=$2 REMOVE=$3 ADD=$4 edit_lists cmdline <"$1" >"$WORK/new" || err "could not read $1"
+	put_file "$1" 0644 "$WORK/new"
+}
+
+# edit_kernel_lines PATH REMOVE_MODULES ADD_OPTIONS: each command line of PATH.
+edit_kernel_lines() {
+	REMOVE=$2 ADD=$3 edit_lists lines <"$1" >"$WORK/new" || err "could not read $1"
 	put_file "$1" 0644 "$WORK/new"
 }
 
@@ -361,6 +398,46 @@ rebuild_initramfs() {
 	fi
 }
 
+# ---------------------------------------------------------------- GRUB
+
+# update_grub_cfg REMOVE_MODULES ADD_OPTIONS: when /etc/default/grub changed (in this
+# run or in one cut short), make /boot/grub/grub.cfg again as Alpine's update-grub
+# does; every `linux` line of it must then carry ADD_OPTIONS and load none of
+# REMOVE_MODULES, or the previous grub.cfg goes back and the run stops.
+update_grub_cfg() {
+	local cfg=/boot/grub/grub.cfg found
+	if [ "$GRUB_STALE" = 1 ] || [ -e "$MINGEN_STATE/grub-stale" ]; then
+		change "make $cfg again (grub-mkconfig)" write_grub_cfg "$cfg"
+		GRUB_STALE=0
+		if dry_run; then
+			return 0
+		fi
+		rm -f "$MINGEN_STATE/grub-stale"
+	fi
+	found=$(REMOVE=$1 ADD=$2 awk '
+	BEGIN { na = split(ENVIRON["ADD"], add, " "); nr = split(ENVIRON["REMOVE"], rm, " ") }
+	$1 == "linux" {
+		split("", have)
+		mods = ""
+		for (i = 2; i <= NF; i++) { have[$i] = 1; if (index($i, "modules=") == 1) mods = "," substr($i, 9) "," }
+		for (j = 1; j <= na; j++) if (!(add[j] in have)) { print "lacks " add[j]; exit }
+		for (j = 1; j <= nr; j++) if (index(mods, "," rm[j] ",")) { print "still loads " rm[j]; exit }
+		lines++
+	}
+	END { if (!lines) print "has no linux line" }' "$cfg" 2>&1)
+	if [ -n "$found" ]; then
+		if [ -f "$MINGEN_BACKUP$cfg" ]; then
+			cp -p "$MINGEN_BACKUP$cfg" "$cfg" || :
+		fi
+		: >"$MINGEN_STATE/grub-stale" || :
+		err "$cfg, made from /etc/default/grub, $found: the previous grub.cfg is back; check /etc/default/grub and /etc/grub.d"
+	fi
+}
+
+write_grub_cfg() {
+	grub-mkconfig -o "$1.new" && mv -f "$1.new" "$1"
+}
+
 # ---------------------------------------------------------------- kernel modules
 
 # need_modules_dep: the installed kernel has its module index.
@@ -424,7 +501,7 @@ initramfs_files() {
 # what modules.dep says they need; else the previous one goes back and the run
 # stops, before any reboot.
 check_initramfs() {
-	local image=/boot/initramfs-{{ target.kernel_flavor }} listing wanted missing
+	local image=/boot/initramfs-{{ target.kernel_flavor }} listing builtin wanted missing
 	if dry_run; then
 		say "would check that $image holds $1 and their dependencies"
 		return 0
@@ -436,8 +513,11 @@ check_initramfs() {
 	{ p = $1; sub(/:$/, "", p); if (name_of(p) in want) for (i = 2; i <= NF; i++) need[name_of($i)] = 1 }
 	END { for (n in want) print n; for (n in need) print n }' - "/lib/modules/$KERNEL_VERSION/modules.dep" | sort -u)
 	listing=$(initramfs_files "$image" | awk '/\.ko/ { sub(/.*\//, ""); sub(/\.ko.*$/, ""); gsub(/-/, "_"); print }' | sort -u)
+	# A driver built into the kernel (modules.builtin) needs no module: xen-blkfront in linux-virt.
+	awk '{ sub(/.*\//, ""); sub(/\.ko.*$/, ""); gsub(/-/, "_"); print }' "/lib/modules/$KERNEL_VERSION/modules.builtin" 2>/dev/null |
+		sort -u >"$WORK/builtin" || err "cannot write to $WORK"
 	printf '%s\n' "$wanted" >"$WORK/wanted" || err "cannot write to $WORK"
-	missing=$(printf '%s\n' "$listing" | comm -13 - "$WORK/wanted" | tr '\n' ' ')
+	missing=$(printf '%s\n' "$listing" | sort -u - "$WORK/builtin" | comm -13 - "$WORK/wanted" | tr '\n' ' ')
 	if [ -n "$missing" ]; then
 		if [ -f "$MINGEN_BACKUP$image" ]; then
 			cp -p "$MINGEN_BACKUP$image" "$image" || err "cannot put the previous initramfs back: $image lacks $missing"
@@ -445,7 +525,8 @@ check_initramfs() {
 		: >"$MINGEN_STATE/initramfs-stale" || :
 		err "the new initramfs lacks ${missing% }, which the root disk needs: the previous initramfs is back in $image, and nothing reboots"
 	fi
-	say "the initramfs holds $(printf '%s' "$wanted" | tr '\n' ' ')"
+	builtin=$(comm -12 "$WORK/wanted" "$WORK/builtin" | tr '\n' ' ')
+	say "the initramfs holds $(comm -23 "$WORK/wanted" "$WORK/builtin" | tr '\n' ' ')${builtin:+(built into the kernel: ${builtin% })}"
 }
 
 # ---------------------------------------------------------------- ssh
@@ -648,6 +729,30 @@ need_append_line() {
 	elif ! grep -q '^[[:space:]]*APPEND[[:space:]]' "$1"; then
 		mismatch "$1 has no APPEND line"
 	fi
+}
+
+# need_kernel_line PATH: PATH holds one command line, and it starts the kernel
+# (an EFI stub's startup.nsh: `vmlinuz-virt initrd=... root=...`).
+need_kernel_line() {
+	local lines
+	if [ ! -f "$1" ]; then
+		mismatch "$1 is missing"
+		return 0
+	fi
+	lines=$(awk 'NF && $1 !~ /^#/ { n++; if ($1 !~ /vmlinuz/) other = 1 } END { print n + 0, other + 0 }' "$1")
+	if [ "$lines" != "1 0" ]; then
+		mismatch "$1 does not hold exactly one command line that starts the kernel (vmlinuz-...)"
+	fi
+}
+
+# check_boot_loader LOADER: the host has the files of boot loader LOADER (fact `boot_loader`).
+check_boot_loader() {
+	local found
+	found=$(boot_loaders | tr '\n' ' ')
+	case " $found" in
+	*" $1 "*) ;;
+	*) mismatch "fact \`boot_loader\` is $1, but this host has the files of ${found:-no boot loader mingen knows} (/boot/extlinux.conf, /boot/grub/grub.cfg, /boot/startup.nsh)" ;;
+	esac
 }
 
 need_init_script() {

@@ -142,10 +142,18 @@ rule_{{ rule.func }}() {
 	edit_assignment {{ path|sh }} {{ key|sh }} {{ separator|sh }} {{ set.join(" ")|sh }} {{ add.join(" ")|sh }} {{ remove.join(" ")|sh }}
 {%- when Action::Replace { path, find, replace, into } %}
 	replace_text {{ path|sh }} {{ find|sh }} {{ replace|sh }} {{ into.as_deref().unwrap_or(path)|sh }}
-{%- when Action::KernelCmdline { remove_modules, add_options } %}
+{%- when Action::KernelCmdline { boot_loader, remove_modules, add_options } %}
+{%- match boot_loader %}
+{%- when BootLoader::Extlinux %}
 	edit_assignment /etc/update-extlinux.conf modules , '' '' {{ remove_modules.join(" ")|sh }}
 	edit_assignment /etc/update-extlinux.conf default_kernel_opts ' ' '' {{ add_options.join(" ")|sh }} ''
 	edit_append_lines /boot/extlinux.conf {{ remove_modules.join(" ")|sh }} {{ add_options.join(" ")|sh }}
+{%- when BootLoader::Grub %}
+	edit_cmdline_assignment /etc/default/grub GRUB_CMDLINE_LINUX_DEFAULT {{ remove_modules.join(" ")|sh }} {{ add_options.join(" ")|sh }}
+	update_grub_cfg {{ remove_modules.join(" ")|sh }} {{ add_options.join(" ")|sh }}
+{%- when BootLoader::EfiStub %}
+	edit_kernel_lines /boot/startup.nsh {{ remove_modules.join(" ")|sh }} {{ add_options.join(" ")|sh }}
+{%- endmatch %}
 {%- when Action::Mkinitfs {} %}
 	rebuild_initramfs
 {%- when Action::PruneModules { keep } %}
