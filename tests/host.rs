@@ -23,6 +23,15 @@ const ALPINE_322: Case = Case { profile: "alpine-3.22", args: &["--target", "alp
 const DHCP: Case = Case { profile: "dhcp", args: &["--network", "dhcp"] };
 const IPV6: Case = Case { profile: "ipv6", args: &["--ipv6", "used"] };
 const SSH_2222: Case = Case { profile: "ssh-2222", args: &["--ssh-port", "2222", "--ssh-password-auth", "no"] };
+const GRUB_UEFI: Case = Case { profile: "grub-uefi", args: &["--boot-loader", "grub"] };
+const EFI_STUB: Case = Case { profile: "efi-stub", args: &["--boot-loader", "efi-stub"] };
+
+impl Case {
+    /// The value of a fact flag the case gives, or `default`.
+    fn fact(&self, flag: &str, default: &'static str) -> &'static str {
+        self.args.iter().position(|a| *a == flag).map_or(default, |i| self.args[i + 1])
+    }
+}
 
 /// The real apk, with each call recorded in the stand-ins' call log: a wrapper
 /// in /usr/sbin, which comes before /sbin in the script's PATH.
@@ -114,20 +123,8 @@ fn assert_guide_end_state(
         _ => "base ext4 virtio",
     };
     assert_eq!(host.read("/etc/mkinitfs/mkinitfs.conf"), format!("features=\"{features}\"\n"));
-    let conf = host.read("/etc/update-extlinux.conf");
-    assert!(conf.contains("\nmodules=sd-mod,ext4\n"), "{conf}");
-    let opts = if ipv6_used {
-        "console=ttyS0,115200n8 quiet audit=0 nowatchdog"
-    } else {
-        "console=ttyS0,115200n8 quiet ipv6.disable=1 audit=0 nowatchdog"
-    };
-    assert!(conf.contains(&format!("\ndefault_kernel_opts=\"{opts}\"\n")), "{conf}");
-    let extlinux = host.read("/boot/extlinux.conf");
-    let append: Vec<&str> = extlinux.lines().filter(|l| l.trim_start().starts_with("APPEND ")).collect();
-    assert!(!append.is_empty());
-    for line in append {
-        assert!(line.contains(" modules=sd-mod,ext4 ") && line.ends_with(&format!(" {opts}")), "{line}");
-    }
+    let added = if ipv6_used { "audit=0 nowatchdog" } else { "ipv6.disable=1 audit=0 nowatchdog" };
+    assert_kernel_cmdline(host, case, added);
     let mkinitfs: Vec<_> = host.calls().into_iter().filter(|c| c.program == "mkinitfs").collect();
     let kver = host.read("/usr/share/kernel/virt/kernel.release");
     assert_eq!(mkinitfs.len(), 1, "mkinitfs runs exactly once");
@@ -262,6 +259,56 @@ fn assert_guide_end_state(
     assert!(host.exists("/var/lib/mingen/undo.sh") && host.exists("/var/lib/mingen/backup/etc/apk/world"));
 }
 
+/// The kernel command line where the case's boot loader keeps it: usb-storage
+/// out of `modules=`, the options `added` at its end; for GRUB also in the
+/// grub.cfg that grub-mkconfig made once, GRUB kept, syslinux never installed.
+fn assert_kernel_cmdline(host: &Host, case: &Case, added: &str) {
+    let grub_mkconfig = host.calls().into_iter().filter(|c| c.program == "grub-mkconfig").count();
+    match case.fact("--boot-loader", "extlinux") {
+        "extlinux" => {
+            let conf = host.read("/etc/update-extlinux.conf");
+            assert!(conf.contains("\nmodules=sd-mod,ext4\n"), "{conf}");
+            let opts = format!("console=ttyS0,115200n8 quiet {added}");
+            assert!(conf.contains(&format!("\ndefault_kernel_opts=\"{opts}\"\n")), "{conf}");
+            let extlinux = host.read("/boot/extlinux.conf");
+            let append: Vec<&str> = extlinux.lines().filter(|l| l.trim_start().starts_with("APPEND ")).collect();
+            assert!(!append.is_empty());
+            for line in append {
+                assert!(line.contains(" modules=sd-mod,ext4 ") && line.ends_with(&format!(" {opts}")), "{line}");
+            }
+            assert_eq!(grub_mkconfig, 0);
+        }
+        "grub" => {
+            // The cloud image's /etc/default/grub (files/_variants), edited as a list.
+            let cmdline = format!("modules=sd-mod,ext4 console=ttyS0,115200n8 {added}");
+            let grub = host.read("/etc/default/grub");
+            assert!(grub.starts_with(&format!("GRUB_CMDLINE_LINUX_DEFAULT=\"{cmdline}\"\n")), "{grub}");
+            assert!(grub.contains("\nGRUB_TIMEOUT=0\n"), "the rest of the file stays: {grub}");
+            let cfg = host.read("/boot/grub/grub.cfg");
+            let linux: Vec<&str> = cfg.lines().filter(|l| l.trim_start().starts_with("linux")).collect();
+            assert!(!linux.is_empty(), "{cfg}");
+            for line in linux {
+                assert!(line.ends_with(&format!(" {cmdline}")), "grub.cfg: {line}");
+            }
+            assert_eq!(grub_mkconfig, 1, "grub-mkconfig runs once");
+            let installed = host.installed();
+            assert!(installed.contains("grub") && installed.contains("grub-efi") && !installed.contains("syslinux"));
+            assert!(host.world().contains(&"grub-efi".to_string()), "grub-efi stays in the world file");
+            assert!(!host.exists("/boot/extlinux.conf"));
+        }
+        "efi-stub" => {
+            let line = format!(
+                "vmlinuz-virt initrd=initramfs-virt root=UUID=0b9e3c4a-5d6f-4e1a-9b2c-3d4e5f607182 \
+                 rootfstype=ext4 modules=kms,scsi,virtio console=tty0 {added}\n"
+            );
+            assert_eq!(host.read("/boot/startup.nsh"), line);
+            assert_eq!(grub_mkconfig, 0);
+            assert!(!host.exists("/boot/extlinux.conf") && !host.exists("/boot/grub/grub.cfg"));
+        }
+        other => panic!("no assertions for boot loader {other}"),
+    }
+}
+
 /// A clean run, a second run, and the end state, for one truthfully described host.
 /// Returns the host and the first run's calls (as tab-separated lines).
 fn clean_then_again(case: &Case) -> (Host, Vec<String>) {
@@ -371,6 +418,20 @@ fn nvme_host_keeps_nvme_and_reads_ahead_on_nvme0n1() {
 }
 
 #[test]
+fn grub_uefi_host_edits_etc_default_grub_and_runs_grub_mkconfig() {
+    if sandbox::require() {
+        clean_then_again(&GRUB_UEFI);
+    }
+}
+
+#[test]
+fn efi_stub_host_edits_startup_nsh() {
+    if sandbox::require() {
+        clean_then_again(&EFI_STUB);
+    }
+}
+
+#[test]
 fn alpine_322_host_without_tracefs() {
     if sandbox::require() {
         clean_then_again(&ALPINE_322);
@@ -471,6 +532,22 @@ fn assert_stops(case: &Case, args: &[&str], prepare: &str, expected: &[&str]) {
 fn preflight_stops_on_the_wrong_disk() {
     if sandbox::require() {
         assert_stops(&GUIDE, &["--disk", "sda"], "", &["fact `disk` is sda", "on vda"]);
+    }
+}
+
+#[test]
+fn preflight_stops_on_the_wrong_boot_loader() {
+    if sandbox::require() {
+        assert_stops(&GUIDE, &["--boot-loader", "grub"], "", &["fact `boot_loader` is grub", "the files of extlinux"]);
+        assert_stops(&GRUB_UEFI, &[], "", &["fact `boot_loader` is extlinux", "the files of grub"]);
+        assert_stops(&EFI_STUB, &["--boot-loader", "grub"], "", &["fact `boot_loader` is grub", "the files of efi-stub"]);
+        // An EFI stub's startup.nsh with a second command line is not the one line it edits.
+        assert_stops(
+            &EFI_STUB,
+            EFI_STUB.args,
+            "echo 'fs0:\\EFI\\BOOT\\BOOTX64.EFI' >> /boot/startup.nsh",
+            &["/boot/startup.nsh does not hold exactly one command line"],
+        );
     }
 }
 
@@ -630,15 +707,29 @@ fn undo_puts_files_packages_and_services_back() {
     }
     // undo.sh reinstalls the pruned kernel modules last: `apk fix` reads the world
     // file it has put back, and would take dropbear away before sshd is back.
-    undo_puts_everything_back();
+    undo_puts_everything_back(&GUIDE);
 }
 
-fn undo_puts_everything_back() {
-    let host = host(&GUIDE);
+#[test]
+fn undo_on_a_grub_host_puts_its_command_line_and_grub_cfg_back() {
+    if sandbox::require() {
+        undo_puts_everything_back(&GRUB_UEFI);
+    }
+}
+
+#[test]
+fn undo_on_an_efi_stub_host_puts_startup_nsh_back() {
+    if sandbox::require() {
+        undo_puts_everything_back(&EFI_STUB);
+    }
+}
+
+fn undo_puts_everything_back(case: &Case) {
+    let host = host(case);
     let (runlevels, started, world, installed) = (host.runlevels(), host.started(), host.world(), host.installed());
     let versions = host.installed_versions();
     let before = host.tree();
-    assert_success(&run(&host, &common::script(&[]), &[]), "the run");
+    assert_success(&run(&host, &common::script(case.args), &[]), "the run");
     // The run emptied the apk cache (the index); undo needs it, as on a real host
     // after `apk update`.
     assert_success(&host.run("apk update --quiet", &[]), "apk update");

@@ -363,6 +363,11 @@ fn provision(profile: &Profile, root: &Path) {
             0o644,
         );
     }
+    for (path, rel) in &profile.shared {
+        let data = std::fs::read(paths::alpine().join("files").join(rel))
+            .unwrap_or_else(|e| panic!("profile `{}`: read shared file {rel}: {e}", profile.name));
+        write_file(root, path, &data, 0o644);
+    }
     if profile.ssh_host_keys {
         for (name, data) in ssh_host_keys() {
             let mode = if name.ends_with(".pub") { 0o644 } else { 0o600 };
@@ -405,7 +410,7 @@ fn provision(profile: &Profile, root: &Path) {
             "copy the profile's files/ overlay",
         );
     }
-    for (path, edits) in &profile.edits {
+    for (path, edits) in profile.edits.iter().filter(|(_, edits)| !edits.is_empty()) {
         let p = resolve(root, path);
         let mut text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("edit {path}: {e}"));
         for e in edits {
@@ -438,12 +443,13 @@ fn provision(profile: &Profile, root: &Path) {
     // Boot files as the kernel's install leaves them: its trigger runs
     // mkinitfs (on the image too: the host's initramfs is built from the
     // host's own configuration, reproducibly), whose new initramfs fires
-    // syslinux's update-extlinux.
+    // syslinux's update-extlinux, or grub's update-grub (its trigger).
     let out = run_in(
         root,
         profile,
         "set -e; mkinitfs \"$(cat /usr/share/kernel/virt/kernel.release)\" >/dev/null; \
-         if [ -x /sbin/update-extlinux ]; then update-extlinux; fi",
+         if [ -x /sbin/update-extlinux ]; then update-extlinux; fi; \
+         if [ -x /usr/sbin/update-grub ]; then update-grub 2>/dev/null; fi",
         &[],
     );
     assert!(out.status.success(), "boot files: {}", String::from_utf8_lossy(&out.stderr));

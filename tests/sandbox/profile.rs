@@ -35,6 +35,8 @@ struct RawProfile {
     #[serde(default)]
     files: BTreeMap<String, String>,
     #[serde(default)]
+    shared: BTreeMap<String, String>,
+    #[serde(default)]
     edits: BTreeMap<String, Vec<Edit>>,
 }
 
@@ -87,6 +89,11 @@ pub struct Profile {
     /// Absolute path -> content, written after packages (fake /proc and
     /// /sys files included); `{disk}` in a path or content becomes `disk`.
     pub files: BTreeMap<String, String>,
+    /// Absolute path -> a real file under ../shared/alpine/files (e.g. what an
+    /// installer writes, `_variants/...`), written after `files`.
+    pub shared: BTreeMap<String, String>,
+    /// Path -> its edits; an empty list edits nothing (a profile whose host
+    /// lacks a file its base edits).
     pub edits: BTreeMap<String, Vec<Edit>>,
     /// `files/` overlay directories, base first.
     pub overlays: Vec<PathBuf>,
@@ -115,6 +122,7 @@ impl Profile {
             remove: raw.remove,
             network: Network { ipv4: raw.network.ipv4, gateway4: raw.network.gateway4, ipv6: raw.network.ipv6 },
             files: raw.files,
+            shared: raw.shared,
             edits: raw.edits,
             overlays,
         }
