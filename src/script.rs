@@ -54,6 +54,7 @@ struct MinimiseScript<'a> {
     format: &'static str,
     target: &'a crate::target::Target,
     disk: String,
+    hypervisor: String,
     facts: Vec<(String, String)>,
     applied: Vec<RuleView>,
     skipped: Vec<(String, String)>,
@@ -328,6 +329,7 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
         format: if user_data { "user-data" } else { "script" },
         target,
         disk: plan.facts.get("disk").expect("known fact"),
+        hypervisor: plan.facts.get("hypervisor").expect("known fact"),
         facts: facts::KEYS
             .iter()
             .map(|k| (k.name.to_string(), plan.facts.toml_value(k.name).expect("known fact")))

@@ -54,7 +54,7 @@ MINGEN_DEFERRED=${MINGEN_DEFERRED:-0}
 # ---------------------------------------------------------------- this host
 
 preflight() {
-	local disk release avail
+	local disk release avail hypervisor found
 	[ "$(id -u)" = 0 ] || err "run this as root"
 	release=$(cat /etc/alpine-release 2>/dev/null || echo "no /etc/alpine-release")
 	case $release in
@@ -64,6 +64,13 @@ preflight() {
 	disk=$(root_disk)
 	if [ "$disk" != {{ disk|sh }} ]; then
 		mismatch "fact \`disk\` is {{ disk }}, but the root filesystem is on ${disk:-an unknown device} (/proc/mounts)"
+	fi
+	# A Xen guest, PV or HVM, has `xen` there; a KVM guest has no such file.
+	found=$(cat /sys/hypervisor/type 2>/dev/null || :)
+	hypervisor=kvm
+	[ "$found" != xen ] || hypervisor=xen
+	if [ "$hypervisor" != {{ hypervisor|sh }} ]; then
+		mismatch "fact \`hypervisor\` is {{ hypervisor }}, but /sys/hypervisor/type says ${found:-nothing (it is missing)}"
 	fi
 	avail=$(df -Pk / | awk 'NR == 2 { print $4 }')
 	if [ "${avail:-0}" -lt {{ target.min_free_kb }} ]; then

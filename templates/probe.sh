@@ -182,6 +182,7 @@ SSHD=
 IP=
 HYPERVISOR=none
 HYPERVISOR_TEXT=
+XEN_MODE=
 SSH_FROM=
 SSH_SERVER=dropbear
 SSH_PORTS=22
@@ -206,7 +207,15 @@ detect_hypervisor() {
 	[ "$flag" = no ] || seen="$seen, cpuinfo flag hypervisor"
 	HYPERVISOR_TEXT=${seen#, }
 	case "$type|$vendor|$product|$clock" in
-	xen\|* | *Xen* | *"HVM domU"* | *\|xen) HYPERVISOR=xen ;;
+	xen\|* | *Xen* | *"HVM domU"* | *\|xen)
+		HYPERVISOR=xen
+		# An HVM guest has firmware tables (DMI); a PV guest has none.
+		if [ -n "$vendor$product" ]; then
+			XEN_MODE=HVM
+		else
+			XEN_MODE=PV
+		fi
+		;;
 	*QEMU* | *KVM* | *\|kvm-clock) HYPERVISOR=kvm ;;
 	*)
 		if [ "$flag" = yes ] || [ -n "$vendor$clock" ]; then
@@ -393,35 +402,48 @@ targets_for() {
 }
 
 host_section() {
-	local gettys consoles loaders=""
+	local gettys consoles loaders count
 	printf '\n'
 	case $HYPERVISOR in
-	kvm) note "hypervisor: KVM ($HYPERVISOR_TEXT)" ;;
-	xen) check "hypervisor: Xen ($HYPERVISOR_TEXT): no target supports Xen yet" ;;
-	other) check "hypervisor: not KVM or not recognised ($HYPERVISOR_TEXT): the targets are for KVM guests" ;;
-	*) note "hypervisor: none recognised (no /sys/hypervisor/type, DMI vendor, clocksource or cpuinfo flag); the targets are for KVM guests" ;;
+	kvm)
+		note "hypervisor: KVM ($HYPERVISOR_TEXT)"
+		fact hypervisor kvm
+		;;
+	xen)
+		note "hypervisor: Xen, $XEN_MODE guest ($HYPERVISOR_TEXT): its disk and network drivers are built into linux-virt, and the virtio-only steps are skipped"
+		fact hypervisor xen
+		;;
+	other) check "hypervisor: not KVM or Xen, or not recognised ($HYPERVISOR_TEXT): hypervisor is left out (kvm, the default); the targets are for KVM and Xen guests" ;;
+	*) note "hypervisor: none recognised (no /sys/hypervisor/type, DMI vendor, clocksource or cpuinfo flag); hypervisor is left out (kvm, the default)" ;;
 	esac
 
-	if [ -f /etc/update-extlinux.conf ] && [ -f /boot/extlinux.conf ]; then
-		loaders=extlinux
-		note "boot loader: extlinux (/etc/update-extlinux.conf, /boot/extlinux.conf), the one the targets edit"
-	elif [ -f /etc/update-extlinux.conf ] || [ -f /boot/extlinux.conf ]; then
-		loaders=extlinux
-		check "boot loader: extlinux, but only one of /etc/update-extlinux.conf and /boot/extlinux.conf exists; the script's preflight needs both"
+	loaders=$(boot_loaders | tr '\n' ' ')
+	loaders=${loaders% }
+	count=$(printf '%s' "$loaders" | wc -w)
+	if [ "$count" = 1 ]; then
+		case $loaders in
+		extlinux)
+			if [ -f /etc/update-extlinux.conf ]; then
+				note "boot loader: extlinux (/etc/update-extlinux.conf, /boot/extlinux.conf)"
+			else
+				check "boot loader: extlinux, but /etc/update-extlinux.conf is missing; the script's preflight needs it beside /boot/extlinux.conf"
+			fi
+			;;
+		grub)
+			if [ -f /etc/default/grub ]; then
+				note "boot loader: GRUB (/boot/grub/grub.cfg, made by grub-mkconfig from /etc/default/grub)"
+			else
+				check "boot loader: GRUB, but /etc/default/grub is missing; the script's preflight needs it"
+			fi
+			;;
+		efi-stub) note "boot loader: none, the kernel's EFI stub, started by /boot/startup.nsh" ;;
+		esac
+		fact boot_loader "$loaders"
+	elif [ "$count" = 0 ]; then
+		check "boot loader: none found (no /boot/extlinux.conf, /boot/grub/grub.cfg or /boot/startup.nsh): boot_loader is left out, and the script's preflight will stop"
+	else
+		check "more than one boot loader is configured ($loaders): check which one boots and set boot_loader to it; it is left out"
 	fi
-	if [ -f /boot/grub/grub.cfg ] || [ -f /etc/default/grub ]; then
-		loaders="$loaders GRUB"
-		check "boot loader: GRUB files found (/boot/grub/grub.cfg or /etc/default/grub): no target edits GRUB yet"
-	fi
-	if [ -f /boot/startup.nsh ]; then
-		loaders="$loaders EFI-stub"
-		check "boot loader: EFI stub (/boot/startup.nsh): no target edits it yet"
-	fi
-	case $loaders in
-	'') check "boot loader: none found (no extlinux, GRUB or EFI stub files): the script's preflight stops without /etc/update-extlinux.conf and /boot/extlinux.conf" ;;
-	extlinux?*) check "more than one boot loader is configured ($loaders): the targets edit extlinux only; check which one boots" ;;
-	*) ;;
-	esac
 
 	gettys=$(awk -F: '
 	/^[ \t]*#/ { next }
@@ -445,8 +467,6 @@ target_section() {
 		check "Alpine $release (/etc/alpine-release): no target is for this release; target is left out, and the script's preflight will stop"
 	elif [ "$count" != 1 ]; then
 		check "Alpine $release: several targets are for it ($(printf '%s' "$ids" | tr '\n' ' ')); set target to one"
-	elif [ "$HYPERVISOR" = xen ]; then
-		check "Alpine $release, but on Xen: target $ids is for KVM and no target supports Xen yet; target is left out"
 	else
 		note "Alpine $release (/etc/alpine-release)"
 		fact target "$ids"
@@ -486,14 +506,22 @@ disk_section() {
 			;;
 		esac
 		;;
-	xvd*) check "the root filesystem is on $dev: $disk, a Xen disk (xen-blkfront): no target supports it yet; disk is left out and the script's preflight will stop" ;;
+	xvda)
+		if [ "$HYPERVISOR" = xen ]; then
+			note "the root filesystem is on $dev: xvda, a Xen disk (xen-blkfront, built into linux-virt)"
+			fact disk xvda
+		else
+			check "the root filesystem is on $dev: xvda, a Xen disk, but the hypervisor is not recognised as Xen (no /sys/hypervisor/type saying xen): disk is left out and the script's preflight will stop"
+		fi
+		;;
+	xvd*) check "the root filesystem is on $dev: $disk, a Xen disk other than the first: only xvda is supported; disk is left out and the script's preflight will stop" ;;
 	nvme0n1)
 		note "the root filesystem is on $dev: nvme0n1, an NVMe disk (the initramfs keeps nvme)"
 		fact disk nvme0n1
 		;;
 	nvme*) check "the root filesystem is on $dev: $disk, an NVMe disk other than the first: only nvme0n1 is supported; disk is left out and the script's preflight will stop" ;;
 	'') check "no root filesystem in /proc/mounts: disk is left out; the script's preflight reads /proc/mounts and will stop" ;;
-	*) check "the root filesystem is on $dev ($disk): only vda (virtio-blk), sda (virtio-scsi) and nvme0n1 are supported; disk is left out and the script's preflight will stop" ;;
+	*) check "the root filesystem is on $dev ($disk): only vda (virtio-blk), sda (virtio-scsi), nvme0n1 and xvda (Xen) are supported; disk is left out and the script's preflight will stop" ;;
 	esac
 }
 
@@ -549,6 +577,10 @@ guest_agent_section() {
 balloon_section() {
 	local inflated
 	printf '\n'
+	if [ "$HYPERVISOR" = xen ]; then
+		note "Xen's balloon driver is built into linux-virt: no blacklist reaches it, and the balloon fact does not apply"
+		return 0
+	fi
 	if grep -q '^virtio_balloon ' /proc/modules 2>/dev/null || [ -d /sys/bus/virtio/drivers/virtio_balloon ]; then
 		inflated=$(awk '$1 == "balloon_inflate" { print $2 }' /proc/vmstat 2>/dev/null || :)
 		case $inflated in

@@ -25,6 +25,8 @@ const IPV6: Case = Case { profile: "ipv6", args: &["--ipv6", "used"] };
 const SSH_2222: Case = Case { profile: "ssh-2222", args: &["--ssh-port", "2222", "--ssh-password-auth", "no"] };
 const GRUB_UEFI: Case = Case { profile: "grub-uefi", args: &["--boot-loader", "grub"] };
 const EFI_STUB: Case = Case { profile: "efi-stub", args: &["--boot-loader", "efi-stub"] };
+const XEN_HVM: Case = Case { profile: "xen-hvm", args: &["--hypervisor", "xen", "--disk", "xvda"] };
+const XEN_PV: Case = Case { profile: "xen-pv", args: &["--hypervisor", "xen", "--disk", "xvda"] };
 
 impl Case {
     /// The value of a fact flag the case gives, or `default`.
@@ -104,6 +106,7 @@ fn assert_guide_end_state(
     let disk = disk.as_str();
     let ipv6_used = case.profile == "ipv6";
     let dhcp = case.profile == "dhcp";
+    let xen = case.fact("--hypervisor", "kvm") == "xen";
 
     // Stage 1: the blacklist, the features, the command line in both places, one mkinitfs.
     let blacklist = host.read("/etc/modprobe.d/blacklist-unnecessary.conf");
@@ -116,10 +119,17 @@ fn assert_guide_end_state(
     ] {
         assert!(blacklist.contains(line), "blacklist lacks {line:?}");
     }
-    assert_eq!(host.read("/etc/modprobe.d/blacklist-balloon.conf").lines().last(), Some("blacklist virtio_balloon"));
+    // Xen's balloon driver is built into linux-virt: there is nothing to blacklist.
+    if xen {
+        assert!(!host.exists("/etc/modprobe.d/blacklist-balloon.conf"));
+    } else {
+        let balloon = host.read("/etc/modprobe.d/blacklist-balloon.conf");
+        assert_eq!(balloon.lines().last(), Some("blacklist virtio_balloon"));
+    }
     let features = match disk {
         "sda" => "base ext4 scsi virtio",
         "nvme0n1" => "base ext4 nvme virtio",
+        "xvda" => "base ext4",
         _ => "base ext4 virtio",
     };
     assert_eq!(host.read("/etc/mkinitfs/mkinitfs.conf"), format!("features=\"{features}\"\n"));
@@ -135,9 +145,17 @@ fn assert_guide_end_state(
     let has = |m: &str| initramfs.keys().any(|p| p.contains("/modules/") && p.contains(&format!("/{m}.ko")));
     assert_eq!(has("virtio_scsi"), disk == "sda", "virtio_scsi in the initramfs ({features})");
     assert_eq!(has("nvme"), disk == "nvme0n1", "nvme in the initramfs ({features})");
-    assert!(has("virtio_blk") && has("ext4") && !has("usb-storage"), "{features}");
-    let blacklist = initramfs.get("etc/modprobe.d/blacklist-balloon.conf").map(|b| text(b)).unwrap_or_default();
-    assert!(blacklist.contains("blacklist virtio_balloon"), "the blacklist reaches the initramfs");
+    assert!(has("ext4") && !has("usb-storage"), "{features}");
+    // On Xen no virtio module at all: the disk's driver, xen-blkfront, is built in.
+    let virtio = initramfs.keys().filter(|p| p.contains("/modules/") && p.contains("virtio")).count();
+    assert_eq!(virtio == 0, xen, "virtio modules in the initramfs ({features}): {virtio}");
+    assert_eq!(has("virtio_blk"), !xen, "{features}");
+    let blacklist = initramfs.get("etc/modprobe.d/blacklist-unnecessary.conf").map(|b| text(b)).unwrap_or_default();
+    assert!(blacklist.contains("install drm /bin/true"), "the blacklist reaches the initramfs");
+    if !xen {
+        let balloon = initramfs.get("etc/modprobe.d/blacklist-balloon.conf").map(|b| text(b)).unwrap_or_default();
+        assert!(balloon.contains("blacklist virtio_balloon"), "the balloon blacklist reaches the initramfs");
+    }
 
     // Stage 2: dropbear in, OpenSSH out, keys carried.
     let installed = host.installed();
@@ -428,6 +446,59 @@ fn grub_uefi_host_edits_etc_default_grub_and_runs_grub_mkconfig() {
 fn efi_stub_host_edits_startup_nsh() {
     if sandbox::require() {
         clean_then_again(&EFI_STUB);
+    }
+}
+
+/// A Xen guest keeps what Xen needs, read from linux-virt: xen-blkfront and
+/// xen-netfront are built in (modules.builtin), so the initramfs needs no disk
+/// module and the check counts the built-in one; no virtio stays on disk, and
+/// xen-scsifront (a module) does.
+fn xen_host(case: &Case) {
+    let (host, _) = clean_then_again(case);
+    let kver = host.read("/usr/share/kernel/virt/kernel.release").trim().to_string();
+    let builtin = host.read(&format!("/lib/modules/{kver}/modules.builtin"));
+    for driver in ["kernel/drivers/block/xen-blkfront.ko", "kernel/drivers/net/xen-netfront.ko"] {
+        assert!(builtin.lines().any(|l| l == driver), "linux-virt has {driver} built in");
+    }
+    let log = host.read("/var/log/mingen.log");
+    assert!(log.contains("(built into the kernel: xen_blkfront)"), "{log}");
+    let modules = module_files(&host, &kver);
+    assert!(modules.contains("xen_scsifront"), "xen-scsifront stays");
+    let virtio: Vec<&String> = modules.iter().filter(|m| m.starts_with("virtio")).collect();
+    assert!(virtio.is_empty(), "no virtio module stays on a Xen guest: {virtio:?}");
+}
+
+#[test]
+fn xen_hvm_host_keeps_what_xen_needs() {
+    if sandbox::require() {
+        xen_host(&XEN_HVM);
+    }
+}
+
+#[test]
+fn xen_pv_host_keeps_what_xen_needs() {
+    if sandbox::require() {
+        xen_host(&XEN_PV);
+    }
+}
+
+#[test]
+fn preflight_stops_on_the_wrong_hypervisor() {
+    if sandbox::require() {
+        assert_stops(
+            &GUIDE,
+            XEN_HVM.args,
+            "",
+            &["fact `hypervisor` is xen, but /sys/hypervisor/type says nothing", "fact `disk` is xvda"],
+        );
+        assert_stops(&XEN_PV, &[], "", &["fact `hypervisor` is kvm, but /sys/hypervisor/type says xen", "on xvda"]);
+    }
+}
+
+#[test]
+fn undo_on_a_xen_host_puts_everything_back() {
+    if sandbox::require() {
+        undo_puts_everything_back(&XEN_PV);
     }
 }
 

@@ -350,10 +350,6 @@ fn provision(profile: &Profile, root: &Path) {
     }
 
     // The profile: removals, files, keys, services, overlays, edits.
-    for path in &profile.remove {
-        let p = root.join(path.trim_start_matches('/'));
-        std::fs::remove_file(&p).unwrap_or_else(|e| panic!("profile `{}`: remove {path}: {e}", profile.name));
-    }
     write_file(root, "/etc/alpine-release", format!("{}\n", profile.alpine_release).as_bytes(), 0o644);
     for (path, content) in &profile.files {
         write_file(
@@ -367,6 +363,11 @@ fn provision(profile: &Profile, root: &Path) {
         let data = std::fs::read(paths::alpine().join("files").join(rel))
             .unwrap_or_else(|e| panic!("profile `{}`: read shared file {rel}: {e}", profile.name));
         write_file(root, path, &data, 0o644);
+    }
+    // Last, so that a profile can take away what its base wrote.
+    for path in &profile.remove {
+        let p = root.join(path.trim_start_matches('/'));
+        std::fs::remove_file(&p).unwrap_or_else(|e| panic!("profile `{}`: remove {path}: {e}", profile.name));
     }
     if profile.ssh_host_keys {
         for (name, data) in ssh_host_keys() {

@@ -82,8 +82,9 @@ pub struct Profile {
     pub runlevels: BTreeMap<String, Vec<String>>,
     /// Services marked started (/run/openrc/started).
     pub started: Vec<String>,
-    /// Paths deleted after packages are installed (files the minirootfs
-    /// has that the imitated release does not).
+    /// Paths deleted after packages are installed and the profile's files
+    /// written (files the minirootfs has that the imitated release does not,
+    /// or that a base profile writes and this host lacks).
     pub remove: Vec<String>,
     pub network: Network,
     /// Absolute path -> content, written after packages (fake /proc and
