@@ -55,6 +55,8 @@ struct MinimiseScript<'a> {
     target: &'a crate::target::Target,
     disk: String,
     hypervisor: String,
+    /// The boot loader: only its helpers are in the script.
+    boot_loader: String,
     facts: Vec<(String, String)>,
     applied: Vec<RuleView>,
     skipped: Vec<(String, String)>,
@@ -330,6 +332,7 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
         target,
         disk: plan.facts.get("disk").expect("known fact"),
         hypervisor: plan.facts.get("hypervisor").expect("known fact"),
+        boot_loader: plan.facts.get("boot_loader").expect("known fact"),
         facts: facts::KEYS
             .iter()
             .map(|k| (k.name.to_string(), plan.facts.toml_value(k.name).expect("known fact")))

@@ -5,7 +5,9 @@ MINGEN_DRY_RUN=${MINGEN_DRY_RUN:-0}
 MINGEN_REBOOT=${MINGEN_REBOOT:-0}
 KERNEL_VERSION=
 INITRAMFS_STALE=0
+{%- if boot_loader == "grub" %}
 GRUB_STALE=0
+{%- endif %}
 PREFLIGHT_FAILED=0
 LOGGING=0
 WORK=
@@ -87,6 +89,7 @@ put_file() {
 			: >"$MINGEN_STATE/initramfs-stale" || err "cannot write to $MINGEN_STATE"
 		fi
 		;;
+{%- if boot_loader == "grub" %}
 	/etc/default/grub)
 		# grub.cfg is made from it: the same, for grub-mkconfig.
 		GRUB_STALE=1
@@ -94,6 +97,7 @@ put_file() {
 			: >"$MINGEN_STATE/grub-stale" || err "cannot write to $MINGEN_STATE"
 		fi
 		;;
+{%- endif %}
 	esac
 	if dry_run; then
 		return 0
@@ -180,13 +184,17 @@ edit_lists() {
 		return v
 	}
 	BEGIN { mode = ENVIRON["MODE"]; key = ENVIRON["KEY"] "=" }
+{%- if boot_loader == "grub" %}
 	mode == "cmdline" && index($0, key) == 1 {
 		v = cmdline(unquote(substr($0, length(key) + 1)))
 		if (quote == "" && index(v, " ")) quote = "\""
 		print key quote v quote
 		next
 	}
+{%- endif %}
+{%- if boot_loader == "efi-stub" %}
 	mode == "lines" && NF && $1 !~ /^#/ { print cmdline($0); next }
+{%- endif %}
 	(mode == "assign" || mode == "check") && index($0, key) == 1 {
 		v = unquote(substr($0, length(key) + 1))
 		if (mode == "check") {
@@ -222,6 +230,7 @@ edit_append_lines() {
 	put_file "$1" 0644 "$WORK/new"
 }
 
+{% if boot_loader == "grub" -%}
 # edit_cmdline_assignment PATH KEY REMOVE_MODULES ADD_OPTIONS: the command line
 # that is the value of PATH's `KEY=`.
 edit_cmdline_assignment() {
@@ -229,12 +238,15 @@ edit_cmdline_assignment() {
 	put_file "$1" 0644 "$WORK/new"
 }
 
+{% endif -%}
+{% if boot_loader == "efi-stub" -%}
 # edit_kernel_lines PATH REMOVE_MODULES ADD_OPTIONS: each command line of PATH.
 edit_kernel_lines() {
 	REMOVE=$2 ADD=$3 edit_lists lines <"$1" >"$WORK/new" || err "could not read $1"
 	put_file "$1" 0644 "$WORK/new"
 }
 
+{% endif -%}
 # set_assignment PATH KEY VALUE: make PATH hold `KEY="VALUE"` (in place of the
 # first KEY= line, or added at the end).
 set_assignment() {
@@ -398,6 +410,7 @@ rebuild_initramfs() {
 	fi
 }
 
+{% if boot_loader == "grub" -%}
 # ---------------------------------------------------------------- GRUB
 
 # update_grub_cfg REMOVE_MODULES ADD_OPTIONS: when /etc/default/grub changed (in this
@@ -438,6 +451,7 @@ write_grub_cfg() {
 	grub-mkconfig -o "$1.new" && mv -f "$1.new" "$1"
 }
 
+{% endif -%}
 # ---------------------------------------------------------------- kernel modules
 
 # need_modules_dep: the installed kernel has its module index.
@@ -731,6 +745,7 @@ need_append_line() {
 	fi
 }
 
+{% if boot_loader == "efi-stub" -%}
 # need_kernel_line PATH: PATH holds one command line, and it starts the kernel
 # (an EFI stub's startup.nsh: `vmlinuz-virt initrd=... root=...`).
 need_kernel_line() {
@@ -745,6 +760,7 @@ need_kernel_line() {
 	fi
 }
 
+{% endif -%}
 # check_boot_loader LOADER: the host has the files of boot loader LOADER (fact `boot_loader`).
 check_boot_loader() {
 	local found
