@@ -167,6 +167,7 @@ fn changes(steps: &[crate::target::Action<String>]) -> String {
             Action::ClearDir { path } => format!("empties {path}"),
             Action::WriteValue { path, .. } => format!("sets {path}"),
             Action::Reboot {} => "reboots (MINGEN_REBOOT=1)".into(),
+            Action::LbuCommit { .. } => "saves the changes to the boot media (lbu commit)".into(),
         })
         .collect();
     let mut unique = Vec::new();

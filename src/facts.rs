@@ -138,12 +138,16 @@ macro_rules! facts {
 facts! {
     target: TargetName = TargetName(DEFAULT_TARGET.into()),
         "the rule set to use (`mingen targets` lists them)";
+    install: Install = Install::Sys,
+        "sys: installed on a disk; diskless: runs from RAM (Alpine's diskless mode): the modules come from a modloop, so no pruning and no mkinitfs, and `lbu commit` keeps the changes";
     disk: Disk = Disk::Vda,
-        "the root disk: vda (virtio-blk), sda (virtio-scsi, keeps `scsi` in the initramfs), nvme0n1 (keeps `nvme`) or xvda (Xen's blkfront, built into linux-virt)";
+        "the root disk: vda (virtio-blk), sda (virtio-scsi, keeps `scsi` in the initramfs), nvme0n1 (keeps `nvme`) or xvda (Xen's blkfront, built into linux-virt)",
+        when install = "sys";
     hypervisor: Hypervisor = Hypervisor::Kvm,
         "kvm: a KVM guest (virtio devices); xen: a Xen guest, PV or HVM (xen-blkfront and xen-netfront, built into linux-virt): the virtio-only steps are skipped";
     boot_loader: BootLoader = BootLoader::Extlinux,
-        "where the kernel command line persists: extlinux (/etc/update-extlinux.conf), grub (/etc/default/grub, then grub-mkconfig) or efi-stub (/boot/startup.nsh)";
+        "where the kernel command line persists: extlinux (/etc/update-extlinux.conf), grub (/etc/default/grub, then grub-mkconfig) or efi-stub (/boot/startup.nsh)",
+        when install = "sys";
     ipv6: Ipv6 = Ipv6::Unused,
         "used: IPv6 stays on; unused: `ipv6.disable=1` and the sysctl fix";
     guest_agent: Keep = Keep::Remove,
@@ -169,7 +173,8 @@ facts! {
         "sshd's PermitRootLogin now; prohibit-password becomes -g, no becomes -w",
         when ssh = "dropbear";
     modules_prune: ModulesPrune = ModulesPrune::Virtual,
-        "virtual: keep in /lib/modules what the host loads and needs to boot, plus every bus a hypervisor may switch it to; host: without those; off: keep every module";
+        "virtual: keep in /lib/modules what the host loads and needs to boot, plus every bus a hypervisor may switch it to; host: without those; off: keep every module",
+        when install = "sys";
     modules_keep: Words = Words(Vec::new()),
         "modules to keep beside those (names, or paths such as kernel/net/netfilter), comma-separated as a flag";
     sudo_doas: SudoDoas = SudoDoas::Auto,
@@ -206,7 +211,16 @@ macro_rules! choice {
     )*};
 }
 
-choice!(Disk, Hypervisor, BootLoader, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas, ModulesPrune);
+choice!(Install, Disk, Hypervisor, BootLoader, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas, ModulesPrune);
+
+/// How Alpine is installed: on a disk, or running from RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Install {
+    /// on a disk (setup-disk's `sys` mode, every cloud image)
+    Sys,
+    /// from RAM, with its configuration saved by `lbu commit` (diskless mode)
+    Diskless,
+}
 
 /// Which kind of disk holds the root filesystem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -110,6 +110,7 @@ fn resolve(action: &Action, facts: &Facts) -> Action<String> {
         Action::ClearDir { path } => Action::ClearDir { path: f(path) },
         Action::WriteValue { path, value } => Action::WriteValue { path: f(path), value: f(value) },
         Action::Reboot {} => Action::Reboot {},
+        Action::LbuCommit { include } => Action::LbuCommit { include: items(include, facts) },
     }
 }
 

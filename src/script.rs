@@ -55,6 +55,7 @@ struct MinimiseScript<'a> {
     target: &'a crate::target::Target,
     disk: String,
     hypervisor: String,
+    install: String,
     /// The boot loader: only its helpers are in the script.
     boot_loader: String,
     facts: Vec<(String, String)>,
@@ -198,6 +199,7 @@ fn step_needs(step: &Action<String>) -> Result<Vec<String>, Error> {
         }
         Action::ServiceOn { name, provided_by: None, .. } => vec![format!("need_init_script {}", q(name)?)],
         Action::WriteValue { path, .. } => vec![format!("need_file {}", q(path)?)],
+        Action::LbuCommit { .. } => vec!["need_lbu".into()],
         _ => Vec::new(),
     })
 }
@@ -220,6 +222,8 @@ fn step_files(step: &Action<String>, target: &Target) -> Vec<String> {
             BootLoader::Grub => vec!["/etc/default/grub".into(), "/boot/grub/grub.cfg".into()],
             BootLoader::EfiStub => vec!["/boot/startup.nsh".into()],
         },
+        // lbu's include list.
+        Action::LbuCommit { .. } => vec!["/etc/apk/protected_paths.d/lbu.list".into()],
         Action::SshSwitch {} => {
             let mut files = vec!["/etc/conf.d/dropbear".to_string()];
             files.extend(["rsa", "ecdsa", "ed25519"].map(|t| format!("/etc/dropbear/dropbear_{t}_host_key")));
@@ -332,6 +336,7 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
         target,
         disk: plan.facts.get("disk").expect("known fact"),
         hypervisor: plan.facts.get("hypervisor").expect("known fact"),
+        install: plan.facts.get("install").expect("known fact"),
         boot_loader: plan.facts.get("boot_loader").expect("known fact"),
         facts: facts::KEYS
             .iter()

@@ -138,6 +138,10 @@ pub enum Action<I = Item> {
     ClearDir { path: String },
     /// Write a value into a kernel file (sysfs) now.
     WriteValue { path: String, value: String },
+    /// Save the changes of a diskless host to its boot media (`lbu commit`), with
+    /// `include` (paths lbu does not save by default) added to lbu's list first;
+    /// `lbu status` must then list nothing.
+    LbuCommit { include: Vec<I> },
     /// Reboot at the end (when asked to) or say that a reboot is due.
     Reboot {},
 }
@@ -512,6 +516,12 @@ impl Action {
                 check_word("value", value, "")
             }
             Action::PruneModules { keep } => check_items(keep),
+            Action::LbuCommit { include } => {
+                check_items(include)?;
+                include.iter().try_for_each(|item| match item {
+                    Item::Plain(path) | Item::When { value: path, .. } => check_path(path),
+                })
+            }
             Action::CheckInitramfs { modules } if modules.is_empty() => Err("check-initramfs names no module".into()),
             Action::CheckInitramfs { modules } => check_items(modules),
             Action::Mkinitfs {} | Action::SshSwitch {} | Action::Reboot {} => Ok(()),

@@ -761,6 +761,71 @@ need_kernel_line() {
 }
 
 {% endif -%}
+{% if install == "diskless" -%}
+# check_diskless: the host runs from RAM, with its modules from a modloop.
+check_diskless() {
+	local type
+	type=$(root_fstype)
+	if [ "$type" != tmpfs ]; then
+		mismatch "fact \`install\` is diskless, but the root filesystem is ${type:-not in /proc/mounts}, not tmpfs"
+	fi
+	if [ -z "$(modloop)" ]; then
+		mismatch "fact \`install\` is diskless, but no modloop is mounted at /.modloop (/proc/mounts)"
+	fi
+}
+
+# need_lbu: lbu knows where to save (LBU_MEDIA or LBU_BACKUPDIR in
+# /etc/lbu/lbu.conf), and, before the first run, nothing is left unsaved that
+# the run's lbu commit would save unseen.
+need_lbu() {
+	local where status
+	if ! command -v lbu >/dev/null 2>&1; then
+		mismatch "\`lbu\` is not installed"
+		return 0
+	fi
+	where=$(
+		LBU_MEDIA='' LBU_BACKUPDIR=''
+		# shellcheck disable=SC1091 # the host's file, sourced as lbu sources it
+		. /etc/lbu/lbu.conf >/dev/null 2>&1 || :
+		printf '%s' "${LBU_BACKUPDIR:-${LBU_MEDIA:+/media/$LBU_MEDIA}}"
+	)
+	if [ -z "$where" ]; then
+		mismatch "/etc/lbu/lbu.conf sets neither LBU_MEDIA nor LBU_BACKUPDIR: lbu commit would not know where to save"
+	elif [ ! -d "$where" ]; then
+		mismatch "lbu saves to $where, which is not a directory"
+	elif [ ! -e "$MINGEN_STATE/undo.sh" ]; then
+		status=$(lbu status 2>&1 | tr '\n' ' ')
+		if [ -n "$status" ]; then
+			mismatch "lbu status lists changes not saved yet ($status): commit or revert them first, or the run's lbu commit saves them too"
+		fi
+	fi
+}
+
+# lbu_commit INCLUDE: add INCLUDE (paths, split on spaces) to what lbu saves, save
+# every change to the boot media, and check that lbu status then lists nothing.
+lbu_commit() {
+	local path status
+	for path in $1; do
+		if ! grep -qxF "+${path#/}" /etc/apk/protected_paths.d/lbu.list 2>/dev/null; then
+			change "add $path to what lbu saves" lbu include "$path"
+		fi
+	done
+	if dry_run; then
+		say "would save the changes to the boot media (lbu commit)"
+		return 0
+	fi
+	# For undo.sh: it saves the files it puts back the same way.
+	[ -e "$MINGEN_STATE/lbu" ] || : >"$MINGEN_STATE/lbu" || err "cannot write to $MINGEN_STATE"
+	if [ -n "$(lbu status 2>&1)" ]; then
+		change "save the changes to the boot media (lbu commit)" lbu commit
+	fi
+	status=$(lbu status 2>&1 | tr '\n' ' ')
+	if [ -n "$status" ]; then
+		err "after lbu commit, lbu status still lists changes: $status"
+	fi
+}
+
+{% endif -%}
 # check_boot_loader LOADER: the host has the files of boot loader LOADER (fact `boot_loader`).
 check_boot_loader() {
 	local found

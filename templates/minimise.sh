@@ -54,17 +54,23 @@ MINGEN_DEFERRED=${MINGEN_DEFERRED:-0}
 # ---------------------------------------------------------------- this host
 
 preflight() {
-	local disk release avail hypervisor found
+	local release avail hypervisor found{% if install == "sys" %} disk{% endif %}
 	[ "$(id -u)" = 0 ] || err "run this as root"
 	release=$(cat /etc/alpine-release 2>/dev/null || echo "no /etc/alpine-release")
 	case $release in
 	{{ target.release }} | {{ target.release }}.*) ;;
 	*) mismatch "target \`{{ target.id }}\` is for Alpine {{ target.release }}, but this host is $release" ;;
 	esac
+{%- if install == "diskless" %}
+	check_diskless
+{%- else %}
 	disk=$(root_disk)
-	if [ "$disk" != {{ disk|sh }} ]; then
+	if [ "$(root_fstype)" = tmpfs ]; then
+		mismatch "fact \`install\` is sys, but the root filesystem is tmpfs: a host that runs from RAM (install = \"diskless\")"
+	elif [ "$disk" != {{ disk|sh }} ]; then
 		mismatch "fact \`disk\` is {{ disk }}, but the root filesystem is on ${disk:-an unknown device} (/proc/mounts)"
 	fi
+{%- endif %}
 	# A Xen guest, PV or HVM, has `xen` there; a KVM guest has no such file.
 	found=$(cat /sys/hypervisor/type 2>/dev/null || :)
 	hypervisor=kvm
@@ -76,10 +82,12 @@ preflight() {
 	if [ "${avail:-0}" -lt {{ target.min_free_kb }} ]; then
 		mismatch "only ${avail:-0} KiB are free on /; {{ target.min_free_kb }} KiB are needed"
 	fi
+{%- if install == "sys" %}
 	KERNEL_VERSION=$(cat /usr/share/kernel/{{ target.kernel_flavor }}/kernel.release 2>/dev/null || :)
 	if [ -z "$KERNEL_VERSION" ] || [ ! -d "/lib/modules/$KERNEL_VERSION" ]; then
 		mismatch "no installed {{ target.kernel_flavor }} kernel: /usr/share/kernel/{{ target.kernel_flavor }}/kernel.release names '${KERNEL_VERSION}', /lib/modules holds: $(find /lib/modules -mindepth 1 -maxdepth 1 2>/dev/null | tr '\n' ' ')"
 	fi
+{%- endif %}
 {%- for need in needs %}
 	{{ need }}
 {%- endfor %}
@@ -181,6 +189,8 @@ rule_{{ rule.func }}() {
 	clear_dir {{ path|sh }}
 {%- when Action::WriteValue { path, value } %}
 	write_value {{ path|sh }} {{ value|sh }}
+{%- when Action::LbuCommit { include } %}
+	lbu_commit {{ include.join(" ")|sh }}
 {%- when Action::Reboot {} %}
 	finish
 {%- endmatch %}

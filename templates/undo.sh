@@ -165,8 +165,15 @@ main() {
 	fi
 	# After the last package change: apk fix reads the world file restore_files put back.
 	restore_modules
-	say "rebuild the initramfs"
-	mkinitfs "$(cat "$STATE/kernel-version")" || err "mkinitfs failed: the old initramfs is in place"
+	# A diskless host (no installed kernel) has no initramfs of its own: lbu saves instead.
+	if [ -s "$STATE/kernel-version" ]; then
+		say "rebuild the initramfs"
+		mkinitfs "$(cat "$STATE/kernel-version")" || err "mkinitfs failed: the old initramfs is in place"
+	fi
+	if [ -e "$STATE/lbu" ]; then
+		say "save the files put back to the boot media (lbu commit)"
+		lbu commit || err "lbu commit failed: the boot media still has the minimised configuration"
+	fi
 	rm -f "$STATE/reboot-pending"
 	say "done: reboot to boot the host as it was"
 }

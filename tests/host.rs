@@ -27,6 +27,7 @@ const GRUB_UEFI: Case = Case { profile: "grub-uefi", args: &["--boot-loader", "g
 const EFI_STUB: Case = Case { profile: "efi-stub", args: &["--boot-loader", "efi-stub"] };
 const XEN_HVM: Case = Case { profile: "xen-hvm", args: &["--hypervisor", "xen", "--disk", "xvda"] };
 const XEN_PV: Case = Case { profile: "xen-pv", args: &["--hypervisor", "xen", "--disk", "xvda"] };
+const DISKLESS: Case = Case { profile: "diskless", args: &["--install", "diskless"] };
 
 impl Case {
     /// The value of a fact flag the case gives, or `default`.
@@ -76,7 +77,8 @@ fn state_changing_calls(host: &Host) -> Vec<String> {
             let read_only_apk =
                 c.program == "apk" && (apk_applet(c) == Some("info") || c.args.iter().any(|a| a == "--simulate"));
             let status = c.program == "rc-service" && c.args.get(1).is_some_and(|a| a == "status");
-            !(read_only_apk || status)
+            let lbu_reads = c.program == "lbu" && c.args.first().is_some_and(|a| a == "status" || a == "list");
+            !(read_only_apk || status || lbu_reads)
         })
         .map(|c| c.line())
         .collect()
@@ -104,9 +106,8 @@ fn assert_guide_end_state(
 ) {
     let disk = host.profile().disk.clone();
     let disk = disk.as_str();
-    let ipv6_used = case.profile == "ipv6";
-    let dhcp = case.profile == "dhcp";
     let xen = case.fact("--hypervisor", "kvm") == "xen";
+    let diskless = case.fact("--install", "sys") == "diskless";
 
     // Stage 1: the blacklist, the features, the command line in both places, one mkinitfs.
     let blacklist = host.read("/etc/modprobe.d/blacklist-unnecessary.conf");
@@ -126,6 +127,18 @@ fn assert_guide_end_state(
         let balloon = host.read("/etc/modprobe.d/blacklist-balloon.conf");
         assert_eq!(balloon.lines().last(), Some("blacklist virtio_balloon"));
     }
+    if diskless {
+        assert_modloop_and_boot_media_untouched(host);
+    } else {
+        assert_kernel_and_initramfs(host, case, disk);
+    }
+    assert_installed_and_runlevels(host, case, runlevels_before, world_before);
+}
+
+/// Stage 1 on a host installed on a disk: the features, the command line, one
+/// mkinitfs, and what the new initramfs holds.
+fn assert_kernel_and_initramfs(host: &Host, case: &Case, disk: &str) {
+    let xen = case.fact("--hypervisor", "kvm") == "xen";
     let features = match disk {
         "sda" => "base ext4 scsi virtio",
         "nvme0n1" => "base ext4 nvme virtio",
@@ -133,7 +146,7 @@ fn assert_guide_end_state(
         _ => "base ext4 virtio",
     };
     assert_eq!(host.read("/etc/mkinitfs/mkinitfs.conf"), format!("features=\"{features}\"\n"));
-    let added = if ipv6_used { "audit=0 nowatchdog" } else { "ipv6.disable=1 audit=0 nowatchdog" };
+    let added = if case.profile == "ipv6" { "audit=0 nowatchdog" } else { "ipv6.disable=1 audit=0 nowatchdog" };
     assert_kernel_cmdline(host, case, added);
     let mkinitfs: Vec<_> = host.calls().into_iter().filter(|c| c.program == "mkinitfs").collect();
     let kver = host.read("/usr/share/kernel/virt/kernel.release");
@@ -156,7 +169,42 @@ fn assert_guide_end_state(
         let balloon = initramfs.get("etc/modprobe.d/blacklist-balloon.conf").map(|b| text(b)).unwrap_or_default();
         assert!(balloon.contains("blacklist virtio_balloon"), "the balloon blacklist reaches the initramfs");
     }
+    assert_eq!(host.read(&format!("/sys/block/{disk}/queue/read_ahead_kb")).trim(), "128");
+    assert!(
+        host.read("/etc/local.d/readahead.start")
+            .contains(&format!("echo 128 > /sys/block/{disk}/queue/read_ahead_kb"))
+    );
+    assert!(host.run("ls -A /var/cache/apk", &[]).stdout.is_empty(), "apk cache cleared");
+}
 
+/// Stage 1 on a diskless host: the modloop, the boot configuration and the
+/// initramfs stay as they are (no pruning, no mkinitfs, no command line).
+fn assert_modloop_and_boot_media_untouched(host: &Host) {
+    assert!(!host.calls().iter().any(|c| c.program == "mkinitfs"), "no mkinitfs on a diskless host");
+    let conf = host.read("/etc/mkinitfs/mkinitfs.conf");
+    assert_eq!(conf, "features=\"ata base cdrom ext4 keymap kms mmc nvme raid scsi usb virtio\"\n");
+    assert!(host.read("/etc/update-extlinux.conf").contains("\nmodules=sd-mod,usb-storage,ext4\n"));
+    // Every module modules.dep names is still on the modloop, which /lib/modules links to.
+    let out = host.run(
+        "cd /lib/modules/*/ && test -L /lib/modules && awk -F: '{ print $1 }' modules.dep | while read -r m; do test -e \"$m\" || echo \"$m\"; done",
+        &[],
+    );
+    assert_success(&out, "list the modloop's modules");
+    assert_eq!(text(&out.stdout), "", "modules gone from the modloop");
+    assert!(!host.exists("/etc/apk/commit_hooks.d/mingen-modules.hook") && !host.exists("/etc/local.d/readahead.start"));
+    assert!(!host.exists("/etc/sysctl.d/00-alpine.conf"), "IPv6 stays in a kernel whose command line is not edited");
+}
+
+/// Stages 2 to 6, as on every host.
+fn assert_installed_and_runlevels(
+    host: &Host,
+    case: &Case,
+    runlevels_before: &BTreeSet<(String, String)>,
+    world_before: &[String],
+) {
+    let ipv6_used = case.profile == "ipv6";
+    let dhcp = case.profile == "dhcp";
+    let diskless = case.fact("--install", "sys") == "diskless";
     // Stage 2: dropbear in, OpenSSH out, keys carried.
     let installed = host.installed();
     for name in ["dropbear", "dropbear-openrc", "dropbear-convert"] {
@@ -215,12 +263,12 @@ fn assert_guide_end_state(
         "removed packages are gone"
     );
     assert_eq!(installed.contains("dhcpcd"), dhcp, "dhcpcd stays exactly on a DHCP host");
-    assert!(installed.contains("busybox") && installed.contains("linux-virt") && installed.contains("mkinitfs"));
+    assert!(installed.contains("busybox") && installed.contains("mkinitfs"));
+    assert_eq!(installed.contains("linux-virt"), !diskless, "a diskless host's kernel is the boot media's");
     let world: BTreeSet<String> = host.world().into_iter().collect();
     let mut expected_world: BTreeSet<String> = world_before.iter().filter(|p| !removed(p)).cloned().collect();
     expected_world.extend(set(&["dropbear", "dropbear-convert"]));
     assert_eq!(world, expected_world, "/etc/apk/world");
-    assert!(host.run("ls -A /var/cache/apk", &[]).stdout.is_empty(), "apk cache cleared");
 
     // Stage 5 and the runlevel changes of the others.
     let mut expected: BTreeSet<(String, String)> = runlevels_before
@@ -254,7 +302,7 @@ fn assert_guide_end_state(
     // OpenRC's sysctl reads in place of the /usr/lib file an upgrade may replace.
     let shipped = host.read("/usr/lib/sysctl.d/00-alpine.conf");
     assert!(!shipped.contains("# net.ipv6"), "the shipped file stays as shipped:\n{shipped}");
-    if ipv6_used {
+    if ipv6_used || diskless {
         assert!(!host.exists("/etc/sysctl.d/00-alpine.conf"));
     } else {
         let copy = host.read("/etc/sysctl.d/00-alpine.conf");
@@ -269,11 +317,6 @@ fn assert_guide_end_state(
     assert_success(&syntax, "sh -n /etc/init.d/sysfs");
     assert!(host.read("/etc/sysctl.d/10-minvps.conf").contains("\nkernel.pid_max = 4096\n"));
     assert_eq!(host.read("/etc/conf.d/syslog"), "SYSLOGD_OPTS=\"-t -C64\"\n");
-    assert_eq!(host.read(&format!("/sys/block/{disk}/queue/read_ahead_kb")).trim(), "128");
-    assert!(
-        host.read("/etc/local.d/readahead.start")
-            .contains(&format!("echo 128 > /sys/block/{disk}/queue/read_ahead_kb"))
-    );
     assert!(host.exists("/var/lib/mingen/undo.sh") && host.exists("/var/lib/mingen/backup/etc/apk/world"));
 }
 
@@ -499,6 +542,62 @@ fn preflight_stops_on_the_wrong_hypervisor() {
 fn undo_on_a_xen_host_puts_everything_back() {
     if sandbox::require() {
         undo_puts_everything_back(&XEN_PV);
+    }
+}
+
+/// A diskless host: lbu commit saves the run's changes to the boot media once,
+/// lbu status lists nothing after it, and the apkovl holds what the next boot
+/// needs: the world file without the removed packages, dropbear's settings,
+/// the blacklist and mingen's state with undo.sh.
+#[test]
+fn diskless_host_saves_its_changes_with_lbu() {
+    if !sandbox::require() {
+        return;
+    }
+    let (host, first_run) = clean_then_again(&DISKLESS);
+    let commits = first_run.iter().filter(|c| *c == "lbu\tcommit").count();
+    assert_eq!(commits, 1, "one lbu commit: {first_run:#?}");
+    let status = host.run("lbu status", &[]);
+    assert_success(&status, "lbu status");
+    assert_eq!(text(&status.stdout), "", "nothing left unsaved");
+    let ovl = "/media/vda1/vps.apkovl.tar.gz";
+    let listing = host.run(&format!("tar -tzf {ovl}"), &[]);
+    assert_success(&listing, "list the apkovl");
+    let listing = text(&listing.stdout);
+    for path in [
+        "etc/apk/world",
+        "etc/conf.d/dropbear",
+        "etc/dropbear/dropbear_ed25519_host_key",
+        "etc/modprobe.d/blacklist-unnecessary.conf",
+        "etc/runlevels/default/dropbear",
+        "var/lib/mingen/undo.sh",
+        "var/lib/mingen/backup/etc/apk/world",
+    ] {
+        assert!(listing.lines().any(|l| l == path), "the apkovl lacks {path}:\n{listing}");
+    }
+    let saved = host.run(&format!("tar -xzOf {ovl} etc/apk/world"), &[]);
+    assert_eq!(text(&saved.stdout), host.read("/etc/apk/world"), "the saved world file is the host's");
+}
+
+#[test]
+fn preflight_stops_on_a_diskless_host_described_as_installed_and_the_reverse() {
+    if sandbox::require() {
+        assert_stops(&DISKLESS, &[], "", &["fact `install` is sys, but the root filesystem is tmpfs"]);
+        assert_stops(
+            &GUIDE,
+            DISKLESS.args,
+            "",
+            &["fact `install` is diskless, but the root filesystem is ext4", "no modloop is mounted at /.modloop"],
+        );
+        // Changes from before the run that lbu has not saved: the run's commit would save them unseen.
+        assert_stops(&DISKLESS, DISKLESS.args, "echo 10.0.0.1 other >> /etc/hosts", &["lbu status lists changes not saved yet (U etc/hosts"]);
+    }
+}
+
+#[test]
+fn undo_on_a_diskless_host_puts_everything_back_and_saves_it() {
+    if sandbox::require() {
+        undo_puts_everything_back(&DISKLESS);
     }
 }
 
@@ -817,8 +916,10 @@ fn undo_puts_everything_back(case: &Case) {
         // the image: the same names, versions and files, but not the same package
         // identity, so apk's database differs byte for byte (compared above).
         let apk_db = ["/lib/apk/db/installed", "/lib/apk/db/scripts.tar.gz"];
+        // A diskless host's apkovl is saved again by undo (its content is read below).
+        let apkovl = "/media/vda1/vps.apkovl.tar.gz";
         !(path.starts_with("/var/lib/mingen")
-            || ["/var/log/mingen.log", "/var/log/apk.log"].contains(&path.as_str())
+            || ["/var/log/mingen.log", "/var/log/apk.log", apkovl].contains(&path.as_str())
             || apk_db.contains(&path.as_str())
             || path.starts_with("/var/cache/apk"))
     };
@@ -829,6 +930,15 @@ fn undo_puts_everything_back(case: &Case) {
         changed.is_empty() && added.is_empty() && removed.is_empty(),
         "after undo: changed {changed:?} added {added:?} removed {removed:?}"
     );
+    if case.fact("--install", "sys") == "diskless" {
+        // What undo put back is what the next boot gets: saved, with nothing left over.
+        assert!(host.calls().iter().any(|c| c.line() == "lbu commit"), "undo saves with lbu commit");
+        assert_eq!(text(&host.run("lbu status", &[]).stdout), "", "nothing left unsaved after undo");
+        let saved = host.run("tar -xzOf /media/vda1/vps.apkovl.tar.gz etc/apk/world", &[]);
+        assert_eq!(text(&saved.stdout), host.read("/etc/apk/world"), "the saved world file is the one from before");
+        let listing = text(&host.run("tar -tzf /media/vda1/vps.apkovl.tar.gz", &[]).stdout);
+        assert!(!listing.contains("var/lib/mingen"), "mingen's state is no longer saved:\n{listing}");
+    }
 }
 
 /// The end state that matters, from one host: the tree without the files whose

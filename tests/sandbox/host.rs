@@ -454,6 +454,16 @@ fn provision(profile: &Profile, root: &Path) {
         &[],
     );
     assert!(out.status.success(), "boot files: {}", String::from_utf8_lossy(&out.stderr));
+    for command in &profile.run {
+        let out = run_in(root, profile, command, &[]);
+        assert!(
+            out.status.success(),
+            "profile `{}`: {command}: {}{}",
+            profile.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let _ = std::fs::remove_file(root.join(CALL_LOG.trim_start_matches('/')));
     if image {
         // apk-tools 3 logs each transaction with its time: the harness's own

@@ -38,6 +38,8 @@ struct RawProfile {
     shared: BTreeMap<String, String>,
     #[serde(default)]
     edits: BTreeMap<String, Vec<Edit>>,
+    #[serde(default)]
+    run: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +98,9 @@ pub struct Profile {
     /// Path -> its edits; an empty list edits nothing (a profile whose host
     /// lacks a file its base edits).
     pub edits: BTreeMap<String, Vec<Edit>>,
+    /// Commands run in the host last, after its boot files are made (what the
+    /// host's own history did: a diskless host's modloop, its first lbu commit).
+    pub run: Vec<String>,
     /// `files/` overlay directories, base first.
     pub overlays: Vec<PathBuf>,
 }
@@ -125,6 +130,7 @@ impl Profile {
             files: raw.files,
             shared: raw.shared,
             edits: raw.edits,
+            run: raw.run,
             overlays,
         }
     }
