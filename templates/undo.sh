@@ -143,7 +143,7 @@ restore_started() {
 }
 
 main() {
-	local add del
+	local add del kver
 	[ "$(id -u)" = 0 ] || err "run this as root"
 	[ -f "$BACKUP/etc/apk/world" ] || err "no backup in $BACKUP: nothing to undo"
 	trap '' HUP
@@ -166,9 +166,10 @@ main() {
 	# After the last package change: apk fix reads the world file restore_files put back.
 	restore_modules
 	# A diskless host (no installed kernel) has no initramfs of its own: lbu saves instead.
-	if [ -s "$STATE/kernel-version" ]; then
+	kver=$(cat "$STATE/kernel-version")
+	if [ -n "$kver" ]; then
 		say "rebuild the initramfs"
-		mkinitfs "$(cat "$STATE/kernel-version")" || err "mkinitfs failed: the old initramfs is in place"
+		mkinitfs "$kver" || err "mkinitfs failed: the old initramfs is in place"
 	fi
 	if [ -e "$STATE/lbu" ]; then
 		say "save the files put back to the boot media (lbu commit)"
