@@ -180,6 +180,7 @@ APK=
 RC_SERVICE=
 SSHD=
 IP=
+INSTALL=sys
 HYPERVISOR=none
 HYPERVISOR_TEXT=
 XEN_MODE=
@@ -223,6 +224,18 @@ detect_hypervisor() {
 		fi
 		;;
 	esac
+}
+
+# detect_install: INSTALL is diskless where the root is a tmpfs and a modloop is
+# mounted (Alpine's diskless mode), other where the root is a tmpfs without one.
+detect_install() {
+	if [ "$(root_fstype)" = tmpfs ]; then
+		if [ -n "$(modloop)" ]; then
+			INSTALL=diskless
+		else
+			INSTALL=other
+		fi
+	fi
 }
 
 # read_ssh: the SSH server's settings, from sshd (sshd -T, else its config) or,
@@ -420,7 +433,9 @@ host_section() {
 	loaders=$(boot_loaders | tr '\n' ' ')
 	loaders=${loaders% }
 	count=$(printf '%s' "$loaders" | wc -w)
-	if [ "$count" = 1 ]; then
+	if [ "$INSTALL" = diskless ]; then
+		note "boot loader: on the boot media of a diskless host, which the script leaves alone (boot_loader does not apply)"
+	elif [ "$count" = 1 ]; then
 		case $loaders in
 		extlinux)
 			if [ -f /etc/update-extlinux.conf ]; then
@@ -453,6 +468,31 @@ host_section() {
 	note "consoles with a getty (/etc/inittab):${gettys:- none}; kernel console= (/proc/cmdline): ${consoles:-none}"
 }
 
+install_section() {
+	local where
+	printf '\n'
+	case $INSTALL in
+	diskless)
+		where=$(
+			LBU_MEDIA='' LBU_BACKUPDIR=''
+			# shellcheck disable=SC1091 # the host's file, sourced as lbu sources it
+			. /etc/lbu/lbu.conf >/dev/null 2>&1 || :
+			printf '%s' "${LBU_BACKUPDIR:-${LBU_MEDIA:+/media/$LBU_MEDIA}}"
+		)
+		note "diskless: the root is a tmpfs and the modules come from the modloop ($(modloop) at /.modloop); lbu saves to ${where:-nowhere yet}"
+		if [ -z "$where" ]; then
+			check "/etc/lbu/lbu.conf sets neither LBU_MEDIA nor LBU_BACKUPDIR: set one, or the script's preflight stops (its lbu commit would not know where to save)"
+		fi
+		fact install diskless
+		;;
+	other) check "the root is a tmpfs but no modloop is mounted at /.modloop: not a diskless Alpine host that mingen knows (a container?); install is left out (sys, the default) and the script's preflight will stop" ;;
+	*)
+		note "installed on a disk (the root is $(root_fstype))"
+		fact install sys
+		;;
+	esac
+}
+
 target_section() {
 	local release ids count
 	printf '\n'
@@ -476,6 +516,10 @@ target_section() {
 disk_section() {
 	local dev disk path scsi=no
 	printf '\n'
+	if [ "$INSTALL" = diskless ]; then
+		note "diskless: no root disk (disk does not apply)"
+		return 0
+	fi
 	dev=$(awk '$2 == "/" { d = $1 } END { print d }' /proc/mounts 2>/dev/null || :)
 	disk=$(root_disk)
 	path=$(readlink -f "/sys/block/$disk" 2>/dev/null || :)
@@ -810,9 +854,11 @@ probe() {
 	[ -n "$APK" ] || say "no \`apk\`: reading /lib/apk/db/installed instead"
 	[ -n "$RC_SERVICE" ] || say "no \`rc-service\`: reading /run/openrc/started instead"
 	detect_hypervisor
+	detect_install
 	read_ssh
 	header
 	host_section
+	install_section
 	target_section
 	disk_section
 	ipv6_section

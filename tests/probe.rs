@@ -148,6 +148,7 @@ fn facts(output: &str) -> BTreeMap<String, String> {
 fn expected(changes: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut facts: BTreeMap<String, String> = [
         ("target", "\"alpine-3.23-kvm\""),
+        ("install", "\"sys\""),
         ("disk", "\"vda\""),
         ("hypervisor", "\"kvm\""),
         ("boot_loader", "\"extlinux\""),
@@ -287,6 +288,15 @@ fn xen_hosts() {
         let xen = [("hypervisor", "\"xen\""), ("disk", "\"xvda\""), ("guest_agent", "\"remove\"")];
         round_trip_without("xen-hvm", &xen, &["balloon"]);
         round_trip_without("xen-pv", &xen, &["balloon"]);
+    }
+}
+
+/// A diskless host: the root is a tmpfs and a modloop is mounted; no disk and
+/// no boot loader to name.
+#[test]
+fn diskless_host() {
+    if sandbox::require() {
+        round_trip_without("diskless", &[("install", "\"diskless\"")], &["disk", "boot_loader"]);
     }
 }
 
