@@ -402,7 +402,9 @@ impl Rule {
                 let loader = facts::FactValue::text(boot_loader);
                 let pinned = self.when.get("boot_loader").is_some_and(|v| v.values() == [loader.clone()]);
                 if !pinned {
-                    return Err(format!("its kernel-cmdline action edits {loader}'s: its condition must be boot_loader = \"{loader}\""));
+                    return Err(format!(
+                        "its kernel-cmdline action edits {loader}'s: its condition must be boot_loader = \"{loader}\""
+                    ));
                 }
             }
         }
@@ -575,6 +577,18 @@ mod tests {
         let mut when = Condition::new();
         when.insert("ssh_ports".into(), OneOrMany::One("22".into()));
         assert!(check_condition(&when).is_err());
+    }
+
+    #[test]
+    fn a_command_line_edit_is_pinned_to_its_boot_loader() {
+        let target = Target::load("alpine-3.23-kvm").unwrap();
+        let mut rule = target.rule("kernel-cmdline-grub").unwrap().clone();
+        assert!(rule.validate().is_ok());
+        rule.when.remove("boot_loader");
+        let err = rule.validate().unwrap_err();
+        assert!(err.contains("boot_loader = \"grub\""), "{err}");
+        rule.when.insert("boot_loader".into(), OneOrMany::One("extlinux".into()));
+        assert!(rule.validate().is_err());
     }
 
     #[test]

@@ -191,7 +191,9 @@ fn assert_modloop_and_boot_media_untouched(host: &Host) {
     );
     assert_success(&out, "list the modloop's modules");
     assert_eq!(text(&out.stdout), "", "modules gone from the modloop");
-    assert!(!host.exists("/etc/apk/commit_hooks.d/mingen-modules.hook") && !host.exists("/etc/local.d/readahead.start"));
+    assert!(
+        !host.exists("/etc/apk/commit_hooks.d/mingen-modules.hook") && !host.exists("/etc/local.d/readahead.start")
+    );
     assert!(!host.exists("/etc/sysctl.d/00-alpine.conf"), "IPv6 stays in a kernel whose command line is not edited");
 }
 
@@ -591,7 +593,12 @@ fn preflight_stops_on_a_diskless_host_described_as_installed_and_the_reverse() {
             &["fact `install` is diskless, but the root filesystem is ext4", "no modloop is mounted at /.modloop"],
         );
         // Changes from before the run that lbu has not saved: the run's commit would save them unseen.
-        assert_stops(&DISKLESS, DISKLESS.args, "echo 10.0.0.1 other >> /etc/hosts", &["lbu status lists changes not saved yet (U etc/hosts"]);
+        assert_stops(
+            &DISKLESS,
+            DISKLESS.args,
+            "echo 10.0.0.1 other >> /etc/hosts",
+            &["lbu status lists changes not saved yet (U etc/hosts"],
+        );
     }
 }
 
@@ -711,7 +718,12 @@ fn preflight_stops_on_the_wrong_boot_loader() {
     if sandbox::require() {
         assert_stops(&GUIDE, &["--boot-loader", "grub"], "", &["fact `boot_loader` is grub", "the files of extlinux"]);
         assert_stops(&GRUB_UEFI, &[], "", &["fact `boot_loader` is extlinux", "the files of grub"]);
-        assert_stops(&EFI_STUB, &["--boot-loader", "grub"], "", &["fact `boot_loader` is grub", "the files of efi-stub"]);
+        assert_stops(
+            &EFI_STUB,
+            &["--boot-loader", "grub"],
+            "",
+            &["fact `boot_loader` is grub", "the files of efi-stub"],
+        );
         // An EFI stub's startup.nsh with a second command line is not the one line it edits.
         assert_stops(
             &EFI_STUB,
