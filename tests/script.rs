@@ -47,6 +47,11 @@ fn xen() {
 }
 
 #[test]
+fn diskless() {
+    check("diskless", &["--install", "diskless"]);
+}
+
+#[test]
 fn ipv6_used() {
     check("ipv6_used", &["--ipv6", "used"]);
 }
