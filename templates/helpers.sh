@@ -415,8 +415,9 @@ rebuild_initramfs() {
 
 # update_grub_cfg REMOVE_MODULES ADD_OPTIONS: when /etc/default/grub changed (in this
 # run or in one cut short), make /boot/grub/grub.cfg again as Alpine's update-grub
-# does; every `linux` line of it must then carry ADD_OPTIONS and load none of
-# REMOVE_MODULES, or the previous grub.cfg goes back and the run stops.
+# does; its first `linux` line (the default entry; a recovery entry has only
+# GRUB_CMDLINE_LINUX) must then carry ADD_OPTIONS, and no `linux` line may load one
+# of REMOVE_MODULES, or the previous grub.cfg goes back and the run stops.
 update_grub_cfg() {
 	local cfg=/boot/grub/grub.cfg found
 	if [ "$GRUB_STALE" = 1 ] || [ -e "$MINGEN_STATE/grub-stale" ]; then
@@ -433,7 +434,7 @@ update_grub_cfg() {
 		split("", have)
 		mods = ""
 		for (i = 2; i <= NF; i++) { have[$i] = 1; if (index($i, "modules=") == 1) mods = "," substr($i, 9) "," }
-		for (j = 1; j <= na; j++) if (!(add[j] in have)) { print "lacks " add[j]; exit }
+		for (j = 1; j <= na; j++) if (!lines && !(add[j] in have)) { print "lacks " add[j]; exit }
 		for (j = 1; j <= nr; j++) if (index(mods, "," rm[j] ",")) { print "still loads " rm[j]; exit }
 		lines++
 	}

@@ -488,6 +488,29 @@ fn grub_uefi_host_edits_etc_default_grub_and_runs_grub_mkconfig() {
     }
 }
 
+/// A grub.cfg whose default entry lacks the new options (here a grub-mkconfig
+/// that leaves GRUB_CMDLINE_LINUX_DEFAULT out) stops the run before any reboot,
+/// with the previous grub.cfg back in place.
+#[test]
+fn a_grub_cfg_without_the_options_is_caught_and_the_old_one_put_back() {
+    if !sandbox::require() {
+        return;
+    }
+    let host = host(&GRUB_UEFI);
+    let before = host.read("/boot/grub/grub.cfg");
+    host.write(
+        "/usr/sbin/grub-mkconfig",
+        "#!/bin/sh\nprintf 'menuentry Alpine {\\n\\tlinux\\t/boot/vmlinuz-virt root=/dev/vda2 ro\\n}\\n' > \"$2\"\n",
+    );
+    assert_success(&host.run("chmod 0755 /usr/sbin/grub-mkconfig", &[]), "chmod");
+    let out = run(&host, &common::script(GRUB_UEFI.args), &[]);
+    assert!(!out.status.success(), "the run went on:\n{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(said.contains("lacks ipv6.disable=1") && said.contains("the previous grub.cfg is back"), "{said}");
+    assert_eq!(host.read("/boot/grub/grub.cfg"), before, "the previous grub.cfg is back");
+    assert!(!host.calls().iter().any(|c| c.program == "reboot" || c.program == "mkinitfs"), "it stopped there");
+}
+
 #[test]
 fn efi_stub_host_edits_startup_nsh() {
     if sandbox::require() {
