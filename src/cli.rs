@@ -168,6 +168,7 @@ fn changes(steps: &[crate::target::Action<String>]) -> String {
             Action::WriteValue { path, .. } => format!("sets {path}"),
             Action::GettysKeep { consoles } => format!("keeps gettys only on {}", consoles.join(", ")),
             Action::Reboot {} => "reboots (MINGEN_REBOOT=1)".into(),
+            Action::LbuCommit { .. } => "saves the changes to the boot media (lbu commit)".into(),
         })
         .collect();
     let mut unique = Vec::new();

@@ -138,14 +138,23 @@ macro_rules! facts {
 facts! {
     target: TargetName = TargetName(DEFAULT_TARGET.into()),
         "the rule set to use (`mingen targets` lists them)";
+    install: Install = Install::Sys,
+        "sys: installed on a disk; diskless: runs from RAM (Alpine's diskless mode): the modules come from a modloop, so no pruning and no mkinitfs, and `lbu commit` keeps the changes";
     disk: Disk = Disk::Vda,
-        "the root disk: vda (virtio-blk), sda (virtio-scsi, keeps `scsi` in the initramfs) or nvme0n1 (keeps `nvme`)";
+        "the root disk: vda (virtio-blk), sda (virtio-scsi, keeps `scsi` in the initramfs), nvme0n1 (keeps `nvme`) or xvda (Xen's blkfront, built into linux-virt)",
+        when install = "sys";
+    hypervisor: Hypervisor = Hypervisor::Kvm,
+        "kvm: a KVM guest (virtio devices); xen: a Xen guest, PV or HVM (xen-blkfront and xen-netfront, built into linux-virt): the virtio-only steps are skipped";
+    boot_loader: BootLoader = BootLoader::Extlinux,
+        "where the kernel command line persists: extlinux (/etc/update-extlinux.conf), grub (/etc/default/grub, then grub-mkconfig) or efi-stub (/boot/startup.nsh)",
+        when install = "sys";
     ipv6: Ipv6 = Ipv6::Unused,
         "used: IPv6 stays on; unused: `ipv6.disable=1` and the sysctl fix";
     guest_agent: Keep = Keep::Remove,
         "qemu-guest-agent: keep it if the provider uses QEMU guest operations (snapshots, password reset)";
     balloon: Keep = Keep::Remove,
-        "virtio_balloon: keep it if the provider reclaims memory by ballooning";
+        "virtio_balloon: keep it if the provider reclaims memory by ballooning",
+        when hypervisor = "kvm";
     ntp: Ntp = Ntp::Busybox,
         "busybox: busybox ntpd replaces chrony; none: no NTP (kvm-clock keeps time); chrony: keep chrony";
     python: Keep = Keep::Remove,
@@ -164,7 +173,8 @@ facts! {
         "sshd's PermitRootLogin now; prohibit-password becomes -g, no becomes -w",
         when ssh = "dropbear";
     modules_prune: ModulesPrune = ModulesPrune::Virtual,
-        "virtual: keep in /lib/modules what the host loads and needs to boot, plus every bus a hypervisor may switch it to; host: without those; off: keep every module";
+        "virtual: keep in /lib/modules what the host loads and needs to boot, plus every bus a hypervisor may switch it to; host: without those; off: keep every module",
+        when install = "sys";
     modules_keep: Words = Words(Vec::new()),
         "modules to keep beside those (names, or paths such as kernel/net/netfilter), comma-separated as a flag";
     sudo_doas: SudoDoas = SudoDoas::Auto,
@@ -209,7 +219,16 @@ macro_rules! choice {
     )*};
 }
 
-choice!(Disk, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas, ModulesPrune, Containers);
+choice!(Install, Disk, Hypervisor, BootLoader, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas, ModulesPrune, Containers);
+
+/// How Alpine is installed: on a disk, or running from RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Install {
+    /// on a disk (setup-disk's `sys` mode, every cloud image)
+    Sys,
+    /// from RAM, with its configuration saved by `lbu commit` (diskless mode)
+    Diskless,
+}
 
 /// Which kind of disk holds the root filesystem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -221,6 +240,30 @@ pub enum Disk {
     /// NVMe, `/dev/nvme0n1`
     #[value(name = "nvme0n1")]
     Nvme0n1,
+    /// Xen's virtual block device, `/dev/xvda`
+    Xvda,
+}
+
+/// Which hypervisor the guest runs on: what its devices are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Hypervisor {
+    /// KVM: virtio devices
+    Kvm,
+    /// Xen, PV or HVM: the Xen front-ends, built into linux-virt
+    Xen,
+}
+
+/// Where the kernel command line persists, and what makes it take effect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootLoader {
+    /// `/etc/update-extlinux.conf`, regenerated into `/boot/extlinux.conf` (BIOS)
+    #[default]
+    Extlinux,
+    /// `GRUB_CMDLINE_LINUX_DEFAULT` in `/etc/default/grub`, then `grub-mkconfig` (UEFI)
+    Grub,
+    /// the one line of `/boot/startup.nsh` that the UEFI shell runs (alpine-make-vm-image)
+    EfiStub,
 }
 
 /// Whether the host uses IPv6.

@@ -83,7 +83,8 @@ fn resolve(action: &Action, facts: &Facts) -> Action<String> {
         Action::Replace { path, find, replace, into } => {
             Action::Replace { path: f(path), find: f(find), replace: f(replace), into: into.as_deref().map(f) }
         }
-        Action::KernelCmdline { remove_modules, add_options } => Action::KernelCmdline {
+        Action::KernelCmdline { boot_loader, remove_modules, add_options } => Action::KernelCmdline {
+            boot_loader: *boot_loader,
             remove_modules: items(remove_modules, facts),
             add_options: items(add_options, facts),
         },
@@ -110,6 +111,7 @@ fn resolve(action: &Action, facts: &Facts) -> Action<String> {
         Action::WriteValue { path, value } => Action::WriteValue { path: f(path), value: f(value) },
         Action::GettysKeep { consoles } => Action::GettysKeep { consoles: items(consoles, facts) },
         Action::Reboot {} => Action::Reboot {},
+        Action::LbuCommit { include } => Action::LbuCommit { include: items(include, facts) },
     }
 }
 
@@ -228,7 +230,8 @@ mod tests {
         let (target, facts) = plan_for(&Facts::default());
         let plan = Plan::new(&target, &facts);
         let skipped: Vec<_> = plan.decisions.iter().filter(|d| !d.applied).map(|d| d.rule.id.as_str()).collect();
-        assert_eq!(skipped, vec!["python-keep"]);
+        // The other boot loaders' command lines, and what only a diskless host needs.
+        assert_eq!(skipped, vec!["kernel-cmdline-grub", "kernel-cmdline-efi", "python-keep", "lbu-commit"]);
     }
 
     #[test]
@@ -310,6 +313,53 @@ mod tests {
         assert_eq!(first_add.as_deref(), Some("dropbear-install"));
         assert_eq!(last_remove.as_deref(), Some("dhcpcd-remove"));
         assert_eq!(plan.packages_to_add(false), vec!["dropbear", "dropbear-convert"]);
+    }
+
+    fn steps_of(facts: &Facts) -> String {
+        let (target, facts) = plan_for(facts);
+        format!("{:?}", Plan::new(&target, &facts).applied().flat_map(|d| d.steps.clone()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn one_command_line_rule_per_boot_loader() {
+        use crate::facts::BootLoader;
+        for (loader, id) in [
+            (BootLoader::Extlinux, "kernel-cmdline"),
+            (BootLoader::Grub, "kernel-cmdline-grub"),
+            (BootLoader::EfiStub, "kernel-cmdline-efi"),
+        ] {
+            let (target, facts) = plan_for(&Facts { boot_loader: loader, ..Facts::default() });
+            let ids: Vec<_> =
+                applied_ids(&target, &facts).into_iter().filter(|id| id.starts_with("kernel-cmdline")).collect();
+            assert_eq!(ids, vec![id.to_string()]);
+        }
+        // syslinux goes only where it is the boot loader.
+        let (target, facts) = plan_for(&Facts { boot_loader: BootLoader::Grub, ..Facts::default() });
+        assert!(!Plan::new(&target, &facts).packages_to_remove().0.contains(&"syslinux".to_string()));
+    }
+
+    #[test]
+    fn xen_skips_the_virtio_steps_and_checks_blkfront() {
+        use crate::facts::Hypervisor;
+        let facts = Facts { hypervisor: Hypervisor::Xen, disk: Disk::Xvda, ..Facts::default() };
+        let (target, facts) = plan_for(&facts);
+        assert!(!applied_ids(&target, &facts).contains(&"balloon-blacklist".to_string()));
+        let steps = steps_of(&facts);
+        for virtio in ["\"virtio\"", "virtio_blk", "virtio_net", "virtio_balloon"] {
+            assert!(!steps.contains(virtio), "{virtio} in {steps}");
+        }
+        assert!(steps.contains("\"xen_blkfront\", \"ext4\"") && steps.contains("xen_scsifront"), "{steps}");
+    }
+
+    #[test]
+    fn diskless_keeps_the_modloop_and_commits_with_lbu() {
+        use crate::facts::Install;
+        let (target, facts) = plan_for(&Facts { install: Install::Diskless, ..Facts::default() });
+        let ids = applied_ids(&target, &facts);
+        for skipped in ["modules-prune", "initramfs-rebuild", "initramfs-check", "kernel-cmdline", "apk-cache-clear"] {
+            assert!(!ids.contains(&skipped.to_string()), "{skipped}");
+        }
+        assert_eq!(ids[ids.len() - 2..], ["lbu-commit".to_string(), "reboot".to_string()]);
     }
 
     #[test]

@@ -58,6 +58,10 @@ struct MinimiseScript<'a> {
     format: &'static str,
     target: &'a crate::target::Target,
     disk: String,
+    hypervisor: String,
+    install: String,
+    /// The boot loader: only its helpers are in the script.
+    boot_loader: String,
     facts: Vec<(String, String)>,
     applied: Vec<RuleView>,
     skipped: Vec<(String, String)>,
@@ -153,7 +157,7 @@ fn q(value: &str) -> Result<String, Error> {
 }
 
 /// The preflight lines that check the files a step edits have the shape it expects.
-fn step_needs(step: &Action<String>, boot_loader: BootLoader) -> Result<Vec<String>, Error> {
+fn step_needs(step: &Action<String>) -> Result<Vec<String>, Error> {
     let parent = |path: &str| path.rsplit_once('/').map(|(dir, _)| dir.to_string()).unwrap_or_default();
     Ok(match step {
         Action::WriteFile { path, create_dir: false, .. } => vec![format!("need_dir {}", q(&parent(path))?)],
@@ -165,13 +169,27 @@ fn step_needs(step: &Action<String>, boot_loader: BootLoader) -> Result<Vec<Stri
             }
             needs
         }
-        Action::KernelCmdline { .. } => match boot_loader {
-            BootLoader::Extlinux => vec![
-                "need_assignment /etc/update-extlinux.conf modules".into(),
-                "need_assignment /etc/update-extlinux.conf default_kernel_opts".into(),
-                "need_append_line /boot/extlinux.conf".into(),
-            ],
-        },
+        Action::KernelCmdline { boot_loader, .. } => {
+            let mut needs = vec![format!("check_boot_loader {}", q(&facts::FactValue::text(boot_loader))?)];
+            needs.extend(match boot_loader {
+                BootLoader::Extlinux => [
+                    "need_assignment /etc/update-extlinux.conf modules",
+                    "need_assignment /etc/update-extlinux.conf default_kernel_opts",
+                    "need_append_line /boot/extlinux.conf",
+                ]
+                .map(String::from)
+                .to_vec(),
+                BootLoader::Grub => [
+                    "need_assignment /etc/default/grub GRUB_CMDLINE_LINUX_DEFAULT",
+                    "need_program grub-mkconfig",
+                    "need_dir /boot/grub",
+                ]
+                .map(String::from)
+                .to_vec(),
+                BootLoader::EfiStub => vec!["need_kernel_line /boot/startup.nsh".into()],
+            });
+            needs
+        }
         Action::Mkinitfs {} => vec!["need_program mkinitfs".into()],
         Action::PruneModules { .. } => {
             vec!["need_program depmod".into(), "need_program modprobe".into(), "need_modules_dep".into()]
@@ -184,6 +202,7 @@ fn step_needs(step: &Action<String>, boot_loader: BootLoader) -> Result<Vec<Stri
         Action::ServiceOn { name, provided_by: None, .. } => vec![format!("need_init_script {}", q(name)?)],
         Action::WriteValue { path, .. } => vec![format!("need_file {}", q(path)?)],
         Action::GettysKeep { consoles } => vec![format!("need_console_gettys {}", q(&consoles.join(" "))?)],
+        Action::LbuCommit { .. } => vec!["need_lbu".into()],
         _ => Vec::new(),
     })
 }
@@ -202,9 +221,13 @@ fn step_files(step: &Action<String>, target: &Target) -> Vec<String> {
         Action::GettysKeep { .. } => vec!["/etc/inittab".into()],
         // The initramfs before the run: check-initramfs puts it back if the new one cannot boot.
         Action::Mkinitfs {} => vec![format!("/boot/initramfs-{}", target.kernel_flavor)],
-        Action::KernelCmdline { .. } => match target.boot_loader {
+        Action::KernelCmdline { boot_loader, .. } => match boot_loader {
             BootLoader::Extlinux => vec!["/etc/update-extlinux.conf".into(), "/boot/extlinux.conf".into()],
+            BootLoader::Grub => vec!["/etc/default/grub".into(), "/boot/grub/grub.cfg".into()],
+            BootLoader::EfiStub => vec!["/boot/startup.nsh".into()],
         },
+        // lbu's include list.
+        Action::LbuCommit { .. } => vec!["/etc/apk/protected_paths.d/lbu.list".into()],
         Action::SshSwitch {} => {
             let mut files = vec!["/etc/conf.d/dropbear".to_string()];
             files.extend(["rsa", "ecdsa", "ed25519"].map(|t| format!("/etc/dropbear/dropbear_{t}_host_key")));
@@ -292,7 +315,7 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
     for decision in plan.applied() {
         checks.extend(decision.rule.requires.iter().copied());
         for step in &decision.steps {
-            push_new(&mut needs, &step_needs(step, target.boot_loader)?);
+            push_new(&mut needs, &step_needs(step)?);
             push_new(&mut backup_paths, &step_files(step, target));
             if let Action::WriteFile { path, content, .. } = step
                 && let Some(end) = content.lines().find(|line| [HEREDOC_END, PROGRAM_END].contains(line))
@@ -317,6 +340,9 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
         format: if user_data { "user-data" } else { "script" },
         target,
         disk: plan.facts.get("disk").expect("known fact"),
+        hypervisor: plan.facts.get("hypervisor").expect("known fact"),
+        install: plan.facts.get("install").expect("known fact"),
+        boot_loader: plan.facts.get("boot_loader").expect("known fact"),
         facts: facts::KEYS
             .iter()
             .map(|k| (k.name.to_string(), plan.facts.toml_value(k.name).expect("known fact")))

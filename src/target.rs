@@ -7,6 +7,7 @@ use std::fmt;
 
 use crate::error::Error;
 use crate::facts;
+pub use crate::facts::BootLoader;
 
 /// The target files, compiled in: nothing under `targets/` is read at run time.
 const TARGET_FILES: &[(&str, &str)] = &[
@@ -84,8 +85,11 @@ pub enum Action<I = Item> {
     },
     /// Comment out each getty in /etc/inittab that runs on a terminal other than `consoles`.
     GettysKeep { consoles: Vec<I> },
-    /// Edit the kernel command line where the boot loader keeps it.
+    /// Edit the kernel command line where the boot loader keeps it (the rule's
+    /// condition pins the `boot_loader` fact to the same loader).
     KernelCmdline {
+        #[serde(default)]
+        boot_loader: BootLoader,
         #[serde(default)]
         remove_modules: Vec<I>,
         #[serde(default)]
@@ -136,6 +140,10 @@ pub enum Action<I = Item> {
     ClearDir { path: String },
     /// Write a value into a kernel file (sysfs) now.
     WriteValue { path: String, value: String },
+    /// Save the changes of a diskless host to its boot media (`lbu commit`), with
+    /// `include` (paths lbu does not save by default) added to lbu's list first;
+    /// `lbu status` must then list nothing.
+    LbuCommit { include: Vec<I> },
     /// Reboot at the end (when asked to) or say that a reboot is due.
     Reboot {},
 }
@@ -213,7 +221,6 @@ struct RawHeader {
     summary: String,
     release: String,
     kernel_flavor: Option<String>,
-    boot_loader: Option<BootLoader>,
     min_free_kb: Option<u64>,
 }
 
@@ -224,14 +231,6 @@ struct RawTarget {
     bench: Option<BenchFigures>,
     #[serde(default)]
     rule: Vec<RawRule>,
-}
-
-/// Where the kernel command line persists.
-#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum BootLoader {
-    /// `/etc/update-extlinux.conf`, regenerated into `/boot/extlinux.conf`.
-    Extlinux,
 }
 
 /// What a rule saved on the real-boot bench (RAM used as busybox `free` counts it,
@@ -290,7 +289,6 @@ pub struct Target {
     pub summary: String,
     pub release: String,
     pub kernel_flavor: String,
-    pub boot_loader: BootLoader,
     pub min_free_kb: u64,
     pub bench: Option<BenchFigures>,
     pub rules: Vec<Rule>,
@@ -325,7 +323,6 @@ impl Target {
                 target.summary = header.summary;
                 target.release = header.release;
                 target.kernel_flavor = header.kernel_flavor.unwrap_or(target.kernel_flavor);
-                target.boot_loader = header.boot_loader.unwrap_or(target.boot_loader);
                 target.min_free_kb = header.min_free_kb.unwrap_or(target.min_free_kb);
                 target.bench = raw.bench.or(target.bench);
                 target
@@ -337,7 +334,6 @@ impl Target {
                     summary: header.summary,
                     release: header.release,
                     kernel_flavor: header.kernel_flavor.ok_or_else(|| bad("`kernel_flavor` is missing".into()))?,
-                    boot_loader: header.boot_loader.ok_or_else(|| bad("`boot_loader` is missing".into()))?,
                     min_free_kb: header.min_free_kb.ok_or_else(|| bad("`min_free_kb` is missing".into()))?,
                     bench: raw.bench,
                     rules,
@@ -447,6 +443,15 @@ impl Rule {
         }
         for action in &self.actions {
             action.validate()?;
+            if let Action::KernelCmdline { boot_loader, .. } = action {
+                let loader = facts::FactValue::text(boot_loader);
+                let pinned = self.when.get("boot_loader").is_some_and(|v| v.values() == [loader.clone()]);
+                if !pinned {
+                    return Err(format!(
+                        "its kernel-cmdline action edits {loader}'s: its condition must be boot_loader = \"{loader}\""
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -535,7 +540,7 @@ impl Action {
                 Ok(())
             }
             Action::GettysKeep { consoles } => check_items(consoles),
-            Action::KernelCmdline { remove_modules, add_options } => {
+            Action::KernelCmdline { remove_modules, add_options, .. } => {
                 check_items(remove_modules)?;
                 check_items(add_options)
             }
@@ -559,6 +564,12 @@ impl Action {
                 check_word("value", value, "")
             }
             Action::PruneModules { keep } => check_items(keep),
+            Action::LbuCommit { include } => {
+                check_items(include)?;
+                include.iter().try_for_each(|item| match item {
+                    Item::Plain(path) | Item::When { value: path, .. } => check_path(path),
+                })
+            }
             Action::CheckInitramfs { modules } if modules.is_empty() => Err("check-initramfs names no module".into()),
             Action::CheckInitramfs { modules } => check_items(modules),
             Action::Mkinitfs {} | Action::SshSwitch {} | Action::Reboot {} => Ok(()),
@@ -612,6 +623,18 @@ mod tests {
         let mut when = Condition::new();
         when.insert("ssh_ports".into(), OneOrMany::One("22".into()));
         assert!(check_condition(&when).is_err());
+    }
+
+    #[test]
+    fn a_command_line_edit_is_pinned_to_its_boot_loader() {
+        let target = Target::load("alpine-3.23-kvm").unwrap();
+        let mut rule = target.rule("kernel-cmdline-grub").unwrap().clone();
+        assert!(rule.validate().is_ok());
+        rule.when.remove("boot_loader");
+        let err = rule.validate().unwrap_err();
+        assert!(err.contains("boot_loader = \"grub\""), "{err}");
+        rule.when.insert("boot_loader".into(), OneOrMany::One("extlinux".into()));
+        assert!(rule.validate().is_err());
     }
 
     #[test]

@@ -5,6 +5,9 @@ MINGEN_DRY_RUN=${MINGEN_DRY_RUN:-0}
 MINGEN_REBOOT=${MINGEN_REBOOT:-0}
 {# KEPT: packages a rule would remove that someone needs to log in (keep_package). -#}
 KERNEL_VERSION='' INITRAMFS_STALE=0 PREFLIGHT_FAILED=0 LOGGING=0 WORK='' KEPT=''
+{%- if boot_loader == "grub" %}
+GRUB_STALE=0
+{%- endif %}
 
 # ---- vocabulary
 
@@ -67,6 +70,13 @@ put_file() {
 	fi
 	case $1 in
 	/etc/mkinitfs/* | /etc/modprobe.d/*) initramfs_stale ;;
+{%- if boot_loader == "grub" %}
+	{#- grub.cfg is made from it: the same, for grub-mkconfig. #}
+	/etc/default/grub)
+		GRUB_STALE=1
+		dry_run || : >"$MINGEN_STATE/grub-stale" || err "cannot write to $MINGEN_STATE"
+		;;
+{%- endif %}
 	esac
 	if dry_run; then
 		say "would write $1:"
@@ -108,38 +118,83 @@ write_file() {
 {# edit_lists MODE <FILE: FILE with lists edited, per KEY, SEP, SET, ADD, REMOVE (items
    split on spaces). assign: each `KEY=list` line (quoted or not) gets SET, or loses
    REMOVE and gains ADD; append: each APPEND line of extlinux.conf loses REMOVE from
-   `modules=` and gains the options ADD; check: exit 1 unless a plain `KEY=` list exists. -#}
+   `modules=` and gains the options ADD; cmdline: the same in the command line that is
+   the value of `KEY=` (GRUB_CMDLINE_LINUX_DEFAULT); lines: the same in each line that
+   is not empty or a comment (an EFI stub's startup.nsh); check: exit 1 unless a
+   plain `KEY=` list exists. -#}
 edit_lists() {
 	MODE=$1 awk '
-	function edit(list, sep, add, remove,    n, i, w, drop, have, out) {
-		n = split(remove, w, " ")
-		for (i = 1; i <= n; i++) drop[w[i]] = 1
-		n = split(list, w, sep)
-		for (i = 1; i <= n; i++) if (w[i] != "" && !(w[i] in drop)) { have[w[i]] = 1; out = out == "" ? w[i] : out sep w[i] }
-		n = split(add, w, " ")
-		for (i = 1; i <= n; i++) if (!(w[i] in have)) { have[w[i]] = 1; out = out == "" ? w[i] : out sep w[i] }
+	function join(a, b, sep) { return a == "" ? b : a sep b }
+	function cmdline(v,    n, i, t, w, out) {
+		out = ""
+		n = split(v, w, " ")
+		for (i = 1; i <= n; i++) {
+			t = w[i]
+			if (index(t, "modules=") == 1) t = "modules=" edit(substr(t, 9), ",", "", "", ENVIRON["REMOVE"])
+			out = join(out, t, " ")
+		}
+		return edit(out, " ", "", ENVIRON["ADD"], "")
+	}
+	function edit(list, sep, set, add, remove,    n, i, m, items, extra, drop, have, out) {
+		out = ""
+		if (set != "") {
+			m = split(set, extra, " ")
+			for (i = 1; i <= m; i++) out = join(out, extra[i], sep)
+			return out
+		}
+		m = split(remove, extra, " ")
+		for (i = 1; i <= m; i++) drop[extra[i]] = 1
+		n = split(list, items, sep)
+		for (i = 1; i <= n; i++) {
+			if (items[i] == "" || items[i] in drop) continue
+			have[items[i]] = 1
+			out = join(out, items[i], sep)
+		}
+		m = split(add, extra, " ")
+		for (i = 1; i <= m; i++) {
+			if (extra[i] in have) continue
+			have[extra[i]] = 1
+			out = join(out, extra[i], sep)
+		}
 		return out
 	}
-	BEGIN { mode = ENVIRON["MODE"]; key = ENVIRON["KEY"] "="; sep = ENVIRON["SEP"]; set = ENVIRON["SET"] }
-	mode != "append" && index($0, key) == 1 {
-		v = substr($0, length(key) + 1)
-		q = substr(v, 1, 1)
-		if (length(v) >= 2 && (q == "\"" || q == "\047") && substr(v, length(v)) == q) v = substr(v, 2, length(v) - 2)
-		else q = ""
+	function unquote(v,    f) {
+		quote = ""
+		f = substr(v, 1, 1)
+		if (length(v) >= 2 && (f == "\"" || f == "\047") && substr(v, length(v)) == f) {
+			quote = f
+			v = substr(v, 2, length(v) - 2)
+		}
+		return v
+	}
+	BEGIN { mode = ENVIRON["MODE"]; key = ENVIRON["KEY"] "=" }
+{%- if boot_loader == "grub" %}
+	mode == "cmdline" && index($0, key) == 1 {
+		v = cmdline(unquote(substr($0, length(key) + 1)))
+		if (quote == "" && index(v, " ")) quote = "\""
+		print key quote v quote
+		next
+	}
+{%- endif %}
+{%- if boot_loader == "efi-stub" %}
+	mode == "lines" && NF && $1 !~ /^#/ { print cmdline($0); next }
+{%- endif %}
+	(mode == "assign" || mode == "check") && index($0, key) == 1 {
+		v = unquote(substr($0, length(key) + 1))
 		if (mode == "check") {
 			found = 1
-			if (v ~ /["$`\\]/ || v ~ /\047/ || (q == "" && v ~ /[ \t]/)) bad = 1
+			if (v ~ /["$`\\]/ || v ~ /\047/ || (quote == "" && v ~ /[ \t]/)) bad = 1
 			next
 		}
-		v = set != "" ? edit("", sep, set, "") : edit(v, sep, ENVIRON["ADD"], ENVIRON["REMOVE"])
-		if (q == "" && index(v, " ")) q = "\""
-		print key q v q
+		v = edit(v, ENVIRON["SEP"], ENVIRON["SET"], ENVIRON["ADD"], ENVIRON["REMOVE"])
+		if (quote == "" && index(v, " ")) quote = "\""
+		print key quote v quote
 		next
 	}
 	mode == "append" && $1 == "APPEND" {
-		out = ""
-		for (i = 2; i <= NF; i++) out = out " " (index($i, "modules=") == 1 ? "modules=" edit(substr($i, 9), ",", "", ENVIRON["REMOVE"]) : $i)
-		print substr($0, 1, index($0, "APPEND") - 1) "APPEND " edit(substr(out, 2), " ", ENVIRON["ADD"], "")
+		v = $0
+		sub(/^[ \t]*APPEND[ \t]*/, "", v)
+		print substr($0, 1, index($0, "APPEND") - 1) "APPEND " cmdline(v)
 		next
 	}
 	mode != "check" { print }
@@ -158,6 +213,23 @@ edit_append_lines() {
 	put_file "$1" 0644 "$WORK/new"
 }
 
+{% if boot_loader == "grub" -%}
+{# edit_cmdline_assignment PATH KEY REMOVE_MODULES ADD_OPTIONS: the command line
+   that is the value of PATH's `KEY=`. -#}
+edit_cmdline_assignment() {
+	KEY=$2 REMOVE=$3 ADD=$4 edit_lists cmdline <"$1" >"$WORK/new" || err "could not read $1"
+	put_file "$1" 0644 "$WORK/new"
+}
+
+{% endif -%}
+{% if boot_loader == "efi-stub" -%}
+{# edit_kernel_lines PATH REMOVE_MODULES ADD_OPTIONS: each command line of PATH. -#}
+edit_kernel_lines() {
+	REMOVE=$2 ADD=$3 edit_lists lines <"$1" >"$WORK/new" || err "could not read $1"
+	put_file "$1" 0644 "$WORK/new"
+}
+
+{% endif -%}
 {# set_assignment PATH KEY VALUE: PATH holds `KEY="VALUE"`, in place of its first KEY= line or at the end. -#}
 set_assignment() {
 	local from=/dev/null
@@ -308,6 +380,48 @@ rebuild_initramfs() {
 	fi
 }
 
+{% if boot_loader == "grub" -%}
+# ---- GRUB
+{# update_grub_cfg REMOVE_MODULES ADD_OPTIONS: when /etc/default/grub changed (in this
+   run or in one cut short), make /boot/grub/grub.cfg again as Alpine's update-grub
+   does; its first `linux` line (the default entry; a recovery entry has only
+   GRUB_CMDLINE_LINUX) must then carry ADD_OPTIONS, and no `linux` line may load one
+   of REMOVE_MODULES, or the previous grub.cfg goes back and the run stops. -#}
+update_grub_cfg() {
+	local cfg=/boot/grub/grub.cfg found
+	if [ "$GRUB_STALE" = 1 ] || [ -e "$MINGEN_STATE/grub-stale" ]; then
+		change "make $cfg again (grub-mkconfig)" write_grub_cfg "$cfg"
+		GRUB_STALE=0
+		if dry_run; then
+			return 0
+		fi
+		rm -f "$MINGEN_STATE/grub-stale"
+	fi
+	found=$(REMOVE=$1 ADD=$2 awk '
+	BEGIN { na = split(ENVIRON["ADD"], add, " "); nr = split(ENVIRON["REMOVE"], rm, " ") }
+	$1 == "linux" {
+		split("", have)
+		mods = ""
+		for (i = 2; i <= NF; i++) { have[$i] = 1; if (index($i, "modules=") == 1) mods = "," substr($i, 9) "," }
+		for (j = 1; j <= na; j++) if (!lines && !(add[j] in have)) { print "lacks " add[j]; exit }
+		for (j = 1; j <= nr; j++) if (index(mods, "," rm[j] ",")) { print "still loads " rm[j]; exit }
+		lines++
+	}
+	END { if (!lines) print "has no linux line" }' "$cfg" 2>&1)
+	if [ -n "$found" ]; then
+		if [ -f "$MINGEN_BACKUP$cfg" ]; then
+			cp -p "$MINGEN_BACKUP$cfg" "$cfg" || :
+		fi
+		: >"$MINGEN_STATE/grub-stale" || :
+		err "$cfg, made from /etc/default/grub, $found: the previous grub.cfg is back; check /etc/default/grub and /etc/grub.d"
+	fi
+}
+
+write_grub_cfg() {
+	grub-mkconfig -o "$1.new" && mv -f "$1.new" "$1"
+}
+
+{% endif -%}
 need_modules_dep() {
 	[ -z "$KERNEL_VERSION" ] || [ -f "/lib/modules/$KERNEL_VERSION/modules.dep" ] ||
 		mismatch "/lib/modules/$KERNEL_VERSION/modules.dep is missing"
@@ -353,7 +467,7 @@ prune_modules() {
    need; else the previous one goes back and the run stops, before any reboot. -#}
 # check_initramfs MODULES: the new initramfs holds MODULES and their dependencies, or the old one goes back.
 check_initramfs() {
-	local image=/boot/initramfs-{{ target.kernel_flavor }} magic missing
+	local image=/boot/initramfs-{{ target.kernel_flavor }} magic missing builtin
 	if dry_run; then
 		say "would check that $image holds $1 and their dependencies"
 		return 0
@@ -364,6 +478,9 @@ check_initramfs() {
 	FILENAME != dep { n = $1; gsub(/-/, "_", n); want[n] = 1; next }
 	{ p = $1; sub(/:$/, "", p); if (name_of(p) in want) for (i = 2; i <= NF; i++) need[name_of($i)] = 1 }
 	END { for (n in want) print n; for (n in need) print n }' - "/lib/modules/$KERNEL_VERSION/modules.dep" | sort -u >"$WORK/wanted"
+	{#- A driver built into the kernel (modules.builtin) needs no module: xen-blkfront in linux-virt. #}
+	awk '{ sub(/.*\//, ""); sub(/\.ko.*$/, ""); gsub(/-/, "_"); print }' "/lib/modules/$KERNEL_VERSION/modules.builtin" 2>/dev/null |
+		sort -u >"$WORK/builtin" || err "cannot write to $WORK"
 	{#- gzip, xz, zstd or plain cpio #}
 	magic=$(od -An -tx1 -N4 "$image" | tr -d ' \n')
 	case $magic in
@@ -372,7 +489,7 @@ check_initramfs() {
 	28b52ffd) zstd -dc "$image" ;;
 	30373037) cat "$image" ;;
 	esac | cpio -t 2>/dev/null | awk '/\.ko/ { sub(/.*\//, ""); sub(/\.ko.*$/, ""); gsub(/-/, "_"); print }' |
-		sort -u | comm -13 - "$WORK/wanted" >"$WORK/missing"
+		sort -u - "$WORK/builtin" | comm -13 - "$WORK/wanted" >"$WORK/missing"
 	missing=$(tr '\n' ' ' <"$WORK/missing")
 	if [ -n "$missing" ]; then
 		if [ -f "$MINGEN_BACKUP$image" ]; then
@@ -381,7 +498,8 @@ check_initramfs() {
 		: >"$MINGEN_STATE/initramfs-stale" || :
 		err "the new initramfs lacks ${missing% }, which the root disk needs: the previous initramfs is back in $image, and nothing reboots"
 	fi
-	say "the initramfs holds $(xargs <"$WORK/wanted")"
+	builtin=$(comm -12 "$WORK/wanted" "$WORK/builtin" | tr '\n' ' ')
+	say "the initramfs holds $(comm -23 "$WORK/wanted" "$WORK/builtin" | tr '\n' ' ')${builtin:+(built into the kernel: ${builtin% })}"
 }
 
 # ---- ssh
@@ -577,6 +695,97 @@ need_append_line() {
 	if need_file "$1" && ! grep -q '^[[:space:]]*APPEND[[:space:]]' "$1"; then
 		mismatch "$1 has no APPEND line"
 	fi
+}
+
+{% if boot_loader == "efi-stub" -%}
+# need_kernel_line PATH: PATH holds one command line, and it starts the kernel
+# (an EFI stub's startup.nsh: `vmlinuz-virt initrd=... root=...`).
+need_kernel_line() {
+	local lines
+	if [ ! -f "$1" ]; then
+		mismatch "$1 is missing"
+		return 0
+	fi
+	lines=$(awk 'NF && $1 !~ /^#/ { n++; if ($1 !~ /vmlinuz/) other = 1 } END { print n + 0, other + 0 }' "$1")
+	if [ "$lines" != "1 0" ]; then
+		mismatch "$1 does not hold exactly one command line that starts the kernel (vmlinuz-...)"
+	fi
+}
+
+{% endif -%}
+{% if install == "diskless" -%}
+# check_diskless: the host runs from RAM, with its modules from a modloop.
+check_diskless() {
+	local type
+	type=$(root_fstype)
+	if [ "$type" != tmpfs ]; then
+		mismatch "fact \`install\` is diskless, but the root filesystem is ${type:-not in /proc/mounts}, not tmpfs"
+	fi
+	if [ -z "$(modloop)" ]; then
+		mismatch "fact \`install\` is diskless, but no modloop is mounted at /.modloop (/proc/mounts)"
+	fi
+}
+
+# need_lbu: lbu knows where to save (LBU_MEDIA or LBU_BACKUPDIR in
+# /etc/lbu/lbu.conf), and, before the first run, nothing is left unsaved that
+# the run's lbu commit would save unseen.
+need_lbu() {
+	local where status
+	if ! command -v lbu >/dev/null 2>&1; then
+		mismatch "\`lbu\` is not installed"
+		return 0
+	fi
+	where=$(
+		LBU_MEDIA='' LBU_BACKUPDIR=''
+		# shellcheck disable=SC1091 # the host's file, sourced as lbu sources it
+		. /etc/lbu/lbu.conf >/dev/null 2>&1 || :
+		printf '%s' "${LBU_BACKUPDIR:-${LBU_MEDIA:+/media/$LBU_MEDIA}}"
+	)
+	if [ -z "$where" ]; then
+		mismatch "/etc/lbu/lbu.conf sets neither LBU_MEDIA nor LBU_BACKUPDIR: lbu commit would not know where to save"
+	elif [ ! -d "$where" ]; then
+		mismatch "lbu saves to $where, which is not a directory"
+	elif [ ! -e "$MINGEN_STATE/undo.sh" ]; then
+		status=$(lbu status 2>&1 | tr '\n' ' ')
+		if [ -n "$status" ]; then
+			mismatch "lbu status lists changes not saved yet ($status): commit or revert them first, or the run's lbu commit saves them too"
+		fi
+	fi
+}
+
+# lbu_commit INCLUDE: add INCLUDE (paths, split on spaces) to what lbu saves, save
+# every change to the boot media, and check that lbu status then lists nothing.
+lbu_commit() {
+	local path status
+	for path in $1; do
+		if ! grep -qxF "+${path#/}" /etc/apk/protected_paths.d/lbu.list 2>/dev/null; then
+			change "add $path to what lbu saves" lbu include "$path"
+		fi
+	done
+	if dry_run; then
+		say "would save the changes to the boot media (lbu commit)"
+		return 0
+	fi
+	# For undo.sh: it saves the files it puts back the same way.
+	[ -e "$MINGEN_STATE/lbu" ] || : >"$MINGEN_STATE/lbu" || err "cannot write to $MINGEN_STATE"
+	if [ -n "$(lbu status 2>&1)" ]; then
+		change "save the changes to the boot media (lbu commit)" lbu commit
+	fi
+	status=$(lbu status 2>&1 | tr '\n' ' ')
+	if [ -n "$status" ]; then
+		err "after lbu commit, lbu status still lists changes: $status"
+	fi
+}
+
+{% endif -%}
+# check_boot_loader LOADER: the host has the files of boot loader LOADER (fact `boot_loader`).
+check_boot_loader() {
+	local found
+	found=$(boot_loaders | tr '\n' ' ')
+	case " $found" in
+	*" $1 "*) ;;
+	*) mismatch "fact \`boot_loader\` is $1, but this host has the files of ${found:-no boot loader mingen knows} (/boot/extlinux.conf, /boot/grub/grub.cfg, /boot/startup.nsh)" ;;
+	esac
 }
 
 need_init_script() {

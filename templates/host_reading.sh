@@ -13,6 +13,31 @@ root_disk() {
 	printf '%s\n' "$dev"
 }
 
+{# root_fstype: the type of the filesystem mounted at / (tmpfs on a diskless host). -#}
+root_fstype() {
+	awk '$2 == "/" { t = $3 } END { print t }' /proc/mounts 2>/dev/null || :
+}
+
+{# modloop: `DEVICE TYPE` of the modloop mounted at /.modloop, where a diskless
+   host's kernel modules come from; nothing if none is mounted. -#}
+modloop() {
+	awk '$2 == "/.modloop" { print $1, $3 }' /proc/mounts 2>/dev/null || :
+}
+
+{# boot_loaders: the boot loaders whose files this host has, one a line: extlinux
+   (/boot/extlinux.conf), grub (/boot/grub/grub.cfg), efi-stub (/boot/startup.nsh). -#}
+boot_loaders() {
+	if [ -f /boot/extlinux.conf ]; then
+		echo extlinux
+	fi
+	if [ -f /boot/grub/grub.cfg ]; then
+		echo grub
+	fi
+	if [ -f /boot/startup.nsh ]; then
+		echo efi-stub
+	fi
+}
+
 {# sshd_config_lines FILE: FILE with its Include lines replaced by the files they name. -#}
 sshd_config_lines() {
 	local line file

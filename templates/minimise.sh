@@ -41,22 +41,37 @@ REMOVE_PREFIXES={{ remove_prefixes|sh }}
 # ---------------------------------------------------------------- this host
 
 preflight() {
-	local disk release avail
+	local release avail hypervisor found{% if install == "sys" %} disk{% endif %}
 	[ "$(id -u)" = 0 ] || err "run this as root"
 	release=$(cat /etc/alpine-release 2>/dev/null || echo "no /etc/alpine-release")
 	case $release in
 	{{ target.release }} | {{ target.release }}.*) ;;
 	*) mismatch "target \`{{ target.id }}\` is for Alpine {{ target.release }}, but this host is $release" ;;
 	esac
+{%- if install == "diskless" %}
+	check_diskless
+{%- else %}
 	disk=$(root_disk)
-	[ "$disk" = {{ disk|sh }} ] ||
+	if [ "$(root_fstype)" = tmpfs ]; then
+		mismatch "fact \`install\` is sys, but the root filesystem is tmpfs: a host that runs from RAM (install = \"diskless\")"
+	elif [ "$disk" != {{ disk|sh }} ]; then
 		mismatch "fact \`disk\` is {{ disk }}, but the root filesystem is on ${disk:-an unknown device} (/proc/mounts)"
+	fi
+{%- endif %}
+	{#- A Xen guest, PV or HVM, has `xen` there; a KVM guest has no such file. #}
+	found=$(cat /sys/hypervisor/type 2>/dev/null || :)
+	hypervisor=kvm
+	[ "$found" != xen ] || hypervisor=xen
+	[ "$hypervisor" = {{ hypervisor|sh }} ] ||
+		mismatch "fact \`hypervisor\` is {{ hypervisor }}, but /sys/hypervisor/type says ${found:-nothing (it is missing)}"
 	avail=$(df -Pk / | awk 'NR == 2 { print $4 }')
 	[ "${avail:-0}" -ge {{ target.min_free_kb }} ] || mismatch "only ${avail:-0} KiB are free on /; {{ target.min_free_kb }} KiB are needed"
+{%- if install == "sys" %}
 	KERNEL_VERSION=$(cat /usr/share/kernel/{{ target.kernel_flavor }}/kernel.release 2>/dev/null || :)
 	if [ -z "$KERNEL_VERSION" ] || [ ! -d "/lib/modules/$KERNEL_VERSION" ]; then
 		mismatch "no installed {{ target.kernel_flavor }} kernel: /usr/share/kernel/{{ target.kernel_flavor }}/kernel.release names '${KERNEL_VERSION}', /lib/modules holds: $(find /lib/modules -mindepth 1 -maxdepth 1 2>/dev/null | tr '\n' ' ')"
 	fi
+{%- endif %}
 {%- for need in needs %}
 	{{ need }}
 {%- endfor %}
@@ -125,12 +140,20 @@ rule_{{ rule.func }}() {
 	edit_assignment {{ path|sh }} {{ key|sh }} {{ separator|sh }} {{ set.join(" ")|sh }} {{ add.join(" ")|sh }} {{ remove.join(" ")|sh }}
 {%- when Action::Replace { path, find, replace, into } %}
 	replace_text {{ path|sh }} {{ find|sh }} {{ replace|sh }} {{ into.as_deref().unwrap_or(path)|sh }}
-{%- when Action::KernelCmdline { remove_modules, add_options } %}
+{%- when Action::KernelCmdline { boot_loader, remove_modules, add_options } %}
+{%- match boot_loader %}
+{%- when BootLoader::Extlinux %}
 {%- if !remove_modules.is_empty() %}
 	edit_assignment /etc/update-extlinux.conf modules , '' '' {{ remove_modules.join(" ")|sh }}
 {%- endif %}
 	edit_assignment /etc/update-extlinux.conf default_kernel_opts ' ' '' {{ add_options.join(" ")|sh }} ''
 	edit_append_lines /boot/extlinux.conf {{ remove_modules.join(" ")|sh }} {{ add_options.join(" ")|sh }}
+{%- when BootLoader::Grub %}
+	edit_cmdline_assignment /etc/default/grub GRUB_CMDLINE_LINUX_DEFAULT {{ remove_modules.join(" ")|sh }} {{ add_options.join(" ")|sh }}
+	update_grub_cfg {{ remove_modules.join(" ")|sh }} {{ add_options.join(" ")|sh }}
+{%- when BootLoader::EfiStub %}
+	edit_kernel_lines /boot/startup.nsh {{ remove_modules.join(" ")|sh }} {{ add_options.join(" ")|sh }}
+{%- endmatch %}
 {%- when Action::Mkinitfs {} %}
 	rebuild_initramfs
 {%- when Action::PruneModules { keep } %}
@@ -153,6 +176,8 @@ rule_{{ rule.func }}() {
 	keep_gettys {{ consoles.join(" ")|sh }}
 {%- when Action::WriteValue { path, value } %}
 	write_value {{ path|sh }} {{ value|sh }}
+{%- when Action::LbuCommit { include } %}
+	lbu_commit {{ include.join(" ")|sh }}
 {%- when Action::Reboot {} %}
 	finish
 {%- endmatch %}

@@ -180,8 +180,10 @@ APK=
 RC_SERVICE=
 SSHD=
 IP=
+INSTALL=sys
 HYPERVISOR=none
 HYPERVISOR_TEXT=
+XEN_MODE=
 SSH_FROM=
 SSH_SERVER=dropbear
 SSH_PORTS=22
@@ -206,7 +208,15 @@ detect_hypervisor() {
 	[ "$flag" = no ] || seen="$seen, cpuinfo flag hypervisor"
 	HYPERVISOR_TEXT=${seen#, }
 	case "$type|$vendor|$product|$clock" in
-	xen\|* | *Xen* | *"HVM domU"* | *\|xen) HYPERVISOR=xen ;;
+	xen\|* | *Xen* | *"HVM domU"* | *\|xen)
+		HYPERVISOR=xen
+		# An HVM guest has firmware tables (DMI); a PV guest has none.
+		if [ -n "$vendor$product" ]; then
+			XEN_MODE=HVM
+		else
+			XEN_MODE=PV
+		fi
+		;;
 	*QEMU* | *KVM* | *\|kvm-clock) HYPERVISOR=kvm ;;
 	*)
 		if [ "$flag" = yes ] || [ -n "$vendor$clock" ]; then
@@ -214,6 +224,18 @@ detect_hypervisor() {
 		fi
 		;;
 	esac
+}
+
+# detect_install: INSTALL is diskless where the root is a tmpfs and a modloop is
+# mounted (Alpine's diskless mode), other where the root is a tmpfs without one.
+detect_install() {
+	if [ "$(root_fstype)" = tmpfs ]; then
+		if [ -n "$(modloop)" ]; then
+			INSTALL=diskless
+		else
+			INSTALL=other
+		fi
+	fi
 }
 
 # read_ssh: the SSH server's settings, from sshd (sshd -T, else its config) or,
@@ -393,35 +415,50 @@ targets_for() {
 }
 
 host_section() {
-	local gettys consoles loaders=""
+	local gettys consoles loaders count
 	printf '\n'
 	case $HYPERVISOR in
-	kvm) note "hypervisor: KVM ($HYPERVISOR_TEXT)" ;;
-	xen) check "hypervisor: Xen ($HYPERVISOR_TEXT): no target supports Xen yet" ;;
-	other) check "hypervisor: not KVM or not recognised ($HYPERVISOR_TEXT): the targets are for KVM guests" ;;
-	*) note "hypervisor: none recognised (no /sys/hypervisor/type, DMI vendor, clocksource or cpuinfo flag); the targets are for KVM guests" ;;
+	kvm)
+		note "hypervisor: KVM ($HYPERVISOR_TEXT)"
+		fact hypervisor kvm
+		;;
+	xen)
+		note "hypervisor: Xen, $XEN_MODE guest ($HYPERVISOR_TEXT): its disk and network drivers are built into linux-virt, and the virtio-only steps are skipped"
+		fact hypervisor xen
+		;;
+	other) check "hypervisor: not KVM or Xen, or not recognised ($HYPERVISOR_TEXT): hypervisor is left out (kvm, the default); the targets are for KVM and Xen guests" ;;
+	*) note "hypervisor: none recognised (no /sys/hypervisor/type, DMI vendor, clocksource or cpuinfo flag); hypervisor is left out (kvm, the default)" ;;
 	esac
 
-	if [ -f /etc/update-extlinux.conf ] && [ -f /boot/extlinux.conf ]; then
-		loaders=extlinux
-		note "boot loader: extlinux (/etc/update-extlinux.conf, /boot/extlinux.conf), the one the targets edit"
-	elif [ -f /etc/update-extlinux.conf ] || [ -f /boot/extlinux.conf ]; then
-		loaders=extlinux
-		check "boot loader: extlinux, but only one of /etc/update-extlinux.conf and /boot/extlinux.conf exists; the script's preflight needs both"
+	loaders=$(boot_loaders | tr '\n' ' ')
+	loaders=${loaders% }
+	count=$(printf '%s' "$loaders" | wc -w)
+	if [ "$INSTALL" = diskless ]; then
+		note "boot loader: on the boot media of a diskless host, which the script leaves alone (boot_loader does not apply)"
+	elif [ "$count" = 1 ]; then
+		case $loaders in
+		extlinux)
+			if [ -f /etc/update-extlinux.conf ]; then
+				note "boot loader: extlinux (/etc/update-extlinux.conf, /boot/extlinux.conf)"
+			else
+				check "boot loader: extlinux, but /etc/update-extlinux.conf is missing; the script's preflight needs it beside /boot/extlinux.conf"
+			fi
+			;;
+		grub)
+			if [ -f /etc/default/grub ]; then
+				note "boot loader: GRUB (/boot/grub/grub.cfg, made by grub-mkconfig from /etc/default/grub)"
+			else
+				check "boot loader: GRUB, but /etc/default/grub is missing; the script's preflight needs it"
+			fi
+			;;
+		efi-stub) note "boot loader: none, the kernel's EFI stub, started by /boot/startup.nsh" ;;
+		esac
+		fact boot_loader "$loaders"
+	elif [ "$count" = 0 ]; then
+		check "boot loader: none found (no /boot/extlinux.conf, /boot/grub/grub.cfg or /boot/startup.nsh): boot_loader is left out, and the script's preflight will stop"
+	else
+		check "more than one boot loader is configured ($loaders): check which one boots and set boot_loader to it; it is left out"
 	fi
-	if [ -f /boot/grub/grub.cfg ] || [ -f /etc/default/grub ]; then
-		loaders="$loaders GRUB"
-		check "boot loader: GRUB files found (/boot/grub/grub.cfg or /etc/default/grub): no target edits GRUB yet"
-	fi
-	if [ -f /boot/startup.nsh ]; then
-		loaders="$loaders EFI-stub"
-		check "boot loader: EFI stub (/boot/startup.nsh): no target edits it yet"
-	fi
-	case $loaders in
-	'') check "boot loader: none found (no extlinux, GRUB or EFI stub files): the script's preflight stops without /etc/update-extlinux.conf and /boot/extlinux.conf" ;;
-	extlinux?*) check "more than one boot loader is configured ($loaders): the targets edit extlinux only; check which one boots" ;;
-	*) ;;
-	esac
 
 	gettys=$(awk -F: '
 	/^[ \t]*#/ { next }
@@ -429,6 +466,31 @@ host_section() {
 	consoles=$(cat /proc/cmdline 2>/dev/null | tr ' ' '\n' | sed -n 's/^console=//p' | tr '\n' ' ' || :)
 	consoles=${consoles% }
 	note "consoles with a getty (/etc/inittab):${gettys:- none}; kernel console= (/proc/cmdline): ${consoles:-none}"
+}
+
+install_section() {
+	local where
+	printf '\n'
+	case $INSTALL in
+	diskless)
+		where=$(
+			LBU_MEDIA='' LBU_BACKUPDIR=''
+			# shellcheck disable=SC1091 # the host's file, sourced as lbu sources it
+			. /etc/lbu/lbu.conf >/dev/null 2>&1 || :
+			printf '%s' "${LBU_BACKUPDIR:-${LBU_MEDIA:+/media/$LBU_MEDIA}}"
+		)
+		note "diskless: the root is a tmpfs and the modules come from the modloop ($(modloop) at /.modloop); lbu saves to ${where:-nowhere yet}"
+		if [ -z "$where" ]; then
+			check "/etc/lbu/lbu.conf sets neither LBU_MEDIA nor LBU_BACKUPDIR: set one, or the script's preflight stops (its lbu commit would not know where to save)"
+		fi
+		fact install diskless
+		;;
+	other) check "the root is a tmpfs but no modloop is mounted at /.modloop: not a diskless Alpine host that mingen knows (a container?); install is left out (sys, the default) and the script's preflight will stop" ;;
+	*)
+		note "installed on a disk (the root is $(root_fstype))"
+		fact install sys
+		;;
+	esac
 }
 
 target_section() {
@@ -445,8 +507,6 @@ target_section() {
 		check "Alpine $release (/etc/alpine-release): no target is for this release; target is left out, and the script's preflight will stop"
 	elif [ "$count" != 1 ]; then
 		check "Alpine $release: several targets are for it ($(printf '%s' "$ids" | tr '\n' ' ')); set target to one"
-	elif [ "$HYPERVISOR" = xen ]; then
-		check "Alpine $release, but on Xen: target $ids is for KVM and no target supports Xen yet; target is left out"
 	else
 		note "Alpine $release (/etc/alpine-release)"
 		fact target "$ids"
@@ -456,6 +516,10 @@ target_section() {
 disk_section() {
 	local dev disk path scsi=no
 	printf '\n'
+	if [ "$INSTALL" = diskless ]; then
+		note "diskless: no root disk (disk does not apply)"
+		return 0
+	fi
 	dev=$(awk '$2 == "/" { d = $1 } END { print d }' /proc/mounts 2>/dev/null || :)
 	disk=$(root_disk)
 	path=$(readlink -f "/sys/block/$disk" 2>/dev/null || :)
@@ -486,14 +550,22 @@ disk_section() {
 			;;
 		esac
 		;;
-	xvd*) check "the root filesystem is on $dev: $disk, a Xen disk (xen-blkfront): no target supports it yet; disk is left out and the script's preflight will stop" ;;
+	xvda)
+		if [ "$HYPERVISOR" = xen ]; then
+			note "the root filesystem is on $dev: xvda, a Xen disk (xen-blkfront, built into linux-virt)"
+			fact disk xvda
+		else
+			check "the root filesystem is on $dev: xvda, a Xen disk, but the hypervisor is not recognised as Xen (no /sys/hypervisor/type saying xen): disk is left out and the script's preflight will stop"
+		fi
+		;;
+	xvd*) check "the root filesystem is on $dev: $disk, a Xen disk other than the first: only xvda is supported; disk is left out and the script's preflight will stop" ;;
 	nvme0n1)
 		note "the root filesystem is on $dev: nvme0n1, an NVMe disk (the initramfs keeps nvme)"
 		fact disk nvme0n1
 		;;
 	nvme*) check "the root filesystem is on $dev: $disk, an NVMe disk other than the first: only nvme0n1 is supported; disk is left out and the script's preflight will stop" ;;
 	'') check "no root filesystem in /proc/mounts: disk is left out; the script's preflight reads /proc/mounts and will stop" ;;
-	*) check "the root filesystem is on $dev ($disk): only vda (virtio-blk), sda (virtio-scsi) and nvme0n1 are supported; disk is left out and the script's preflight will stop" ;;
+	*) check "the root filesystem is on $dev ($disk): only vda (virtio-blk), sda (virtio-scsi), nvme0n1 and xvda (Xen) are supported; disk is left out and the script's preflight will stop" ;;
 	esac
 }
 
@@ -549,6 +621,10 @@ guest_agent_section() {
 balloon_section() {
 	local inflated
 	printf '\n'
+	if [ "$HYPERVISOR" = xen ]; then
+		note "Xen's balloon driver is built into linux-virt: no blacklist reaches it, and the balloon fact does not apply"
+		return 0
+	fi
 	if grep -q '^virtio_balloon ' /proc/modules 2>/dev/null || [ -d /sys/bus/virtio/drivers/virtio_balloon ]; then
 		inflated=$(awk '$1 == "balloon_inflate" { print $2 }' /proc/vmstat 2>/dev/null || :)
 		case $inflated in
@@ -778,9 +854,11 @@ probe() {
 	[ -n "$APK" ] || say "no \`apk\`: reading /lib/apk/db/installed instead"
 	[ -n "$RC_SERVICE" ] || say "no \`rc-service\`: reading /run/openrc/started instead"
 	detect_hypervisor
+	detect_install
 	read_ssh
 	header
 	host_section
+	install_section
 	target_section
 	disk_section
 	ipv6_section

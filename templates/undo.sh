@@ -137,7 +137,7 @@ restore_started() {
 }
 
 main() {
-	local add del
+	local add del kver
 	[ "$(id -u)" = 0 ] || err "run this as root"
 	[ -f "$BACKUP/etc/apk/world" ] || err "no backup in $BACKUP: nothing to undo"
 	trap '' HUP
@@ -159,8 +159,16 @@ main() {
 	fi
 	{#- After the last package change: apk fix reads the world file restore_files put back. #}
 	restore_modules
-	say "rebuild the initramfs"
-	mkinitfs "$(cat "$STATE/kernel-version")" || err "mkinitfs failed: the old initramfs is in place"
+	# A diskless host (no installed kernel) has no initramfs of its own: lbu saves instead.
+	kver=$(cat "$STATE/kernel-version")
+	if [ -n "$kver" ]; then
+		say "rebuild the initramfs"
+		mkinitfs "$kver" || err "mkinitfs failed: the old initramfs is in place"
+	fi
+	if [ -e "$STATE/lbu" ]; then
+		say "save the files put back to the boot media (lbu commit)"
+		lbu commit || err "lbu commit failed: the boot media still has the minimised configuration"
+	fi
 	rm -f "$STATE/reboot-pending"
 	say "done: reboot to boot the host as it was"
 }

@@ -23,6 +23,18 @@ const ALPINE_322: Case = Case { profile: "alpine-3.22", args: &["--target", "alp
 const DHCP: Case = Case { profile: "dhcp", args: &["--network", "dhcp"] };
 const IPV6: Case = Case { profile: "ipv6", args: &["--ipv6", "used"] };
 const SSH_2222: Case = Case { profile: "ssh-2222", args: &["--ssh-port", "2222", "--ssh-password-auth", "no"] };
+const GRUB_UEFI: Case = Case { profile: "grub-uefi", args: &["--boot-loader", "grub"] };
+const EFI_STUB: Case = Case { profile: "efi-stub", args: &["--boot-loader", "efi-stub"] };
+const XEN_HVM: Case = Case { profile: "xen-hvm", args: &["--hypervisor", "xen", "--disk", "xvda"] };
+const XEN_PV: Case = Case { profile: "xen-pv", args: &["--hypervisor", "xen", "--disk", "xvda"] };
+const DISKLESS: Case = Case { profile: "diskless", args: &["--install", "diskless"] };
+
+impl Case {
+    /// The value of a fact flag the case gives, or `default`.
+    fn fact(&self, flag: &str, default: &'static str) -> &'static str {
+        self.args.iter().position(|a| *a == flag).map_or(default, |i| self.args[i + 1])
+    }
+}
 
 /// The real apk, with each call recorded in the stand-ins' call log: a wrapper
 /// in /usr/sbin, which comes before /sbin in the script's PATH.
@@ -62,10 +74,11 @@ fn state_changing_calls(host: &Host) -> Vec<String> {
     host.calls()
         .into_iter()
         .filter(|c| {
-            let read_only_apk =
-                c.program == "apk" && (apk_applet(c) == Some("info") || c.args.iter().any(|a| a == "--simulate"));
+            let read_only_apk = c.program == "apk"
+                && (matches!(apk_applet(c), Some("info" | "audit")) || c.args.iter().any(|a| a == "--simulate"));
             let status = c.program == "rc-service" && c.args.get(1).is_some_and(|a| a == "status");
-            !(read_only_apk || status)
+            let lbu_reads = c.program == "lbu" && c.args.first().is_some_and(|a| a == "status" || a == "list");
+            !(read_only_apk || status || lbu_reads)
         })
         .map(|c| c.line())
         .collect()
@@ -93,8 +106,8 @@ fn assert_guide_end_state(
 ) {
     let disk = host.profile().disk.clone();
     let disk = disk.as_str();
-    let ipv6_used = case.profile == "ipv6";
-    let dhcp = case.profile == "dhcp";
+    let xen = case.fact("--hypervisor", "kvm") == "xen";
+    let diskless = case.fact("--install", "sys") == "diskless";
 
     // Stage 1: the blacklist, the features, the command line in both places, one mkinitfs.
     let blacklist = host.read("/etc/modprobe.d/blacklist-unnecessary.conf");
@@ -107,10 +120,16 @@ fn assert_guide_end_state(
     ] {
         assert!(blacklist.contains(line), "blacklist lacks {line:?}");
     }
-    assert_eq!(host.read("/etc/modprobe.d/blacklist-balloon.conf").lines().last(), Some("blacklist virtio_balloon"));
-    // Beyond the guide: QEMU's display driver (whose helpers load when drm is blocked),
-    // AES-NI; gettys on ttyS0 and tty1 only (the cloud image's inittab has tty1-tty6
-    // and ttyS0).
+    // Xen's balloon driver is built into linux-virt: there is nothing to blacklist.
+    if xen {
+        assert!(!host.exists("/etc/modprobe.d/blacklist-balloon.conf"));
+    } else {
+        let balloon = host.read("/etc/modprobe.d/blacklist-balloon.conf");
+        assert_eq!(balloon.lines().last(), Some("blacklist virtio_balloon"));
+    }
+    // Beyond the guide: QEMU's display driver (whose helpers load when drm is blocked)
+    // and AES-NI are blacklisted; gettys stay on ttyS0 and tty1 only (the cloud image's
+    // inittab has tty1-tty6 and ttyS0).
     let unused = host.read("/etc/modprobe.d/mingen-unused.conf");
     for line in ["blacklist bochs\n", "blacklist qxl\n", "blacklist aesni_intel\n"] {
         assert!(unused.contains(line), "mingen-unused.conf lacks {line:?}");
@@ -121,28 +140,30 @@ fn assert_guide_end_state(
         .filter(|l| !l.starts_with('#') && l.contains(":respawn:") && l.contains("getty"))
         .filter_map(|l| l.split(':').next())
         .collect();
-    assert!(gettys.contains(&"tty1") && gettys.iter().all(|t| ["tty1", "ttyS0"].contains(t)), "{inittab}");
+    assert!(!gettys.is_empty() && gettys.iter().all(|t| ["tty1", "ttyS0"].contains(t)), "{inittab}");
+    if diskless {
+        assert_modloop_and_boot_media_untouched(host);
+    } else {
+        assert_kernel_and_initramfs(host, case, disk);
+    }
+    assert_installed_and_runlevels(host, case, runlevels_before, world_before);
+}
+
+/// Stage 1 on a host installed on a disk: the features, the command line, one
+/// mkinitfs, and what the new initramfs holds.
+fn assert_kernel_and_initramfs(host: &Host, case: &Case, disk: &str) {
+    let xen = case.fact("--hypervisor", "kvm") == "xen";
     let features = match disk {
         "sda" => "base ext4 scsi virtio",
         "nvme0n1" => "base ext4 nvme virtio",
+        "xvda" => "base ext4",
         _ => "base ext4 virtio",
     };
     assert_eq!(host.read("/etc/mkinitfs/mkinitfs.conf"), format!("features=\"{features}\"\n"));
-    let conf = host.read("/etc/update-extlinux.conf");
-    assert!(conf.contains("\nmodules=sd-mod,ext4\n"), "{conf}");
-    // Beyond the guide: rule kernel-memory's options follow kernel-cmdline's.
-    let opts = if ipv6_used {
-        "console=ttyS0,115200n8 quiet audit=0 nowatchdog cgroup.memory=nokmem kfence.sample_interval=0"
-    } else {
-        "console=ttyS0,115200n8 quiet ipv6.disable=1 audit=0 nowatchdog cgroup.memory=nokmem kfence.sample_interval=0"
-    };
-    assert!(conf.contains(&format!("\ndefault_kernel_opts=\"{opts}\"\n")), "{conf}");
-    let extlinux = host.read("/boot/extlinux.conf");
-    let append: Vec<&str> = extlinux.lines().filter(|l| l.trim_start().starts_with("APPEND ")).collect();
-    assert!(!append.is_empty());
-    for line in append {
-        assert!(line.contains(" modules=sd-mod,ext4 ") && line.ends_with(&format!(" {opts}")), "{line}");
-    }
+    let added = if case.profile == "ipv6" { "audit=0 nowatchdog" } else { "ipv6.disable=1 audit=0 nowatchdog" };
+    // Beyond the guide: the memory options follow (no container runtime on these hosts).
+    let added = format!("{added} cgroup.memory=nokmem kfence.sample_interval=0");
+    assert_kernel_cmdline(host, case, &added);
     let mkinitfs: Vec<_> = host.calls().into_iter().filter(|c| c.program == "mkinitfs").collect();
     let kver = host.read("/usr/share/kernel/virt/kernel.release");
     assert_eq!(mkinitfs.len(), 1, "mkinitfs runs exactly once");
@@ -153,10 +174,55 @@ fn assert_guide_end_state(
     let has = |m: &str| initramfs.keys().any(|p| p.contains("/modules/") && p.contains(&format!("/{m}.ko")));
     assert_eq!(has("virtio_scsi"), disk == "sda", "virtio_scsi in the initramfs ({features})");
     assert_eq!(has("nvme"), disk == "nvme0n1", "nvme in the initramfs ({features})");
-    assert!(has("virtio_blk") && has("ext4") && !has("usb-storage"), "{features}");
-    let blacklist = initramfs.get("etc/modprobe.d/blacklist-balloon.conf").map(|b| text(b)).unwrap_or_default();
-    assert!(blacklist.contains("blacklist virtio_balloon"), "the blacklist reaches the initramfs");
+    assert!(has("ext4") && !has("usb-storage"), "{features}");
+    // On Xen no virtio module at all: the disk's driver, xen-blkfront, is built in.
+    let virtio = initramfs.keys().filter(|p| p.contains("/modules/") && p.contains("virtio")).count();
+    assert_eq!(virtio == 0, xen, "virtio modules in the initramfs ({features}): {virtio}");
+    assert_eq!(has("virtio_blk"), !xen, "{features}");
+    let blacklist = initramfs.get("etc/modprobe.d/blacklist-unnecessary.conf").map(|b| text(b)).unwrap_or_default();
+    assert!(blacklist.contains("install drm /bin/true"), "the blacklist reaches the initramfs");
+    if !xen {
+        let balloon = initramfs.get("etc/modprobe.d/blacklist-balloon.conf").map(|b| text(b)).unwrap_or_default();
+        assert!(balloon.contains("blacklist virtio_balloon"), "the balloon blacklist reaches the initramfs");
+    }
+    assert_eq!(host.read(&format!("/sys/block/{disk}/queue/read_ahead_kb")).trim(), "128");
+    assert!(
+        host.read("/etc/local.d/readahead.start")
+            .contains(&format!("echo 128 > /sys/block/{disk}/queue/read_ahead_kb"))
+    );
+    assert!(host.run("ls -A /var/cache/apk", &[]).stdout.is_empty(), "apk cache cleared");
+}
 
+/// Stage 1 on a diskless host: the modloop, the boot configuration and the
+/// initramfs stay as they are (no pruning, no mkinitfs, no command line).
+fn assert_modloop_and_boot_media_untouched(host: &Host) {
+    // Its kernel and initramfs are the boot media's: mkinitfs went with linux-virt.
+    assert!(!host.calls().iter().any(|c| c.program == "mkinitfs"), "no mkinitfs on a diskless host");
+    assert!(!host.exists("/boot/initramfs-virt") && !host.exists("/etc/mkinitfs/mkinitfs.conf"));
+    assert!(host.read("/etc/update-extlinux.conf").contains("\nmodules=sd-mod,usb-storage,ext4\n"));
+    // Every module modules.dep names is still on the modloop, which /lib/modules links to.
+    let out = host.run(
+        "cd /lib/modules/*/ && test -L /lib/modules && awk -F: '{ print $1 }' modules.dep | while read -r m; do test -e \"$m\" || echo \"$m\"; done",
+        &[],
+    );
+    assert_success(&out, "list the modloop's modules");
+    assert_eq!(text(&out.stdout), "", "modules gone from the modloop");
+    assert!(
+        !host.exists("/etc/apk/commit_hooks.d/mingen-modules.hook") && !host.exists("/etc/local.d/readahead.start")
+    );
+    assert!(!host.exists("/etc/sysctl.d/00-alpine.conf"), "IPv6 stays in a kernel whose command line is not edited");
+}
+
+/// Stages 2 to 6, as on every host.
+fn assert_installed_and_runlevels(
+    host: &Host,
+    case: &Case,
+    runlevels_before: &BTreeSet<(String, String)>,
+    world_before: &[String],
+) {
+    let ipv6_used = case.profile == "ipv6";
+    let dhcp = case.profile == "dhcp";
+    let diskless = case.fact("--install", "sys") == "diskless";
     // Stage 2: dropbear in, OpenSSH out, keys carried.
     let installed = host.installed();
     for name in ["dropbear", "dropbear-openrc", "dropbear-convert"] {
@@ -215,12 +281,13 @@ fn assert_guide_end_state(
         "removed packages are gone"
     );
     assert_eq!(installed.contains("dhcpcd"), dhcp, "dhcpcd stays exactly on a DHCP host");
-    assert!(installed.contains("busybox") && installed.contains("linux-virt") && installed.contains("mkinitfs"));
+    assert!(installed.contains("busybox"));
+    assert_eq!(installed.contains("mkinitfs"), !diskless);
+    assert_eq!(installed.contains("linux-virt"), !diskless, "a diskless host's kernel is the boot media's");
     let world: BTreeSet<String> = host.world().into_iter().collect();
     let mut expected_world: BTreeSet<String> = world_before.iter().filter(|p| !removed(p)).cloned().collect();
     expected_world.extend(set(&["dropbear", "dropbear-convert"]));
     assert_eq!(world, expected_world, "/etc/apk/world");
-    assert!(host.run("ls -A /var/cache/apk", &[]).stdout.is_empty(), "apk cache cleared");
 
     // Stage 5 and the runlevel changes of the others.
     let mut expected: BTreeSet<(String, String)> = runlevels_before
@@ -254,7 +321,7 @@ fn assert_guide_end_state(
     // OpenRC's sysctl reads in place of the /usr/lib file an upgrade may replace.
     let shipped = host.read("/usr/lib/sysctl.d/00-alpine.conf");
     assert!(!shipped.contains("# net.ipv6"), "the shipped file stays as shipped:\n{shipped}");
-    if ipv6_used {
+    if ipv6_used || diskless {
         assert!(!host.exists("/etc/sysctl.d/00-alpine.conf"));
     } else {
         let copy = host.read("/etc/sysctl.d/00-alpine.conf");
@@ -269,12 +336,57 @@ fn assert_guide_end_state(
     assert_success(&syntax, "sh -n /etc/init.d/sysfs");
     assert!(host.read("/etc/sysctl.d/10-minvps.conf").contains("\nkernel.pid_max = 4096\n"));
     assert_eq!(host.read("/etc/conf.d/syslog"), "SYSLOGD_OPTS=\"-t -C64\"\n");
-    assert_eq!(host.read(&format!("/sys/block/{disk}/queue/read_ahead_kb")).trim(), "128");
-    assert!(
-        host.read("/etc/local.d/readahead.start")
-            .contains(&format!("echo 128 > /sys/block/{disk}/queue/read_ahead_kb"))
-    );
     assert!(host.exists("/var/lib/mingen/undo.sh") && host.exists("/var/lib/mingen/backup/etc/apk/world"));
+}
+
+/// The kernel command line where the case's boot loader keeps it: usb-storage
+/// out of `modules=`, the options `added` at its end; for GRUB also in the
+/// grub.cfg that grub-mkconfig made once, GRUB kept, syslinux never installed.
+fn assert_kernel_cmdline(host: &Host, case: &Case, added: &str) {
+    let grub_mkconfig = host.calls().into_iter().filter(|c| c.program == "grub-mkconfig").count();
+    match case.fact("--boot-loader", "extlinux") {
+        "extlinux" => {
+            let conf = host.read("/etc/update-extlinux.conf");
+            assert!(conf.contains("\nmodules=sd-mod,ext4\n"), "{conf}");
+            let opts = format!("console=ttyS0,115200n8 quiet {added}");
+            assert!(conf.contains(&format!("\ndefault_kernel_opts=\"{opts}\"\n")), "{conf}");
+            let extlinux = host.read("/boot/extlinux.conf");
+            let append: Vec<&str> = extlinux.lines().filter(|l| l.trim_start().starts_with("APPEND ")).collect();
+            assert!(!append.is_empty());
+            for line in append {
+                assert!(line.contains(" modules=sd-mod,ext4 ") && line.ends_with(&format!(" {opts}")), "{line}");
+            }
+            assert_eq!(grub_mkconfig, 0);
+        }
+        "grub" => {
+            // The cloud image's /etc/default/grub (files/_variants), edited as a list.
+            let cmdline = format!("modules=sd-mod,ext4 console=ttyS0,115200n8 {added}");
+            let grub = host.read("/etc/default/grub");
+            assert!(grub.starts_with(&format!("GRUB_CMDLINE_LINUX_DEFAULT=\"{cmdline}\"\n")), "{grub}");
+            assert!(grub.contains("\nGRUB_TIMEOUT=0\n"), "the rest of the file stays: {grub}");
+            let cfg = host.read("/boot/grub/grub.cfg");
+            let linux: Vec<&str> = cfg.lines().filter(|l| l.trim_start().starts_with("linux")).collect();
+            assert!(!linux.is_empty(), "{cfg}");
+            for line in linux {
+                assert!(line.ends_with(&format!(" {cmdline}")), "grub.cfg: {line}");
+            }
+            assert_eq!(grub_mkconfig, 1, "grub-mkconfig runs once");
+            let installed = host.installed();
+            assert!(installed.contains("grub") && installed.contains("grub-efi") && !installed.contains("syslinux"));
+            assert!(host.world().contains(&"grub-efi".to_string()), "grub-efi stays in the world file");
+            assert!(!host.exists("/boot/extlinux.conf"));
+        }
+        "efi-stub" => {
+            let line = format!(
+                "vmlinuz-virt initrd=initramfs-virt root=UUID=0b9e3c4a-5d6f-4e1a-9b2c-3d4e5f607182 \
+                 rootfstype=ext4 modules=kms,scsi,virtio console=tty0 {added}\n"
+            );
+            assert_eq!(host.read("/boot/startup.nsh"), line);
+            assert_eq!(grub_mkconfig, 0);
+            assert!(!host.exists("/boot/extlinux.conf") && !host.exists("/boot/grub/grub.cfg"));
+        }
+        other => panic!("no assertions for boot loader {other}"),
+    }
 }
 
 /// A clean run, a second run, and the end state, for one truthfully described host.
@@ -404,6 +516,157 @@ fn nvme_host_keeps_nvme_and_reads_ahead_on_nvme0n1() {
 }
 
 #[test]
+fn grub_uefi_host_edits_etc_default_grub_and_runs_grub_mkconfig() {
+    if sandbox::require() {
+        clean_then_again(&GRUB_UEFI);
+    }
+}
+
+/// A grub.cfg whose default entry lacks the new options (here a grub-mkconfig
+/// that leaves GRUB_CMDLINE_LINUX_DEFAULT out) stops the run before any reboot,
+/// with the previous grub.cfg back in place.
+#[test]
+fn a_grub_cfg_without_the_options_is_caught_and_the_old_one_put_back() {
+    if !sandbox::require() {
+        return;
+    }
+    let host = host(&GRUB_UEFI);
+    let before = host.read("/boot/grub/grub.cfg");
+    host.write(
+        "/usr/sbin/grub-mkconfig",
+        "#!/bin/sh\nprintf 'menuentry Alpine {\\n\\tlinux\\t/boot/vmlinuz-virt root=/dev/vda2 ro\\n}\\n' > \"$2\"\n",
+    );
+    assert_success(&host.run("chmod 0755 /usr/sbin/grub-mkconfig", &[]), "chmod");
+    let out = run(&host, &common::script(GRUB_UEFI.args), &[]);
+    assert!(!out.status.success(), "the run went on:\n{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(said.contains("lacks ipv6.disable=1") && said.contains("the previous grub.cfg is back"), "{said}");
+    assert_eq!(host.read("/boot/grub/grub.cfg"), before, "the previous grub.cfg is back");
+    assert!(!host.calls().iter().any(|c| c.program == "reboot" || c.program == "mkinitfs"), "it stopped there");
+}
+
+#[test]
+fn efi_stub_host_edits_startup_nsh() {
+    if sandbox::require() {
+        clean_then_again(&EFI_STUB);
+    }
+}
+
+/// A Xen guest keeps what Xen needs, read from linux-virt: xen-blkfront and
+/// xen-netfront are built in (modules.builtin), so the initramfs needs no disk
+/// module and the check counts the built-in one; no virtio stays on disk, and
+/// xen-scsifront (a module) does.
+fn xen_host(case: &Case) {
+    let (host, _) = clean_then_again(case);
+    let kver = host.read("/usr/share/kernel/virt/kernel.release").trim().to_string();
+    let builtin = host.read(&format!("/lib/modules/{kver}/modules.builtin"));
+    for driver in ["kernel/drivers/block/xen-blkfront.ko", "kernel/drivers/net/xen-netfront.ko"] {
+        assert!(builtin.lines().any(|l| l == driver), "linux-virt has {driver} built in");
+    }
+    let log = host.read("/var/log/mingen.log");
+    assert!(log.contains("(built into the kernel: xen_blkfront)"), "{log}");
+    let modules = module_files(&host, &kver);
+    assert!(modules.contains("xen_scsifront"), "xen-scsifront stays");
+    let virtio: Vec<&String> = modules.iter().filter(|m| m.starts_with("virtio")).collect();
+    assert!(virtio.is_empty(), "no virtio module stays on a Xen guest: {virtio:?}");
+}
+
+#[test]
+fn xen_hvm_host_keeps_what_xen_needs() {
+    if sandbox::require() {
+        xen_host(&XEN_HVM);
+    }
+}
+
+#[test]
+fn xen_pv_host_keeps_what_xen_needs() {
+    if sandbox::require() {
+        xen_host(&XEN_PV);
+    }
+}
+
+#[test]
+fn preflight_stops_on_the_wrong_hypervisor() {
+    if sandbox::require() {
+        assert_stops(
+            &GUIDE,
+            XEN_HVM.args,
+            "",
+            &["fact `hypervisor` is xen, but /sys/hypervisor/type says nothing", "fact `disk` is xvda"],
+        );
+        assert_stops(&XEN_PV, &[], "", &["fact `hypervisor` is kvm, but /sys/hypervisor/type says xen", "on xvda"]);
+    }
+}
+
+#[test]
+fn undo_on_a_xen_host_puts_everything_back() {
+    if sandbox::require() {
+        undo_puts_everything_back(&XEN_PV);
+    }
+}
+
+/// A diskless host: lbu commit saves the run's changes to the boot media once,
+/// lbu status lists nothing after it, and the apkovl holds what the next boot
+/// needs: the world file without the removed packages, dropbear's settings,
+/// the blacklist and mingen's state with undo.sh.
+#[test]
+fn diskless_host_saves_its_changes_with_lbu() {
+    if !sandbox::require() {
+        return;
+    }
+    let (host, first_run) = clean_then_again(&DISKLESS);
+    let commits = first_run.iter().filter(|c| *c == "lbu\tcommit").count();
+    assert_eq!(commits, 1, "one lbu commit: {first_run:#?}");
+    let status = host.run("lbu status", &[]);
+    assert_success(&status, "lbu status");
+    assert_eq!(text(&status.stdout), "", "nothing left unsaved");
+    let ovl = "/media/vda1/vps.apkovl.tar.gz";
+    let listing = host.run(&format!("tar -tzf {ovl}"), &[]);
+    assert_success(&listing, "list the apkovl");
+    let listing = text(&listing.stdout);
+    for path in [
+        "etc/apk/world",
+        "etc/conf.d/dropbear",
+        "etc/dropbear/dropbear_ed25519_host_key",
+        "etc/modprobe.d/blacklist-unnecessary.conf",
+        "etc/runlevels/default/dropbear",
+        "var/lib/mingen/undo.sh",
+        "var/lib/mingen/backup/etc/apk/world",
+    ] {
+        assert!(listing.lines().any(|l| l == path), "the apkovl lacks {path}:\n{listing}");
+    }
+    let saved = host.run(&format!("tar -xzOf {ovl} etc/apk/world"), &[]);
+    assert_eq!(text(&saved.stdout), host.read("/etc/apk/world"), "the saved world file is the host's");
+}
+
+#[test]
+fn preflight_stops_on_a_diskless_host_described_as_installed_and_the_reverse() {
+    if sandbox::require() {
+        assert_stops(&DISKLESS, &[], "", &["fact `install` is sys, but the root filesystem is tmpfs"]);
+        assert_stops(
+            &GUIDE,
+            DISKLESS.args,
+            "",
+            &["fact `install` is diskless, but the root filesystem is ext4", "no modloop is mounted at /.modloop"],
+        );
+        // Changes from before the run that lbu has not saved: the run's commit would save them unseen.
+        assert_stops(
+            &DISKLESS,
+            DISKLESS.args,
+            "echo 10.0.0.1 other >> /etc/hosts",
+            &["lbu status lists changes not saved yet (U etc/hosts"],
+        );
+    }
+}
+
+#[test]
+fn undo_on_a_diskless_host_puts_everything_back_and_saves_it() {
+    if sandbox::require() {
+        undo_puts_everything_back(&DISKLESS);
+    }
+}
+
+#[test]
 fn alpine_322_host_without_tracefs() {
     if sandbox::require() {
         clean_then_again(&ALPINE_322);
@@ -522,6 +785,27 @@ fn preflight_stops_when_no_getty_would_stay_or_a_container_runtime_is_installed(
             &[],
             "printf '#!/bin/sh\\n' >/usr/bin/dockerd && chmod 755 /usr/bin/dockerd",
             &["fact `containers` is none, but dockerd is installed", "containers = \"used\""],
+        );
+    }
+}
+
+#[test]
+fn preflight_stops_on_the_wrong_boot_loader() {
+    if sandbox::require() {
+        assert_stops(&GUIDE, &["--boot-loader", "grub"], "", &["fact `boot_loader` is grub", "the files of extlinux"]);
+        assert_stops(&GRUB_UEFI, &[], "", &["fact `boot_loader` is extlinux", "the files of grub"]);
+        assert_stops(
+            &EFI_STUB,
+            &["--boot-loader", "grub"],
+            "",
+            &["fact `boot_loader` is grub", "the files of efi-stub"],
+        );
+        // An EFI stub's startup.nsh with a second command line is not the one line it edits.
+        assert_stops(
+            &EFI_STUB,
+            EFI_STUB.args,
+            "echo 'fs0:\\EFI\\BOOT\\BOOTX64.EFI' >> /boot/startup.nsh",
+            &["/boot/startup.nsh does not hold exactly one command line"],
         );
     }
 }
@@ -682,15 +966,29 @@ fn undo_puts_files_packages_and_services_back() {
     }
     // undo.sh reinstalls the pruned kernel modules last: `apk fix` reads the world
     // file it has put back, and would take dropbear away before sshd is back.
-    undo_puts_everything_back();
+    undo_puts_everything_back(&GUIDE);
 }
 
-fn undo_puts_everything_back() {
-    let host = host(&GUIDE);
+#[test]
+fn undo_on_a_grub_host_puts_its_command_line_and_grub_cfg_back() {
+    if sandbox::require() {
+        undo_puts_everything_back(&GRUB_UEFI);
+    }
+}
+
+#[test]
+fn undo_on_an_efi_stub_host_puts_startup_nsh_back() {
+    if sandbox::require() {
+        undo_puts_everything_back(&EFI_STUB);
+    }
+}
+
+fn undo_puts_everything_back(case: &Case) {
+    let host = host(case);
     let (runlevels, started, world, installed) = (host.runlevels(), host.started(), host.world(), host.installed());
     let versions = host.installed_versions();
     let before = host.tree();
-    assert_success(&run(&host, &common::script(&[]), &[]), "the run");
+    assert_success(&run(&host, &common::script(case.args), &[]), "the run");
     // The run emptied the apk cache (the index); undo needs it, as on a real host
     // after `apk update`.
     assert_success(&host.run("apk update --quiet", &[]), "apk update");
@@ -707,8 +1005,10 @@ fn undo_puts_everything_back() {
         // the image: the same names, versions and files, but not the same package
         // identity, so apk's database differs byte for byte (compared above).
         let apk_db = ["/lib/apk/db/installed", "/lib/apk/db/scripts.tar.gz"];
+        // A diskless host's apkovl is saved again by undo (its content is read below).
+        let apkovl = "/media/vda1/vps.apkovl.tar.gz";
         !(path.starts_with("/var/lib/mingen")
-            || ["/var/log/mingen.log", "/var/log/apk.log"].contains(&path.as_str())
+            || ["/var/log/mingen.log", "/var/log/apk.log", apkovl].contains(&path.as_str())
             || apk_db.contains(&path.as_str())
             || path.starts_with("/var/cache/apk"))
     };
@@ -719,6 +1019,15 @@ fn undo_puts_everything_back() {
         changed.is_empty() && added.is_empty() && removed.is_empty(),
         "after undo: changed {changed:?} added {added:?} removed {removed:?}"
     );
+    if case.fact("--install", "sys") == "diskless" {
+        // What undo put back is what the next boot gets: saved, with nothing left over.
+        assert!(host.calls().iter().any(|c| c.line() == "lbu commit"), "undo saves with lbu commit");
+        assert_eq!(text(&host.run("lbu status", &[]).stdout), "", "nothing left unsaved after undo");
+        let saved = host.run("tar -xzOf /media/vda1/vps.apkovl.tar.gz etc/apk/world", &[]);
+        assert_eq!(text(&saved.stdout), host.read("/etc/apk/world"), "the saved world file is the one from before");
+        let listing = text(&host.run("tar -tzf /media/vda1/vps.apkovl.tar.gz", &[]).stdout);
+        assert!(!listing.contains("var/lib/mingen"), "mingen's state is no longer saved:\n{listing}");
+    }
 }
 
 /// The end state that matters, from one host: the tree without the files whose

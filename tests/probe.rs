@@ -148,7 +148,10 @@ fn facts(output: &str) -> BTreeMap<String, String> {
 fn expected(changes: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut facts: BTreeMap<String, String> = [
         ("target", "\"alpine-3.23-kvm\""),
+        ("install", "\"sys\""),
         ("disk", "\"vda\""),
+        ("hypervisor", "\"kvm\""),
+        ("boot_loader", "\"extlinux\""),
         ("ipv6", "\"unused\""),
         // The guide host runs qemu-guest-agent: kept because it runs.
         ("guest_agent", "\"keep\""),
@@ -177,11 +180,19 @@ fn expected(changes: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// facts read back from the minimised host (dropbear's options included) are
 /// the same.
 fn round_trip(profile: &str, changes: &[(&str, &str)]) {
+    round_trip_without(profile, changes, &[]);
+}
+
+/// [`round_trip`], where the facts in `absent` are left out.
+fn round_trip_without(profile: &str, changes: &[(&str, &str)], absent: &[&str]) {
     let host = host(profile);
     let dir = tempfile::tempdir().expect("temp dir");
     let (output, file) = probe(&host, &dir, true);
     eprintln!("{profile}: the probe says:\n{output}");
-    let want = expected(changes);
+    let mut want = expected(changes);
+    for key in absent {
+        want.remove(*key);
+    }
     assert_eq!(facts(&output), want, "{profile}: facts\n{output}");
 
     let script = common::script(&["--facts", &file]);
@@ -255,8 +266,42 @@ fn ssh_2222_host() {
     }
 }
 
-/// A Xen disk: no target supports it, so the probe writes no `disk` (a guess
-/// would be `vda`, the default) and says why; the rest still parses.
+#[test]
+fn grub_uefi_host() {
+    if sandbox::require() {
+        round_trip("grub-uefi", &[("boot_loader", "\"grub\"")]);
+    }
+}
+
+#[test]
+fn efi_stub_host() {
+    if sandbox::require() {
+        round_trip("efi-stub", &[("boot_loader", "\"efi-stub\"")]);
+    }
+}
+
+/// A Xen guest, HVM and PV: /sys/hypervisor/type says xen, the disk is xvda;
+/// no qemu-guest-agent runs, and the balloon fact does not apply.
+#[test]
+fn xen_hosts() {
+    if sandbox::require() {
+        let xen = [("hypervisor", "\"xen\""), ("disk", "\"xvda\""), ("guest_agent", "\"remove\"")];
+        round_trip_without("xen-hvm", &xen, &["balloon"]);
+        round_trip_without("xen-pv", &xen, &["balloon"]);
+    }
+}
+
+/// A diskless host: the root is a tmpfs and a modloop is mounted; no disk and
+/// no boot loader to name.
+#[test]
+fn diskless_host() {
+    if sandbox::require() {
+        round_trip_without("diskless", &[("install", "\"diskless\"")], &["disk", "boot_loader"]);
+    }
+}
+
+/// A Xen disk where the hypervisor is not seen to be Xen: the probe writes no
+/// `disk` (a guess would be `vda`, the default) and says why; the rest still parses.
 #[test]
 fn xen_disk_is_a_comment_not_a_guess() {
     if !sandbox::require() {
@@ -274,7 +319,7 @@ fn xen_disk_is_a_comment_not_a_guess() {
         .lines()
         .find(|l| l.starts_with("# CHECK:") && l.contains("xvda"))
         .unwrap_or_else(|| panic!("no comment about xvda:\n{output}"));
-    assert!(comment.contains("no target supports it") && comment.contains("preflight will stop"), "{comment}");
+    assert!(comment.contains("not recognised as Xen") && comment.contains("preflight will stop"), "{comment}");
     assert_eq!(facts.get("target").map(String::as_str), Some("\"alpine-3.23-kvm\""));
 }
 
@@ -336,13 +381,12 @@ const VARIATIONS: &[Variation] = &[
             ("/boot/grub/grub.cfg", ""),
         ],
         prepare: "sed -i 's|^/dev/vda |/dev/xvda1 |' /proc/mounts",
-        changes: &[],
-        absent: &["target", "disk"],
+        changes: &[("hypervisor", "\"xen\""), ("disk", "\"xvda\"")],
+        absent: &["boot_loader", "balloon"],
         says: &[
-            "# CHECK: hypervisor: Xen",
-            "# CHECK: Alpine 3.23.6, but on Xen: target alpine-3.23-kvm is for KVM and no target supports Xen yet",
-            "# CHECK: the root filesystem is on /dev/xvda1: xvda, a Xen disk (xen-blkfront): no target supports it yet",
-            "# CHECK: more than one boot loader is configured (extlinux GRUB)",
+            "# hypervisor: Xen, HVM guest",
+            "# the root filesystem is on /dev/xvda1: xvda, a Xen disk (xen-blkfront, built into linux-virt)",
+            "# CHECK: more than one boot loader is configured (extlinux grub)",
         ],
     },
     Variation {

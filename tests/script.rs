@@ -32,6 +32,26 @@ fn nvme() {
 }
 
 #[test]
+fn grub_uefi() {
+    check("grub_uefi", &["--boot-loader", "grub"]);
+}
+
+#[test]
+fn efi_stub() {
+    check("efi_stub", &["--boot-loader", "efi-stub"]);
+}
+
+#[test]
+fn xen() {
+    check("xen", &["--hypervisor", "xen", "--disk", "xvda"]);
+}
+
+#[test]
+fn diskless() {
+    check("diskless", &["--install", "diskless"]);
+}
+
+#[test]
 fn ipv6_used() {
     check("ipv6_used", &["--ipv6", "used"]);
 }

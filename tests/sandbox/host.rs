@@ -350,10 +350,6 @@ fn provision(profile: &Profile, root: &Path) {
     }
 
     // The profile: removals, files, keys, services, overlays, edits.
-    for path in &profile.remove {
-        let p = root.join(path.trim_start_matches('/'));
-        std::fs::remove_file(&p).unwrap_or_else(|e| panic!("profile `{}`: remove {path}: {e}", profile.name));
-    }
     write_file(root, "/etc/alpine-release", format!("{}\n", profile.alpine_release).as_bytes(), 0o644);
     for (path, content) in &profile.files {
         write_file(
@@ -362,6 +358,16 @@ fn provision(profile: &Profile, root: &Path) {
             content.replace("{disk}", &profile.disk).as_bytes(),
             0o644,
         );
+    }
+    for (path, rel) in &profile.shared {
+        let data = std::fs::read(paths::alpine().join("files").join(rel))
+            .unwrap_or_else(|e| panic!("profile `{}`: read shared file {rel}: {e}", profile.name));
+        write_file(root, path, &data, 0o644);
+    }
+    // Last, so that a profile can take away what its base wrote.
+    for path in &profile.remove {
+        let p = root.join(path.trim_start_matches('/'));
+        std::fs::remove_file(&p).unwrap_or_else(|e| panic!("profile `{}`: remove {path}: {e}", profile.name));
     }
     if profile.ssh_host_keys {
         for (name, data) in ssh_host_keys() {
@@ -405,7 +411,7 @@ fn provision(profile: &Profile, root: &Path) {
             "copy the profile's files/ overlay",
         );
     }
-    for (path, edits) in &profile.edits {
+    for (path, edits) in profile.edits.iter().filter(|(_, edits)| !edits.is_empty()) {
         let p = resolve(root, path);
         let mut text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("edit {path}: {e}"));
         for e in edits {
@@ -438,15 +444,26 @@ fn provision(profile: &Profile, root: &Path) {
     // Boot files as the kernel's install leaves them: its trigger runs
     // mkinitfs (on the image too: the host's initramfs is built from the
     // host's own configuration, reproducibly), whose new initramfs fires
-    // syslinux's update-extlinux.
+    // syslinux's update-extlinux, or grub's update-grub (its trigger).
     let out = run_in(
         root,
         profile,
         "set -e; mkinitfs \"$(cat /usr/share/kernel/virt/kernel.release)\" >/dev/null; \
-         if [ -x /sbin/update-extlinux ]; then update-extlinux; fi",
+         if [ -x /sbin/update-extlinux ]; then update-extlinux; fi; \
+         if [ -x /usr/sbin/update-grub ]; then update-grub 2>/dev/null; fi",
         &[],
     );
     assert!(out.status.success(), "boot files: {}", String::from_utf8_lossy(&out.stderr));
+    for command in &profile.run {
+        let out = run_in(root, profile, command, &[]);
+        assert!(
+            out.status.success(),
+            "profile `{}`: {command}: {}{}",
+            profile.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let _ = std::fs::remove_file(root.join(CALL_LOG.trim_start_matches('/')));
     if image {
         // apk-tools 3 logs each transaction with its time: the harness's own

@@ -35,7 +35,11 @@ struct RawProfile {
     #[serde(default)]
     files: BTreeMap<String, String>,
     #[serde(default)]
+    shared: BTreeMap<String, String>,
+    #[serde(default)]
     edits: BTreeMap<String, Vec<Edit>>,
+    #[serde(default)]
+    run: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -80,14 +84,23 @@ pub struct Profile {
     pub runlevels: BTreeMap<String, Vec<String>>,
     /// Services marked started (/run/openrc/started).
     pub started: Vec<String>,
-    /// Paths deleted after packages are installed (files the minirootfs
-    /// has that the imitated release does not).
+    /// Paths deleted after packages are installed and the profile's files
+    /// written (files the minirootfs has that the imitated release does not,
+    /// or that a base profile writes and this host lacks).
     pub remove: Vec<String>,
     pub network: Network,
     /// Absolute path -> content, written after packages (fake /proc and
     /// /sys files included); `{disk}` in a path or content becomes `disk`.
     pub files: BTreeMap<String, String>,
+    /// Absolute path -> a real file under ../shared/alpine/files (e.g. what an
+    /// installer writes, `_variants/...`), written after `files`.
+    pub shared: BTreeMap<String, String>,
+    /// Path -> its edits; an empty list edits nothing (a profile whose host
+    /// lacks a file its base edits).
     pub edits: BTreeMap<String, Vec<Edit>>,
+    /// Commands run in the host last, after its boot files are made (what the
+    /// host's own history did: a diskless host's modloop, its first lbu commit).
+    pub run: Vec<String>,
     /// `files/` overlay directories, base first.
     pub overlays: Vec<PathBuf>,
 }
@@ -115,7 +128,9 @@ impl Profile {
             remove: raw.remove,
             network: Network { ipv4: raw.network.ipv4, gateway4: raw.network.gateway4, ipv6: raw.network.ipv6 },
             files: raw.files,
+            shared: raw.shared,
             edits: raw.edits,
+            run: raw.run,
             overlays,
         }
     }
