@@ -27,15 +27,9 @@ modloop() {
 {# boot_loaders: the boot loaders whose files this host has, one a line: extlinux
    (/boot/extlinux.conf), grub (/boot/grub/grub.cfg), efi-stub (/boot/startup.nsh). -#}
 boot_loaders() {
-	if [ -f /boot/extlinux.conf ]; then
-		echo extlinux
-	fi
-	if [ -f /boot/grub/grub.cfg ]; then
-		echo grub
-	fi
-	if [ -f /boot/startup.nsh ]; then
-		echo efi-stub
-	fi
+	[ ! -f /boot/extlinux.conf ] || echo extlinux
+	[ ! -f /boot/grub/grub.cfg ] || echo grub
+	[ ! -f /boot/startup.nsh ] || echo efi-stub
 }
 
 {# sshd_config_lines FILE: FILE with its Include lines replaced by the files they name. -#}

@@ -869,6 +869,38 @@ probe() {
 	network_section
 	ssh_section
 	access_section
+	memory_section
+}
+
+# memory_section: the consoles whose gettys stay (the kernel's console= terminals
+# and tty1, the panel's VGA console, where they have a getty), and whether a
+# container runtime needs kernel-memory accounting.
+memory_section() {
+	local gettys cmdline word name keep='' tool found=''
+	printf '\n'
+	gettys=" $(awk -F: '$0 !~ /^[ \t]*#/ && $3 == "respawn" && $4 ~ /getty/ { print $1 }' /etc/inittab 2>/dev/null | tr '\n' ' ')"
+	read -r cmdline </proc/cmdline 2>/dev/null || cmdline=''
+	for word in $cmdline tty1; do
+		case $word in console=tty0*) name=tty1 ;; console=*) name=${word#console=} name=${name%%,*} ;; tty1) name=tty1 ;; *) continue ;; esac
+		case "$gettys" in *" $name "*) ;; *) continue ;; esac
+		case " $keep " in *" $name "*) ;; *) keep="$keep $name" ;; esac
+	done
+	if [ -n "$keep" ]; then
+		note "gettys run on${gettys% }; the panel's consoles (console= and tty1) keep theirs"
+		# shellcheck disable=SC2086 # one terminal a word
+		printf 'consoles = [%s]\n' "$(printf '"%s", ' $keep | sed 's/, $//')"
+	else
+		check "no getty runs on a console= terminal or tty1 (gettys:${gettys% }): consoles is left out; set it to the terminal your provider's panel shows"
+	fi
+	for tool in dockerd podman containerd lxc-start incusd runc; do
+		! command -v $tool >/dev/null 2>&1 || found="$found $tool"
+	done
+	if [ -n "$found" ]; then
+		note "container runtime(s) installed:$found: kernel-memory accounting stays"
+		fact containers used
+	else
+		fact containers none
+	fi
 }
 
 main() {
