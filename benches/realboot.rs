@@ -7,8 +7,9 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../tests/image/mod.rs"]
-mod image;
+#[path = "../tests/sandbox/mod.rs"]
+mod sandbox;
+use sandbox::image;
 #[path = "../tests/realboot/mod.rs"]
 mod realboot;
 

@@ -7,7 +7,8 @@
 //! own copy-on-write overlays of the vda host as it was left (powered off after its reboot).
 
 mod common;
-mod image;
+mod sandbox;
+use sandbox::image;
 #[path = "realboot/mod.rs"]
 mod realboot;
 
