@@ -1,7 +1,8 @@
 //! `cargo bench --bench realboot`: the real Alpine 3.23.6 bench host (tests/realboot/, vda)
-//! stock, after the guide's literal commands and after mingen's script, side by side: RAM
-//! used (busybox `free`, and MemTotal - MemAvailable), disk used (`df /`), loaded modules
-//! and userspace processes, measured once the boot has finished and the gettys on ttyS0
+//! stock, after the guide's literal commands and after mingen's script (with the default
+//! `modules_prune = virtual`, and with `host`), side by side: RAM used (busybox `free`, and
+//! MemTotal - MemAvailable), disk used (`df /`), /lib/modules, loaded modules and userspace
+//! processes, measured once the boot has finished and the gettys on ttyS0
 //! and tty1 run, by a detached process after SSH has gone (tests/realboot/measure.sh).
 //! Median and spread (min-max) of `REALBOOT_BOOTS` boots (default 3) of each.
 
@@ -27,6 +28,7 @@ enum Variant {
     Stock,
     Guide,
     Mingen,
+    MingenHost,
 }
 
 impl Variant {
@@ -35,6 +37,15 @@ impl Variant {
             Variant::Stock => "stock",
             Variant::Guide => "guide",
             Variant::Mingen => "mingen",
+            Variant::MingenHost => "mingen (prune host)",
+        }
+    }
+
+    /// The name in file and VM names (no spaces: QEMU's guestfwd command is split at them).
+    fn slug(self) -> &'static str {
+        match self {
+            Variant::MingenHost => "mingen-host",
+            other => other.name(),
         }
     }
 }
@@ -45,6 +56,8 @@ struct Sample {
     free_used_kb: u64,
     total_minus_available_kb: u64,
     disk_used_kb: u64,
+    modules_kb: u64,
+    module_files: u64,
     modules: Vec<String>,
     processes: Vec<String>,
 }
@@ -55,7 +68,7 @@ fn text(bytes: &[u8]) -> String {
 
 /// The host as VARIANT leaves it after one completed boot, powered off: boot overlays of it.
 fn prepare(variant: Variant, work: &Path) -> PathBuf {
-    let name = format!("bench-{}-prepare", variant.name());
+    let name = format!("bench-{}-prepare", variant.slug());
     let mut vm = realboot::boot_ready(&name, &realboot::disk(), work, Bus::Virtio);
     match variant {
         Variant::Stock => {}
@@ -69,9 +82,12 @@ fn prepare(variant: Variant, work: &Path) -> PathBuf {
             vm.forget_host_keys();
             vm.wait_ssh(HostKey::AcceptNew).unwrap_or_else(|e| panic!("{e}"));
         }
-        Variant::Mingen => {
+        Variant::Mingen | Variant::MingenHost => {
             let mut args = vec!["--disk", "vda"];
             args.extend_from_slice(realboot::FACT_ARGS);
+            if variant == Variant::MingenHost {
+                args.extend(["--modules-prune", "host"]);
+            }
             let script = common::script(&args);
             realboot::upload(&vm, "/root/minimise.sh", &script, HostKey::Strict);
             let (status, output) = realboot::run_script(&vm, "/root/minimise.sh", HostKey::Strict);
@@ -86,7 +102,7 @@ fn prepare(variant: Variant, work: &Path) -> PathBuf {
 
 /// Boot IMAGE once and measure it.
 fn measure(variant: Variant, image: &Path, work: &Path, boot: usize) -> Sample {
-    let name = format!("bench-{}-{boot}", variant.name());
+    let name = format!("bench-{}-{boot}", variant.slug());
     let mut vm = Vm::boot(&name, image, work, Bus::Virtio);
     assert_eq!(vm.wait_boot(0), Boot::LoginPrompt, "{name} did not boot\n{}", vm.tail());
     vm.wait_ssh(HostKey::AcceptNew).unwrap_or_else(|e| panic!("{e}"));
@@ -122,12 +138,14 @@ fn measure(variant: Variant, image: &Path, work: &Path, boot: usize) -> Sample {
             "mem_total" => sample.total_minus_available_kb += number(),
             "mem_available" => sample.total_minus_available_kb -= number(),
             "disk_used" => sample.disk_used_kb = number(),
+            "modules_kb" => sample.modules_kb = number(),
+            "module_files" => sample.module_files = number(),
             "module" => sample.modules.push(value.to_string()),
             "process" => sample.processes.push(value.to_string()),
             _ => {}
         }
     }
-    assert!(sample.free_used_kb > 0 && sample.disk_used_kb > 0, "{name}: {out}");
+    assert!(sample.free_used_kb > 0 && sample.disk_used_kb > 0 && sample.module_files > 0, "{name}: {out}");
     sample
 }
 
@@ -149,14 +167,14 @@ fn main() {
     let start = Instant::now();
     let disk = realboot::disk();
     eprintln!("realboot bench: disk {} ready after {:.0} s", disk.display(), start.elapsed().as_secs_f64());
-    let variants = [Variant::Stock, Variant::Guide, Variant::Mingen];
+    let variants = [Variant::Stock, Variant::Guide, Variant::Mingen, Variant::MingenHost];
     // One thread per variant; at most two VMs run at once (realboot's slots).
     let results: BTreeMap<Variant, Vec<Sample>> = std::thread::scope(|scope| {
         let handles: Vec<_> = variants
             .iter()
             .map(|&variant| {
                 scope.spawn(move || {
-                    let work = WorkDir::new(&format!("bench-{}", variant.name()));
+                    let work = WorkDir::new(&format!("bench-{}", variant.slug()));
                     let image = prepare(variant, work.path());
                     eprintln!("realboot bench: {} prepared at {:.0} s", variant.name(), start.elapsed().as_secs_f64());
                     let samples: Vec<Sample> = (0..boots)
@@ -187,10 +205,12 @@ fn main() {
 
 fn print_table(results: &BTreeMap<Variant, Vec<Sample>>, boots: usize) {
     type Metric = (&'static str, fn(&Sample) -> f64, &'static str);
-    let metrics: [Metric; 5] = [
+    let metrics: [Metric; 7] = [
         ("RAM used, free (MiB)", |s| s.free_used_kb as f64 / 1024.0, "{:.1}"),
         ("RAM MemTotal-MemAvailable (MiB)", |s| s.total_minus_available_kb as f64 / 1024.0, "{:.1}"),
         ("disk used, df / (MiB)", |s| s.disk_used_kb as f64 / 1024.0, "{:.1}"),
+        ("/lib/modules, du (MiB)", |s| s.modules_kb as f64 / 1024.0, "{:.1}"),
+        ("module files in /lib/modules", |s| s.module_files as f64, "{:.0}"),
         ("modules loaded", |s| s.modules.len() as f64, "{:.0}"),
         ("userspace processes", |s| s.processes.len() as f64, "{:.0}"),
     ];

@@ -2,7 +2,7 @@
 # shellcheck shell=busybox
 # measure.sh SETTLE: run detached on the guest. Waits until the gettys on ttyS0
 # and tty1 run (the end of the boot), SETTLE seconds more, then prints RAM, disk,
-# modules and userspace processes as `key value` lines and `end`. Processes of
+# /lib/modules (KiB and module files), loaded modules and userspace processes as `key value` lines and `end`. Processes of
 # this script's own session (started with setsid) are left out.
 
 # procs: `sid command line` of each userspace process.
@@ -39,6 +39,8 @@ main() {
 	free | awk '$1 == "Mem:" { print "free_used", $3 }'
 	awk '$1 == "MemTotal:" { t = $2 } $1 == "MemAvailable:" { a = $2 } END { print "mem_total", t; print "mem_available", a }' /proc/meminfo
 	df -Pk / | awk 'NR == 2 { print "disk_used", $3 }'
+	printf 'modules_kb %s\n' "$(du -sk /lib/modules | cut -f1)"
+	printf 'module_files %s\n' "$(find /lib/modules -type f -name '*.ko*' | grep -c .)"
 	awk '{ print "module", $1 }' /proc/modules
 	procs | awk -v me="$me" '$1 != me { $1 = ""; sub(/^ /, ""); print "process", $0 }'
 	echo end
