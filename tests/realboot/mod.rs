@@ -27,7 +27,7 @@ use crate::image;
 use crate::sandbox::{Release, repack};
 
 /// Bumped whenever what goes onto the disk changes: the cached disk is named after it.
-const DISK_VERSION: &str = "v3";
+const DISK_VERSION: &str = "v4";
 /// The root filesystem's UUID, in fstab and on the kernel command line.
 pub const ROOT_UUID: &str = "0b5e7a1c-3d2f-4e8a-9c61-5f4d2b7a8e90";
 pub const HOSTNAME: &str = "vps";
@@ -367,8 +367,32 @@ fn install_packages(stage: &Path, repo: &packages::Repository) {
     );
     fs::remove_dir(stage.join(mount_point.trim_start_matches('/'))).expect("remove the repository's mount point");
     write(&stage.join("etc/apk/repositories"), &format!("{REPO_URL}\n"), 0o644);
-    let _ = fs::remove_dir_all(stage.join("var/cache/apk"));
-    fs::create_dir_all(stage.join("var/cache/apk")).expect("mkdir /var/cache/apk");
+    // The index in apk's cache, as `apk update` leaves it: apk reads it from there (and
+    // `apk add --simulate`, the script's preflight, reads nothing else); apk fetches a
+    // newer one over HTTP once it is older than apk's cache age.
+    let cache = stage.join("var/cache/apk");
+    let _ = fs::remove_dir_all(&cache);
+    fs::create_dir_all(&cache).expect("mkdir /var/cache/apk");
+    let index = cache.join(format!("APKINDEX.{}.tar.gz", index_cache_id(REPO_URL)));
+    fs::copy(repo.dir.join("x86_64/APKINDEX.tar.gz"), &index).expect("copy the index into apk's cache");
+    let found = run(
+        Command::new("chroot").arg(stage).args(["/sbin/apk", "--no-network", "search", "-x", "dropbear"]),
+        "apk search in the staged root",
+    );
+    assert!(
+        String::from_utf8_lossy(&found.stdout).contains("dropbear-"),
+        "apk does not read the cached index {}: {}",
+        index.display(),
+        String::from_utf8_lossy(&found.stderr)
+    );
+}
+
+/// The name apk gives the cached index of repository URL: the first 4 bytes of the sha1 of
+/// the index's URL, in hex.
+fn index_cache_id(url: &str) -> String {
+    use sha1::Digest;
+    let index = format!("{}/x86_64/APKINDEX.tar.gz", url.trim_end_matches('/'));
+    hex::encode(&sha1::Sha1::digest(index.as_bytes())[..4])
 }
 
 /// The repository the VMs' apk reaches at `REPO_URL`, when the bench has one here.
