@@ -4,7 +4,8 @@
 #   sh modules.sh figures      /lib/modules in KiB and module files, disk used, loaded modules
 #   sh modules.sh inventory    the installed packages, and every module file with its md5sum
 #   sh modules.sh modprobe M.. each module M that mingen does not blacklist, loaded with
-#                              modprobe: `loads M`, `fails M: WHY`, or `blacklisted M`
+#                              modprobe: `loads M`, `fails M: WHY`, or `blacklisted M` (also
+#                              when M needs a module mingen blacklists)
 
 figures() {
 	printf 'modules_kb %s\n' "$(du -sk /lib/modules | cut -f1)"
@@ -25,7 +26,7 @@ blacklisted() {
 }
 
 load() {
-	local skip name why
+	local skip name why dependency
 	skip=$(blacklisted | tr '\n' ' ')
 	for name in "$@"; do
 		case " $skip " in
@@ -34,6 +35,15 @@ load() {
 			continue
 			;;
 		esac
+		# A module that needs one mingen blacklists (bochs needs drm) cannot load: by design.
+		for dependency in $(modprobe -D "$name" 2>/dev/null | awk '$1 == "insmod" { n = $2; sub(/.*\//, "", n); sub(/\.ko.*/, "", n); gsub(/-/, "_", n); print n }'); do
+			case " $skip " in
+			*" $dependency "*)
+				printf 'blacklisted %s (it needs %s)\n' "$name" "$dependency"
+				continue 2
+				;;
+			esac
+		done
 		if why=$(modprobe "$name" 2>&1) && grep -q "^$name " /proc/modules; then
 			printf 'loads %s\n' "$name"
 		else
