@@ -126,6 +126,7 @@ fn upload_modules_sh(vm: &Vm) {
 
 /// `modprobe` on the guest of each module of BEFORE (the modules loaded before the run).
 fn modprobe_again(vm: &Vm, before: &Figures) -> String {
+    upload_modules_sh(vm);
     vm.ssh_ok(&format!("sh /root/modules.sh modprobe {}", before.loaded.join(" ")), HostKey::Strict)
 }
 
