@@ -196,7 +196,11 @@ fn the_image_packages_come_back_from_the_bench_repository() {
     let bytes = fs::read(root.join(&module)).unwrap_or_else(|e| panic!("/{module}: {e}"));
     fs::remove_file(root.join(&module)).unwrap();
     let fixed = ok(&root, "apk fix --no-network --reinstall linux-virt");
-    assert_eq!(fs::read(root.join(&module)).ok(), Some(bytes.clone()), "apk fix did not bring /{module} back:\n{fixed}");
+    assert_eq!(
+        fs::read(root.join(&module)).ok(),
+        Some(bytes.clone()),
+        "apk fix did not bring /{module} back:\n{fixed}"
+    );
 
     // The kernel upgrade: one build later, the same modules, installed over the old build.
     let upgrade = format!("{GUEST_REPO}/upgrade");

@@ -1142,7 +1142,8 @@ fn a_kernel_installed_later_is_pruned_and_gets_its_initramfs() {
     // The running kernel's package put in place again (a new build of the same version does
     // the same): every module is back, and the hook prunes the tree again.
     let pruned = module_files(&host, &kver);
-    let hook_mkinitfs = || host.calls().into_iter().filter(|c| c.program == "mkinitfs" && c.args == [kver.clone()]).count();
+    let hook_mkinitfs =
+        || host.calls().into_iter().filter(|c| c.program == "mkinitfs" && c.args == [kver.clone()]).count();
     let before = hook_mkinitfs();
     assert_success(&host.run("apk fix --no-network --reinstall linux-virt", &[]), "reinstalling linux-virt");
     assert_eq!(module_files(&host, &kver), pruned, "the hook pruned the reinstalled {kver}");

@@ -133,12 +133,21 @@ fn modprobe_again(vm: &Vm, before: &Figures) -> String {
 /// Every module loaded before the run loads again (modprobe output MODPROBE), but those
 /// mingen blacklists.
 fn assert_modules_load_again(what: &str, before: &Figures, modprobe: &str) {
-    let fails: Vec<&str> = modprobe.lines().filter(|l| !l.starts_with("loads ") && !l.starts_with("blacklisted ")).collect();
+    let fails: Vec<&str> =
+        modprobe.lines().filter(|l| !l.starts_with("loads ") && !l.starts_with("blacklisted ")).collect();
     assert!(fails.is_empty(), "{what}: modules loaded before the run that do not load now:\n{}", fails.join("\n"));
     let loads = modprobe.lines().filter(|l| l.starts_with("loads ")).count();
-    assert_eq!(modprobe.lines().count(), before.loaded.len(), "{what}: modules.sh answered for each module:\n{modprobe}");
+    assert_eq!(
+        modprobe.lines().count(),
+        before.loaded.len(),
+        "{what}: modules.sh answered for each module:\n{modprobe}"
+    );
     assert!(loads > 0, "{what}: no module loaded again:\n{modprobe}");
-    eprintln!("{what}: {loads} of the {} modules loaded before the run load again ({} blacklisted)", before.loaded.len(), before.loaded.len() - loads);
+    eprintln!(
+        "{what}: {loads} of the {} modules loaded before the run load again ({} blacklisted)",
+        before.loaded.len(),
+        before.loaded.len() - loads
+    );
 }
 
 /// One run of the script on a fresh host, from SSH, then a reboot.
@@ -339,25 +348,33 @@ fn undo_brings_back_the_packages_the_modules_and_sshd_and_the_host_boots() {
     assert!(view.key_login, "the key did not log in after undo:\n{}", view.key_text);
     assert!(view.software().starts_with("OpenSSH"), "after undo: {}", view.software());
     assert!(!view.password_login, "sshd took a password after undo; it refused them before the run");
-    let state = text(&vm.ssh("echo sshd: $(pidof sshd); echo dropbear: $(pidof dropbear)", b"", HostKey::Strict).stdout);
+    let state =
+        text(&vm.ssh("echo sshd: $(pidof sshd); echo dropbear: $(pidof dropbear)", b"", HostKey::Strict).stdout);
     assert_ne!(pids(&state, "sshd"), "", "sshd does not run after undo:\n{state}");
     assert_eq!(pids(&state, "dropbear"), "", "dropbear runs after undo:\n{state}");
     // The packages at their versions, and every module file, as on the stock host.
     let inventory = vm.ssh_ok("sh /root/modules.sh inventory", HostKey::Strict);
     for kind in ["installed ", "module "] {
-        let lines = |text: &str| -> Vec<String> { text.lines().filter(|l| l.starts_with(kind)).map(String::from).collect() };
+        let lines =
+            |text: &str| -> Vec<String> { text.lines().filter(|l| l.starts_with(kind)).map(String::from).collect() };
         let (stock, now) = (lines(&m.stock_inventory), lines(&inventory));
         let gone: Vec<&String> = stock.iter().filter(|l| !now.contains(l)).collect();
         let new: Vec<&String> = now.iter().filter(|l| !stock.contains(l)).collect();
         assert!(stock.len() > 10, "the stock inventory has no `{kind}` lines");
-        assert!(gone.is_empty() && new.is_empty(), "after undo, `{kind}` lines differ from the stock host:\n-{gone:?}\n+{new:?}");
+        assert!(
+            gone.is_empty() && new.is_empty(),
+            "after undo, `{kind}` lines differ from the stock host:\n-{gone:?}\n+{new:?}"
+        );
     }
     let figures = Figures::of(&vm);
     eprintln!("vda after undo and its reboot: {}", figures.show());
     assert_eq!(figures.modules_count, m.stock.modules_count, "the module files after undo");
     // They came from the bench repository, over HTTP from the host.
     let log = std::fs::read_to_string(work.path().join("undo-vda.repo.log")).unwrap_or_default();
-    assert!(log.lines().any(|l| l.starts_with("GET /x86_64/linux-virt-") && l.ends_with(" 200")), "repository log:\n{log}");
+    assert!(
+        log.lines().any(|l| l.starts_with("GET /x86_64/linux-virt-") && l.ends_with(" 200")),
+        "repository log:\n{log}"
+    );
     vm.quit();
 }
 
@@ -424,7 +441,10 @@ fn kernel_upgrade(m: &Minimised, mut vm: Vm) {
     assert_eq!(figures.modules_count, m.after_figures.modules_count, "the hook kept what the run kept");
     assert_ne!(removed(&vm), removed_before, "the hook listed nothing it removed from the fresh tree");
     let dep = format!("/lib/modules/{kver}/modules.dep");
-    vm.ssh_ok(&format!("modprobe -n virtio_blk && modprobe -n ext4 && [ -n \"$(find /boot/initramfs-virt -newer {dep})\" ]"), HostKey::Strict);
+    vm.ssh_ok(
+        &format!("modprobe -n virtio_blk && modprobe -n ext4 && [ -n \"$(find /boot/initramfs-virt -newer {dep})\" ]"),
+        HostKey::Strict,
+    );
     let mark = vm.reboot(HostKey::Strict);
     assert_eq!(vm.wait_boot(mark), Boot::LoginPrompt, "the host did not boot after the kernel upgrade:\n{}", vm.tail());
     vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("after the kernel upgrade's reboot: {e}"));
