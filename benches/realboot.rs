@@ -1,15 +1,17 @@
 //! `cargo bench --bench realboot`: the real Alpine 3.23.6 bench host (tests/realboot/, vda)
-//! stock, after the guide's literal commands and after mingen's script, side by side: RAM
-//! used (busybox `free`; MemTotal - MemAvailable; and the guest's System RAM - MemAvailable, which counts what
-//! the kernel reserves before MemTotal), disk used (`df /`), loaded modules
+//! stock, after the guide's literal commands and after mingen's script (with the default
+//! `modules_prune = virtual`, and with `host`), side by side: RAM used (busybox `free`;
+//! MemTotal - MemAvailable; and the guest's System RAM - MemAvailable, which counts what
+//! the kernel reserves before MemTotal), disk used (`df /`), /lib/modules, loaded modules
 //! and userspace processes, measured once the boot has finished and the gettys on ttyS0
 //! and tty1 run, by a detached process after SSH has gone (tests/realboot/measure.sh).
 //! Median and spread (min-max) of `REALBOOT_BOOTS` boots (default 5) of each.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../tests/image/mod.rs"]
-mod image;
+#[path = "../tests/sandbox/mod.rs"]
+mod sandbox;
+use sandbox::image;
 #[path = "../tests/realboot/mod.rs"]
 mod realboot;
 
@@ -27,6 +29,7 @@ enum Variant {
     Stock,
     Guide,
     Mingen,
+    MingenHost,
 }
 
 impl Variant {
@@ -35,6 +38,15 @@ impl Variant {
             Variant::Stock => "stock",
             Variant::Guide => "guide",
             Variant::Mingen => "mingen",
+            Variant::MingenHost => "mingen (prune host)",
+        }
+    }
+
+    /// The name in file and VM names (no spaces: QEMU's guestfwd command is split at them).
+    fn slug(self) -> &'static str {
+        match self {
+            Variant::MingenHost => "mingen-host",
+            other => other.name(),
         }
     }
 }
@@ -48,6 +60,8 @@ struct Sample {
     /// The guest's physical RAM (System RAM in /proc/iomem).
     system_ram_kb: u64,
     disk_used_kb: u64,
+    modules_kb: u64,
+    module_files: u64,
     modules: Vec<String>,
     processes: Vec<String>,
 }
@@ -58,7 +72,7 @@ fn text(bytes: &[u8]) -> String {
 
 /// The host as VARIANT leaves it after one completed boot, powered off: boot overlays of it.
 fn prepare(variant: Variant, work: &Path) -> PathBuf {
-    let name = format!("bench-{}-prepare", variant.name());
+    let name = format!("bench-{}-prepare", variant.slug());
     let mut vm = realboot::boot_ready(&name, &realboot::disk(), work, Bus::Virtio);
     match variant {
         Variant::Stock => {}
@@ -72,9 +86,12 @@ fn prepare(variant: Variant, work: &Path) -> PathBuf {
             vm.forget_host_keys();
             vm.wait_ssh(HostKey::AcceptNew).unwrap_or_else(|e| panic!("{e}"));
         }
-        Variant::Mingen => {
+        Variant::Mingen | Variant::MingenHost => {
             let mut args = vec!["--disk", "vda"];
             args.extend_from_slice(realboot::FACT_ARGS);
+            if variant == Variant::MingenHost {
+                args.extend(["--modules-prune", "host"]);
+            }
             let script = common::script(&args);
             realboot::upload(&vm, "/root/minimise.sh", &script, HostKey::Strict);
             let (status, output) = realboot::run_script(&vm, "/root/minimise.sh", HostKey::Strict);
@@ -102,7 +119,7 @@ fn keep_prepared(variant: Variant, image: &Path) {
 
 /// Boot IMAGE once and measure it.
 fn measure(variant: Variant, image: &Path, work: &Path, boot: usize) -> Sample {
-    let name = format!("bench-{}-{boot}", variant.name());
+    let name = format!("bench-{}-{boot}", variant.slug());
     let mut vm = Vm::boot(&name, image, work, Bus::Virtio);
     assert_eq!(vm.wait_boot(0), Boot::LoginPrompt, "{name} did not boot\n{}", vm.tail());
     vm.wait_ssh(HostKey::AcceptNew).unwrap_or_else(|e| panic!("{e}"));
@@ -139,12 +156,14 @@ fn measure(variant: Variant, image: &Path, work: &Path, boot: usize) -> Sample {
             "mem_available" => sample.mem_available_kb = number(),
             "system_ram" => sample.system_ram_kb = number(),
             "disk_used" => sample.disk_used_kb = number(),
+            "modules_kb" => sample.modules_kb = number(),
+            "module_files" => sample.module_files = number(),
             "module" => sample.modules.push(value.to_string()),
             "process" => sample.processes.push(value.to_string()),
             _ => {}
         }
     }
-    assert!(sample.free_used_kb > 0 && sample.disk_used_kb > 0, "{name}: {out}");
+    assert!(sample.free_used_kb > 0 && sample.disk_used_kb > 0 && sample.module_files > 0, "{name}: {out}");
     assert!(sample.system_ram_kb > sample.mem_total_kb && sample.mem_total_kb > sample.mem_available_kb, "{name}: {out}");
     sample
 }
@@ -167,14 +186,14 @@ fn main() {
     let start = Instant::now();
     let disk = realboot::disk();
     eprintln!("realboot bench: disk {} ready after {:.0} s", disk.display(), start.elapsed().as_secs_f64());
-    let variants = [Variant::Stock, Variant::Guide, Variant::Mingen];
+    let variants = [Variant::Stock, Variant::Guide, Variant::Mingen, Variant::MingenHost];
     // One thread per variant; at most two VMs run at once (realboot's slots).
     let results: BTreeMap<Variant, Vec<Sample>> = std::thread::scope(|scope| {
         let handles: Vec<_> = variants
             .iter()
             .map(|&variant| {
                 scope.spawn(move || {
-                    let work = WorkDir::new(&format!("bench-{}", variant.name()));
+                    let work = WorkDir::new(&format!("bench-{}", variant.slug()));
                     let image = prepare(variant, work.path());
                     keep_prepared(variant, &image);
                     eprintln!("realboot bench: {} prepared at {:.0} s", variant.name(), start.elapsed().as_secs_f64());
@@ -207,16 +226,18 @@ fn main() {
 
 fn print_table(results: &BTreeMap<Variant, Vec<Sample>>, boots: usize) {
     type Metric = (&'static str, fn(&Sample) -> f64, &'static str);
-    let metrics: [Metric; 6] = [
+    let metrics: [Metric; 8] = [
         ("RAM used, free (MiB)", |s| s.free_used_kb as f64 / 1024.0, "{:.1}"),
         ("RAM MemTotal-MemAvailable (MiB)", |s| (s.mem_total_kb - s.mem_available_kb) as f64 / 1024.0, "{:.1}"),
         ("RAM taken, System RAM-MemAvailable", |s| (s.system_ram_kb - s.mem_available_kb) as f64 / 1024.0, "{:.1}"),
         ("disk used, df / (MiB)", |s| s.disk_used_kb as f64 / 1024.0, "{:.1}"),
+        ("/lib/modules, du (MiB)", |s| s.modules_kb as f64 / 1024.0, "{:.1}"),
+        ("module files in /lib/modules", |s| s.module_files as f64, "{:.0}"),
         ("modules loaded", |s| s.modules.len() as f64, "{:.0}"),
         ("userspace processes", |s| s.processes.len() as f64, "{:.0}"),
     ];
     println!(
-        "\nreal-boot bench: Alpine 3.23.6, QEMU TCG -m 128 (MemTotal 92136 kB), vda; median (min-max) of {boots} boots\n"
+        "\nreal-boot bench: Alpine 3.23.6, QEMU TCG -m 128, vda; median (min-max) of {boots} boots\n"
     );
     print!("| {:<32} |", "");
     for variant in results.keys() {

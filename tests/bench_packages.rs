@@ -2,10 +2,12 @@
 //! a chroot of a copy of the image, the image's own apk-tools 3 trusts the signed index
 //! (and nothing unsigned), installs OpenSSH, dropbear and the cloud image's stand-ins with
 //! their scripts and `-openrc` packages, the built programs run there, and `apk del`
-//! removes it all again.
+//! removes it all again; and the image's own packages, rebuilt into the same repository,
+//! come back after their removal as undo.sh brings them back, with the kernel's modules.
 
 mod common;
-mod image;
+mod sandbox;
+use sandbox::image;
 #[path = "realboot/mod.rs"]
 mod realboot;
 
@@ -17,7 +19,7 @@ use std::process::{Command, Output};
 
 use realboot::packages;
 
-/// Where the repository sits in the chroot, as on the bench guest.
+/// Where the repository sits in the chroot (the bench guest reaches it over HTTP instead).
 const GUEST_REPO: &str = "/var/lib/bench-repo";
 
 /// Mount /dev and /proc in the chroot at $1, in a private mount, network and pid namespace:
@@ -151,6 +153,63 @@ fn the_bench_repository_installs_and_removes_on_the_real_userland() {
     for path in ["bin/bash", "usr/sbin/sshd", "usr/sbin/dropbear", "etc/init.d/sshd", "usr/lib/libpython3.12.so.1.0"] {
         assert!(!root.join(path).exists(), "/{path} is still there after apk del");
     }
+}
+
+/// The image's own packages are in the bench repository, under the identities the bench disk's
+/// database gives them (`repack::adopt_identities`): on a copy of the image, what mingen's
+/// script removes (curl, sudo, e2fsprogs-extra, dhcpcd, cloud-utils-growpart) installs again,
+/// `apk fix --reinstall linux-virt` brings back a removed module (undo.sh's way back from
+/// modules-prune), and the kernel upgrade's repository installs linux-virt one build later
+/// with the same module tree.
+#[test]
+fn the_image_packages_come_back_from_the_bench_repository() {
+    if let Some(why) = image::why_not().or_else(packages::why_not).or_else(missing_client_tools) {
+        common::skip::cannot_run("the bench repository", &why);
+        return;
+    }
+    let repo = packages::repository();
+    let work = tempfile::TempDir::new_in(image::cache()).expect("a scratch directory in the cache");
+    let root = work.path().join("root");
+    copy_tree(&image::root(), &root);
+    sandbox::repack::adopt_identities(&root, sandbox::Release::V3_23);
+    let guest_repo = root.join(GUEST_REPO.trim_start_matches('/'));
+    let linked = Command::new("cp").arg("-al").arg(&repo.dir).arg(&guest_repo).status().expect("run cp -al");
+    assert!(linked.success(), "cp -al of the repository");
+    fs::write(root.join("etc/apk/repositories"), format!("{GUEST_REPO}\n")).unwrap();
+    fs::copy(&repo.public_key, root.join("etc/apk/keys").join(&repo.key_name)).unwrap();
+
+    let removed = "curl sudo e2fsprogs-extra dhcpcd cloud-utils-growpart";
+    ok(&root, &format!("apk del --no-network --quiet {removed}"));
+    assert!(!root.join("usr/bin/curl").exists() && !root.join("usr/bin/sudo").exists(), "apk del left curl or sudo");
+    let added = ok(&root, &format!("apk add --no-network {removed} && apk info -e {removed}"));
+    for name in removed.split(' ') {
+        assert!(added.lines().any(|l| l == name), "{name} did not come back:\n{added}");
+    }
+    assert!(!added.contains("UNTRUSTED"), "{added}");
+    let curl = ok(&root, "curl --version");
+    assert!(curl.starts_with("curl "), "curl --version: {curl}");
+
+    // A module removed as modules-prune removes it, brought back by apk as undo.sh asks.
+    let kver = fs::read_dir(root.join("lib/modules")).unwrap().flatten().next().expect("a kernel").file_name();
+    let kver = kver.to_string_lossy().into_owned();
+    let module = format!("lib/modules/{kver}/kernel/fs/btrfs/btrfs.ko.gz");
+    let bytes = fs::read(root.join(&module)).unwrap_or_else(|e| panic!("/{module}: {e}"));
+    fs::remove_file(root.join(&module)).unwrap();
+    let fixed = ok(&root, "apk fix --no-network --reinstall linux-virt");
+    assert_eq!(
+        fs::read(root.join(&module)).ok(),
+        Some(bytes.clone()),
+        "apk fix did not bring /{module} back:\n{fixed}"
+    );
+
+    // The kernel upgrade: one build later, the same modules, installed over the old build.
+    let upgrade = format!("{GUEST_REPO}/upgrade");
+    let upgraded = ok(&root, &format!("apk upgrade --no-network --repository {upgrade} linux-virt"));
+    let db = fs::read_to_string(root.join("lib/apk/db/installed")).unwrap();
+    let version = db.split("\n\n").find(|r| r.contains("\nP:linux-virt\n") || r.starts_with("P:linux-virt\n"));
+    let version = version.and_then(|r| r.lines().find_map(|l| l.strip_prefix("V:"))).unwrap_or("(none)");
+    assert_eq!(version, repo.kernel_upgrade, "apk upgrade did not install the kernel upgrade:\n{upgraded}");
+    assert_eq!(fs::read(root.join(&module)).ok(), Some(bytes), "the upgrade's /{module} differs");
 }
 
 /// `cp -a` of FROM's contents into a new directory TO.

@@ -1502,4 +1502,14 @@ fn a_kernel_installed_later_is_pruned_and_gets_its_initramfs() {
     assert_success(&host.run(&format!("modprobe -n -S {next} virtio_scsi"), &[]), "depmod ran for {next}");
     let mkinitfs: Vec<_> = host.calls().into_iter().filter(|c| c.program == "mkinitfs").collect();
     assert!(mkinitfs.iter().any(|c| c.args == vec![next.to_string()]), "{mkinitfs:?}");
+    // The running kernel's package put in place again (a new build of the same version does
+    // the same): every module is back, and the hook prunes the tree again.
+    let pruned = module_files(&host, &kver);
+    let hook_mkinitfs =
+        || host.calls().into_iter().filter(|c| c.program == "mkinitfs" && c.args == [kver.clone()]).count();
+    let before = hook_mkinitfs();
+    assert_success(&host.run("apk fix --no-network --reinstall linux-virt", &[]), "reinstalling linux-virt");
+    assert_eq!(module_files(&host, &kver), pruned, "the hook pruned the reinstalled {kver}");
+    assert_success(&host.run(&format!("modprobe -n -S {kver} virtio_scsi"), &[]), "depmod ran for {kver}");
+    assert_eq!(hook_mkinitfs(), before + 1, "the hook rebuilt {kver}'s initramfs after the reinstall");
 }

@@ -2,7 +2,7 @@
 # shellcheck shell=busybox
 # measure.sh SETTLE: run detached on the guest. Waits until the gettys on ttyS0
 # and tty1 run (the end of the boot), SETTLE seconds more, then prints RAM, disk,
-# modules and userspace processes as `key value` lines and `end`. Processes of
+# /lib/modules (KiB and module files), loaded modules and userspace processes as `key value` lines and `end`. Processes of
 # this script's own session (started with setsid) are left out.
 
 # procs: `sid command line` of each userspace process.
@@ -42,6 +42,8 @@ main() {
 	# before MemTotal (its image, the KFENCE pool) counts against the host too.
 	awk '/System RAM/ { split($1, r, "-"); kb += (("0x" r[2]) - ("0x" r[1]) + 1) / 1024 } END { printf "system_ram %d\n", kb }' /proc/iomem
 	df -Pk / | awk 'NR == 2 { print "disk_used", $3 }'
+	printf 'modules_kb %s\n' "$(du -sk /lib/modules | cut -f1)"
+	printf 'module_files %s\n' "$(find /lib/modules -type f -name '*.ko*' | grep -c .)"
 	awk '{ print "module", $1 }' /proc/modules
 	procs | awk -v me="$me" '$1 != me { $1 = ""; sub(/^ /, ""); print "process", $0 }'
 	echo end

@@ -7,7 +7,10 @@
 //! its agent, 9p, setup-dns, no mdev) and gets a cloud image's runlevels, gettys (tty1-6 and
 //! ttyS0), static IPv4 for QEMU's user network, root by UUID in fstab and extlinux.conf, a
 //! test key and a password for root, and the cloud image's packages from the signed bench
-//! repository (`packages.rs`), installed by the image's own apk in a chroot.
+//! repository (`packages.rs`), installed by the image's own apk in a chroot. The guest's
+//! apk then reaches that repository over HTTP at `REPO_URL`, served from the host for each
+//! VM (`serve.sh`, run by QEMU's user network): it is not on the guest's disk, so the disk
+//! used that the bench measures is the host's own.
 #![allow(dead_code)]
 
 pub mod packages;
@@ -21,9 +24,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::image;
+use crate::sandbox::{Release, repack};
 
 /// Bumped whenever what goes onto the disk changes: the cached disk is named after it.
-const DISK_VERSION: &str = "v2";
+const DISK_VERSION: &str = "v4";
 /// The root filesystem's UUID, in fstab and on the kernel command line.
 pub const ROOT_UUID: &str = "0b5e7a1c-3d2f-4e8a-9c61-5f4d2b7a8e90";
 pub const HOSTNAME: &str = "vps";
@@ -31,8 +35,12 @@ pub const HOSTNAME: &str = "vps";
 pub const PASSWORD: &str = "bench-root-password";
 /// The mingen flags that describe the bench host truthfully, besides `--disk`.
 pub const FACT_ARGS: &[&str] = &["--ssh-password-auth", "no"];
-/// Where the bench repository lives on the guest.
-const GUEST_REPO: &str = "/var/lib/bench-repo";
+/// Where the guest reaches the bench repository: QEMU's user network forwards the guest's
+/// connections to this address (and nothing else) to `serve.sh` on the host.
+const REPO_ADDRESS: &str = "10.0.2.100";
+pub const REPO_URL: &str = "http://10.0.2.100/";
+/// The kernel upgrade's repository (`packages::Repository::upgrade`), for `apk --repository`.
+pub const UPGRADE_URL: &str = "http://10.0.2.100/upgrade";
 /// How long a boot (firmware to login prompt) may take under TCG with another VM beside it.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 
@@ -169,6 +177,7 @@ pub fn disk() -> PathBuf {
         }
         index.sort();
         let scripts = [read(&file("build-disk.sh")), read(&file("mdev.initd"))].concat();
+        // The image's packages carry the rebuilt identities (`adopt_identities`).
         let stamp = short_hash(&format!("{DISK_VERSION}\n{}\n{}\n{scripts}", index.join("\n"), key().public));
         let path = image::cache().join(format!("realboot-disk-{stamp}.raw"));
         cached(path, |scratch| {
@@ -262,8 +271,11 @@ fn stage_root(stage: &Path, repo: Option<&packages::Repository>) {
     fs::create_dir_all(at("/root/.ssh")).expect("mkdir /root/.ssh");
     fs::set_permissions(at("/root/.ssh"), fs::Permissions::from_mode(0o700)).expect("chmod");
     write(&at("/root/.ssh/authorized_keys"), &key().public, 0o600);
-    // The cloud image's packages, from the bench repository, by the image's own apk.
+    // The cloud image's packages, from the bench repository, by the image's own apk; the
+    // image's own packages known to apk by the identities of their rebuilds in that
+    // repository, as a host's packages are those of its mirror (undo reinstalls them).
     if let Some(repo) = repo {
+        repack::adopt_identities(stage, Release::V3_23);
         install_packages(stage, repo);
         // sshd refuses passwords (the first value wins in sshd_config); host keys made once,
         // as a cloud image's first boot would.
@@ -333,23 +345,59 @@ fn extlinux_conf() -> String {
     )
 }
 
+/// Install the cloud image's packages from the repository (bound into the staged root for
+/// the time of `apk add`), then point apk at `REPO_URL`, where the guest finds it.
 fn install_packages(stage: &Path, repo: &packages::Repository) {
-    let guest_repo = stage.join(GUEST_REPO.trim_start_matches('/'));
-    fs::create_dir_all(guest_repo.parent().expect("parent")).expect("mkdir");
-    run(Command::new("cp").arg("-a").arg(&repo.dir).arg(&guest_repo), "copy the bench repository");
-    write(&stage.join("etc/apk/repositories"), &format!("{GUEST_REPO}\n"), 0o644);
+    let mount_point = "/tmp/bench-repo";
+    fs::create_dir_all(stage.join(mount_point.trim_start_matches('/'))).expect("mkdir the repository's mount point");
+    write(&stage.join("etc/apk/repositories"), &format!("{mount_point}\n"), 0o644);
     write(&stage.join("etc/apk/keys").join(&repo.key_name), &read(&repo.public_key), 0o644);
     let names = packages::CLOUD_IMAGE_PACKAGES.join(" ");
     let script = format!(
         "set -e; mount --rbind /dev \"$1/dev\"; mount -t proc proc \"$1/proc\"; \
+         mount --bind \"$2\" \"$1{mount_point}\"; \
          chroot \"$1\" /sbin/apk add --no-network --quiet --no-progress {names}"
     );
     run(
-        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script, "stage"]).arg(stage),
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script, "stage"])
+            .arg(stage)
+            .arg(&repo.dir),
         "apk add of the cloud image's packages in the staged root",
     );
-    let _ = fs::remove_dir_all(stage.join("var/cache/apk"));
-    fs::create_dir_all(stage.join("var/cache/apk")).expect("mkdir /var/cache/apk");
+    fs::remove_dir(stage.join(mount_point.trim_start_matches('/'))).expect("remove the repository's mount point");
+    write(&stage.join("etc/apk/repositories"), &format!("{REPO_URL}\n"), 0o644);
+    // The index in apk's cache, as `apk update` leaves it: apk reads it from there (and
+    // `apk add --simulate`, the script's preflight, reads nothing else); apk fetches a
+    // newer one over HTTP once it is older than apk's cache age.
+    let cache = stage.join("var/cache/apk");
+    let _ = fs::remove_dir_all(&cache);
+    fs::create_dir_all(&cache).expect("mkdir /var/cache/apk");
+    let index = cache.join(format!("APKINDEX.{}.tar.gz", index_cache_id(REPO_URL)));
+    fs::copy(repo.dir.join("x86_64/APKINDEX.tar.gz"), &index).expect("copy the index into apk's cache");
+    let found = run(
+        Command::new("chroot").arg(stage).args(["/sbin/apk", "--no-network", "search", "-x", "dropbear"]),
+        "apk search in the staged root",
+    );
+    assert!(
+        String::from_utf8_lossy(&found.stdout).contains("dropbear-"),
+        "apk does not read the cached index {}: {}",
+        index.display(),
+        String::from_utf8_lossy(&found.stderr)
+    );
+}
+
+/// The name apk gives the cached index of repository URL: the first 4 bytes of the sha1 of
+/// the index's URL, in hex.
+fn index_cache_id(url: &str) -> String {
+    use sha1::Digest;
+    let index = format!("{}/x86_64/APKINDEX.tar.gz", url.trim_end_matches('/'));
+    hex::encode(&sha1::Sha1::digest(index.as_bytes())[..4])
+}
+
+/// The repository the VMs' apk reaches at `REPO_URL`, when the bench has one here.
+fn served_repository() -> Option<&'static Path> {
+    packages::why_not().is_none().then(|| packages::repository().dir.as_path())
 }
 
 // ------------------------------------------------------------------ VMs
@@ -487,7 +535,9 @@ pub struct Vm {
 }
 
 /// Start QEMU for a VM: TCG, 128 MiB (MemTotal 92136 kB), one CPU, the serial console appended
-/// to SERIAL, a monitor socket, user networking with only 127.0.0.1:PORT forwarded to port 22.
+/// to SERIAL, a monitor socket, user networking with only 127.0.0.1:PORT forwarded to port 22
+/// and, from the guest, only `REPO_ADDRESS:80`, where `serve.sh` answers for the repository
+/// (each request logged in `NAME.repo.log`).
 /// QEMU dies with the thread that started it (setpriv --pdeathsig), and exits when the guest
 /// reboots (-no-reboot): `power_cycle` starts it again.
 fn spawn_qemu(name: &str, image: &Path, dir: &Path, bus: Bus, serial: &Path, monitor: &Path, port: u16) -> Child {
@@ -506,8 +556,8 @@ fn spawn_qemu(name: &str, image: &Path, dir: &Path, bus: Bus, serial: &Path, mon
         .args(["-serial", "chardev:serial0"])
         .arg("-monitor")
         .arg(format!("unix:{},server=on,wait=off", monitor.display()))
-        // The guest reaches nothing but the forwarded port: restrict=on, loopback only.
-        .args(["-netdev", &format!("user,id=net0,restrict=on,ipv6=off,hostfwd=tcp:127.0.0.1:{port}-:22")])
+        // The guest reaches nothing but the forwarded ports: restrict=on, loopback only.
+        .args(["-netdev", &netdev(name, dir, port)])
         .args(["-device", "virtio-net-pci,netdev=net0"])
         .args(["-device", "virtio-rng-pci", "-device", "virtio-balloon-pci"])
         .args(bus.qemu_args(image))
@@ -516,6 +566,18 @@ fn spawn_qemu(name: &str, image: &Path, dir: &Path, bus: Bus, serial: &Path, mon
         .stderr(Stdio::from(log))
         .spawn()
         .expect("start qemu-system-x86_64")
+}
+
+fn netdev(name: &str, dir: &Path, port: u16) -> String {
+    let mut netdev = format!("user,id=net0,restrict=on,ipv6=off,hostfwd=tcp:127.0.0.1:{port}-:22");
+    if let Some(repo) = served_repository() {
+        let log = dir.join(format!("{name}.repo.log"));
+        let words = [file("serve.sh").display().to_string(), repo.display().to_string(), log.display().to_string()];
+        // QEMU splits the option at commas and libslirp the command at spaces.
+        assert!(words.iter().all(|w| !w.contains([',', ' '])), "a path with a comma or a space: {words:?}");
+        netdev.push_str(&format!(",guestfwd=tcp:{REPO_ADDRESS}:80-cmd:bash {}", words.join(" ")));
+    }
+    netdev
 }
 
 fn free_port() -> u16 {

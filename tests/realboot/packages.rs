@@ -5,9 +5,17 @@
 //! chroot, and signed with a bench key. Programs, key and repository are each built once
 //! and cached outside the checkout (`image::cache()`), in a scratch path renamed into place.
 //!
+//! The image's own packages (curl, sudo, dhcpcd, linux-virt, ...) are in the same index:
+//! the sandbox's rebuilds of them from the image's installed tree (`sandbox::repack`, apk v2
+//! packages, which apk 3 installs), so that undo.sh can install again what the script
+//! removed and `apk fix --reinstall linux-virt` brings back the pruned modules. One builder
+//! for both repositories would be neater; this one reuses the sandbox's for those packages.
+//!
 //! Layout: `Repository::dir` holds `x86_64/APKINDEX.tar.gz` (an apk 3 index, signed) and
-//! `x86_64/NAME-VERSION.apk` (apk 3 packages, signed), as apk expects for a `/path` line in
+//! `x86_64/NAME-VERSION.apk`, as apk expects for a `/path` or URL line in
 //! `/etc/apk/repositories`; the guest trusts `public_key` as `/etc/apk/keys/KEY_NAME`.
+//! `Repository::upgrade` (`dir/upgrade`) is a second signed repository of the same shape
+//! with one package: linux-virt one build later (`-r1`), the bench's kernel upgrade.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -20,6 +28,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 
 use crate::image;
+use crate::sandbox::{Release, repack};
 
 /// The file name of the bench key under /etc/apk/keys.
 pub const KEY_NAME: &str = "mingen-bench.rsa.pub";
@@ -50,7 +59,16 @@ pub struct Repository {
     pub public_key: PathBuf,
     /// Its file name under /etc/apk/keys.
     pub key_name: String,
+    /// The kernel upgrade's repository: the image's linux-virt rebuilt as `kernel_upgrade`.
+    pub upgrade: PathBuf,
+    /// The version of that linux-virt (the image's, one build later: `6.18.56-r1`).
+    pub kernel_upgrade: String,
 }
+
+/// The subdirectory of the repository that holds the kernel upgrade's repository.
+const UPGRADE_DIR: &str = "upgrade";
+/// The kernel package the upgrade rebuilds.
+const KERNEL_PACKAGE: &str = "linux-virt";
 
 /// Bumped whenever the build of the programs changes: their cache is named after it.
 const PROGRAMS_VERSION: &str = "v2";
@@ -123,9 +141,19 @@ pub fn repository() -> &'static Repository {
         let programs = programs();
         let key = signing_key();
         let catalog = Catalog::read();
-        let name = format!("bench-repo-{}", catalog.fingerprint(&programs, &key));
-        let dir = cached(image::cache().join(name), |scratch| build_repository(scratch, &catalog, &programs, &key));
-        Repository { dir, public_key: key.public, key_name: KEY_NAME.into() }
+        let image_apks = repack::image_apks(Release::V3_23);
+        let kernel_upgrade = kernel_upgrade_version();
+        let name = format!("bench-repo-{}", catalog.fingerprint(&programs, &key, &image_apks));
+        let dir = cached(image::cache().join(name), |scratch| {
+            build_repository(scratch, &catalog, &programs, &key, &image_apks, &kernel_upgrade)
+        });
+        Repository {
+            upgrade: dir.join(UPGRADE_DIR),
+            dir,
+            public_key: key.public,
+            key_name: KEY_NAME.into(),
+            kernel_upgrade,
+        }
     })
 }
 
@@ -606,7 +634,7 @@ impl Catalog {
 
     /// What the built repository depends on: the catalog, its data, this file, the
     /// programs and the key. The repository's cache is named after it.
-    fn fingerprint(&self, programs: &Programs, key: &SigningKey) -> String {
+    fn fingerprint(&self, programs: &Programs, key: &SigningKey, image_apks: &Path) -> String {
         use sha2::Digest;
         let mut hash = sha2::Sha256::new();
         hash.update(self.text.as_bytes());
@@ -617,6 +645,8 @@ impl Catalog {
         hash.update(include_str!("packages.rs").as_bytes());
         hash.update(programs.dir.to_string_lossy().as_bytes());
         hash.update(read(&key.public));
+        // The image's rebuilt packages: their cache is named after what they are built from.
+        hash.update(image_apks.to_string_lossy().as_bytes());
         hex::encode(&hash.finalize()[..6])
     }
 }
@@ -677,9 +707,29 @@ fn padded(script: &[u8], n: usize, what: &str) -> Vec<u8> {
 
 // ------------------------------------------------------------------ repository
 
-/// Stage every package of the catalog, pack and sign it with the image's `apk mkpkg`,
-/// then index and sign the lot with `apk mkndx`, in a chroot of a copy of the image.
-fn build_repository(scratch: &Path, catalog: &Catalog, programs: &Programs, key: &SigningKey) {
+/// The image's linux-virt version, one build later (`6.18.56-r0` -> `6.18.56-r1`).
+fn kernel_upgrade_version() -> String {
+    let db = String::from_utf8(read(&image::root().join("lib/apk/db/installed"))).expect("utf-8 database");
+    let record = db
+        .split("\n\n")
+        .find(|r| r.lines().any(|l| l == format!("P:{KERNEL_PACKAGE}")))
+        .unwrap_or_else(|| panic!("the image has no {KERNEL_PACKAGE}"));
+    let version = record.lines().find_map(|l| l.strip_prefix("V:")).expect("a V: line");
+    let (base, build) = version.rsplit_once("-r").expect("a version with -rN");
+    format!("{base}-r{}", build.parse::<u32>().expect("a build number") + 1)
+}
+
+/// Stage every package of the catalog, pack and sign it with the image's `apk mkpkg`, add
+/// the image's own packages (IMAGE_APKS), then index and sign the lot with `apk mkndx`, in
+/// a chroot of a copy of the image; the kernel upgrade, indexed on its own, beside it.
+fn build_repository(
+    scratch: &Path,
+    catalog: &Catalog,
+    programs: &Programs,
+    key: &SigningKey,
+    image_apks: &Path,
+    kernel_upgrade: &str,
+) {
     let builder = PathBuf::from(format!("{}.builder", scratch.display()));
     remove(&builder);
     mkdir(&builder);
@@ -732,11 +782,29 @@ fn build_repository(scratch: &Path, catalog: &Catalog, programs: &Programs, key:
         apk(&args, &format!("apk mkpkg {}", package.name));
         files.push(file);
     }
-    let mut args: Vec<String> = ["mkndx", "--sign-key", "/work/key.rsa", "--output"].map(String::from).into();
-    args.push(format!("/work/repo/{ARCH}/APKINDEX.tar.gz"));
-    args.extend(files);
-    apk(&args, "apk mkndx");
+    for entry in fs::read_dir(image_apks).expect("read the image's rebuilt packages").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let to = out.join(&name);
+        if fs::hard_link(entry.path(), &to).is_err() {
+            fs::copy(entry.path(), &to).expect("copy a rebuilt package");
+        }
+        files.push(format!("/work/repo/{ARCH}/{name}"));
+    }
+    let upgrade = work.join(UPGRADE_DIR).join(ARCH);
+    mkdir(&upgrade);
+    let kernel = format!("{KERNEL_PACKAGE}-{kernel_upgrade}.apk");
+    write(&upgrade.join(&kernel), &repack::rebuilt_as(KERNEL_PACKAGE, kernel_upgrade, Release::V3_23), 0o644);
+    // The rebuilt packages are unsigned (as the sandbox's are): the signed index vouches for
+    // them, by their identity, which is what apk checks when it installs one.
+    for (repo, files) in [("repo", files), (UPGRADE_DIR, vec![format!("/work/{UPGRADE_DIR}/{ARCH}/{kernel}")])] {
+        let mut args: Vec<String> =
+            ["mkndx", "--allow-untrusted", "--sign-key", "/work/key.rsa", "--output"].map(String::from).into();
+        args.push(format!("/work/{repo}/{ARCH}/APKINDEX.tar.gz"));
+        args.extend(files);
+        apk(&args, &format!("apk mkndx of {repo}"));
+    }
     fs::rename(work.join("repo"), scratch).expect("move the repository out of the builder");
+    fs::rename(work.join(UPGRADE_DIR), scratch.join(UPGRADE_DIR)).expect("move the kernel upgrade out of the builder");
     remove(&builder);
 }
 

@@ -31,7 +31,8 @@ mod host;
 #[path = "../image/mod.rs"]
 pub mod image;
 mod profile;
-mod repack;
+// The bench's repository takes the image's own packages from here too.
+pub mod repack;
 // A test crate may load the skip rule through `common` too: the same file, one rule.
 #[allow(clippy::duplicate_mod)]
 #[path = "../skip/mod.rs"]

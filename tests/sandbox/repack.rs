@@ -226,17 +226,41 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The image's package NAME rebuilt as VERSION, a later build of it: the same fields,
+/// files and scripts under a higher `-rN`, which apk installs over it in place (the
+/// bench's kernel upgrade: a new kernel cannot be built offline, and the same module
+/// directory is what an in-place reinstall of the kernel package brings).
+pub fn rebuilt_as(name: &str, version: &str, release: Release) -> Vec<u8> {
+    let root = super::image::root();
+    let db = std::fs::read_to_string(root.join("lib/apk/db/installed")).expect("read the image's installed database");
+    let record = parse_db(&db)
+        .into_iter()
+        .find(|r| r.get('P') == Some(name))
+        .unwrap_or_else(|| panic!("the image has no package {name}"));
+    let mut package = rebuild(&root, &record, &install_scripts(&root), &install_triggers(&root), release);
+    let was = format!("pkgver = {}\n", package.version);
+    let info = package.own_info.take().expect("a rebuilt package's own .PKGINFO");
+    assert!(info.contains(&was), "no `{was}` in {name}'s .PKGINFO");
+    package.own_info = Some(info.replace(&was, &format!("pkgver = {version}\n")));
+    package.version = version.to_string();
+    package.build()
+}
+
 /// The image's packages, rebuilt.
 fn image_packages(release: Release) -> Vec<Package> {
     let root = super::image::root();
     let db = std::fs::read_to_string(root.join("lib/apk/db/installed")).expect("read the image's installed database");
-    let scripts = install_scripts(&root);
-    let triggers: BTreeMap<String, String> = std::fs::read_to_string(root.join("lib/apk/db/triggers"))
+    let (scripts, triggers) = (install_scripts(&root), install_triggers(&root));
+    parse_db(&db).into_iter().map(|r| rebuild(&root, &r, &scripts, &triggers, release)).collect()
+}
+
+/// `triggers`: a package's identity (`Q1...`) -> the paths its trigger watches.
+fn install_triggers(root: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(root.join("lib/apk/db/triggers"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split_once(' ').map(|(id, t)| (id.to_string(), t.to_string())))
-        .collect();
-    parse_db(&db).into_iter().map(|r| rebuild(&root, &r, &scripts, &triggers, release)).collect()
+        .collect()
 }
 
 /// `scripts.tar.gz`: `<name>-<version>.<id>.<script>` -> bytes.
