@@ -166,6 +166,11 @@ fn changes(steps: &[crate::target::Action<String>]) -> String {
             Action::SshSwitch {} => "switches sshd to dropbear".into(),
             Action::ClearDir { path } => format!("empties {path}"),
             Action::WriteValue { path, .. } => format!("sets {path}"),
+            Action::BootTrial { .. } => {
+                "keeps the previous boot configuration as the default label and boots the new one \
+                                         once (extlinux --once); the after-boot one-shot makes it the default"
+                    .into()
+            }
             Action::Reboot {} => "reboots (MINGEN_REBOOT=1)".into(),
         })
         .collect();

@@ -169,6 +169,8 @@ facts! {
         "modules to keep beside those (names, or paths such as kernel/net/netfilter), comma-separated as a flag";
     sudo_doas: SudoDoas = SudoDoas::Auto,
         "sudo and doas: auto removes them only where root can log in over SSH directly (checked on the host); keep; remove";
+    boot_trial: BootTrial = BootTrial::Once,
+        "once: the new boot configuration is tried once (extlinux --once) and the previous one stays the default until the boot is confirmed; off: the new one is the default at once (no extlinux, or /boot/ldlinux.sys missing)";
 }
 
 pub const DEFAULT_TARGET: &str = "alpine-3.23-kvm";
@@ -201,7 +203,7 @@ macro_rules! choice {
     )*};
 }
 
-choice!(Disk, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas, ModulesPrune);
+choice!(Disk, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas, ModulesPrune, BootTrial);
 
 /// Which kind of disk holds the root filesystem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -267,6 +269,15 @@ pub enum RootLogin {
     Yes,
     ProhibitPassword,
     No,
+}
+
+/// How the reboot takes the new boot configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BootTrial {
+    /// try it once, with the previous configuration as the default until it is confirmed
+    Once,
+    /// make it the default at once
+    Off,
 }
 
 /// Whether sudo and doas go.

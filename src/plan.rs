@@ -108,6 +108,9 @@ fn resolve(action: &Action, facts: &Facts) -> Action<String> {
         Action::SshSwitch {} => Action::SshSwitch {},
         Action::ClearDir { path } => Action::ClearDir { path: f(path) },
         Action::WriteValue { path, value } => Action::WriteValue { path: f(path), value: f(value) },
+        Action::BootTrial { remove_when_confirmed } => {
+            Action::BootTrial { remove_when_confirmed: items(remove_when_confirmed, facts) }
+        }
         Action::Reboot {} => Action::Reboot {},
     }
 }

@@ -68,6 +68,8 @@ struct MinimiseScript<'a> {
     add_after: String,
     remove_after: String,
     dropbear_opts: String,
+    /// The ports the boot trial checks SSH on: dropbear's, or empty (sshd's own, read then).
+    trial_ports: String,
     deferred_one_shot: &'static str,
     undo: String,
 }
@@ -175,6 +177,9 @@ fn step_needs(step: &Action<String>, boot_loader: BootLoader) -> Result<Vec<Stri
             vec!["need_program depmod".into(), "need_program modprobe".into(), "need_modules_dep".into()]
         }
         Action::CheckInitramfs { .. } => vec!["need_program cpio".into()],
+        Action::BootTrial { .. } => match boot_loader {
+            BootLoader::Extlinux => vec!["need_boot_trial".into()],
+        },
         Action::PackagesAdd { names, only_if_installed: false } if !names.is_empty() => {
             let names = names.iter().map(|n| q(n)).collect::<Result<Vec<_>, _>>()?;
             vec![format!("need_installable {}", names.join(" "))]
@@ -201,6 +206,12 @@ fn step_files(step: &Action<String>, target: &Target) -> Vec<String> {
         Action::KernelCmdline { .. } => match target.boot_loader {
             BootLoader::Extlinux => vec!["/etc/update-extlinux.conf".into(), "/boot/extlinux.conf".into()],
         },
+        // The kept initramfs: undo.sh deletes it (it did not exist before the run).
+        Action::BootTrial { .. } => match target.boot_loader {
+            BootLoader::Extlinux => {
+                vec!["/boot/extlinux.conf".into(), format!("/boot/initramfs-{}.mingen-previous", target.kernel_flavor)]
+            }
+        },
         Action::SshSwitch {} => {
             let mut files = vec!["/etc/conf.d/dropbear".to_string()];
             files.extend(["rsa", "ecdsa", "ed25519"].map(|t| format!("/etc/dropbear/dropbear_{t}_host_key")));
@@ -225,7 +236,7 @@ pub fn integrity_note(bytes: &[u8]) -> String {
 /// The heredocs that hold mingen's own programs (undo.sh, the pruning program),
 /// which `compact` leaves without comments too; every other heredoc is a file the
 /// host keeps as written.
-pub const OWN_PROGRAMS: &[&str] = &["MINGEN_UNDO", "MINGEN_PRUNE"];
+pub const OWN_PROGRAMS: &[&str] = &["MINGEN_UNDO", "MINGEN_PRUNE", "MINGEN_TRIAL"];
 
 /// The script without its comment lines: the same program, smaller. The files it
 /// writes (heredocs) are kept to the letter, but for mingen's own programs, and so
@@ -345,6 +356,12 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
         add_after: add_after.unwrap_or_default(),
         remove_after: remove_after.unwrap_or_default(),
         dropbear_opts: dropbear_opts(&plan.facts),
+        trial_ports: match plan.facts.ssh {
+            facts::Ssh::Dropbear => {
+                plan.facts.ssh_ports.sorted().iter().map(u16::to_string).collect::<Vec<_>>().join(" ")
+            }
+            facts::Ssh::Openssh => String::new(),
+        },
         deferred_one_shot: DEFERRED_ONE_SHOT,
         undo,
     };

@@ -134,6 +134,13 @@ pub enum Action<I = Item> {
     ClearDir { path: String },
     /// Write a value into a kernel file (sysfs) now.
     WriteValue { path: String, value: String },
+    /// Try the new boot configuration once (the boot loader's boot-once), with the one from
+    /// before the run as the default until the after-boot one-shot confirms the new one and
+    /// removes `remove_when_confirmed`.
+    BootTrial {
+        #[serde(default)]
+        remove_when_confirmed: Vec<I>,
+    },
     /// Reboot at the end (when asked to) or say that a reboot is due.
     Reboot {},
 }
@@ -513,6 +520,7 @@ impl Action {
                 check_word("value", value, "")
             }
             Action::PruneModules { keep } => check_items(keep),
+            Action::BootTrial { remove_when_confirmed } => check_items(remove_when_confirmed),
             Action::CheckInitramfs { modules } if modules.is_empty() => Err("check-initramfs names no module".into()),
             Action::CheckInitramfs { modules } => check_items(modules),
             Action::Mkinitfs {} | Action::SshSwitch {} | Action::Reboot {} => Ok(()),

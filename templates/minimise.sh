@@ -166,6 +166,8 @@ rule_{{ rule.func }}() {
 	clear_dir {{ path|sh }}
 {%- when Action::WriteValue { path, value } %}
 	write_value {{ path|sh }} {{ value|sh }}
+{%- when Action::BootTrial { remove_when_confirmed } %}
+	arm_boot_trial {{ remove_when_confirmed.join(" ")|sh }} {{ trial_ports|sh }}
 {%- when Action::Reboot {} %}
 	finish
 {%- endmatch %}
@@ -293,6 +295,7 @@ main() {
 	fi
 	say "before:"
 	figures >&2 || true
+	stop_after_failed_boot
 	preflight
 	if dry_run; then
 		say "dry run: nothing will be changed"
