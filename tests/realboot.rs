@@ -109,7 +109,9 @@ fn produce(bus: Bus) -> Minimised {
         let _ = vm.wait_ssh(HostKey::Strict);
         let state = vm.ssh(
             "echo sshd: $(pidof sshd); echo dropbear: $(pidof dropbear); rc-update show default; \
-             echo started: $(ls /run/openrc/started); cat /var/lib/mingen/report",
+             echo started: $(ls /run/openrc/started); echo cmdline: $(cat /proc/cmdline); \
+             echo syslinux: $(apk --no-network info -e syslinux); echo boot: $(ls /boot); \
+             echo labels: $(grep -e '^LABEL' -e 'MENU DEFAULT' /boot/extlinux.conf); cat /var/lib/mingen/report",
             b"",
             HostKey::Strict,
         );
@@ -186,6 +188,29 @@ fn end_to_end(bus: Bus) {
     let started = m.after_state.lines().find_map(|l| l.strip_prefix("started:")).unwrap_or_default();
     let started: Vec<&str> = started.split_whitespace().collect();
     assert!(started.contains(&"osclock") && !started.contains(&"hwclock"), "started after the reboot: {started:?}");
+    // The boot trial: the run left label mingen-previous (the configuration from before) the
+    // default and set virt to boot once; virt booted (its command line and initramfs), the
+    // one-shot confirmed it, made it the default and removed the fallback and syslinux.
+    assert!(m.output.contains("boot label virt once at the next boot (extlinux --once=virt /boot)"), "{}", m.output);
+    let line = |name: &str| line_of(&m.after_state, name);
+    let cmdline = line("cmdline");
+    assert!(cmdline.contains(" panic=10") && cmdline.contains(" audit=0"), "not the new label: {cmdline}");
+    assert!(cmdline.contains("initrd=initramfs-virt") && !cmdline.contains("mingen-previous"), "{cmdline}");
+    assert!(
+        m.after_state.contains("boot: the new boot configuration (label virt) came up"),
+        "the one-shot did not confirm the boot:\n{}",
+        m.after_state
+    );
+    assert_eq!(line("labels"), "LABEL virt MENU DEFAULT", "extlinux.conf after the confirmation");
+    assert!(!line("boot").contains("mingen-previous"), "the kept initramfs is still in /boot: {}", line("boot"));
+    assert_eq!(line("syslinux"), "", "syslinux is still installed after the confirmation");
+}
+
+/// What follows `NAME:` on its line of STATE.
+fn line_of(state: &str, name: &str) -> String {
+    let prefix = format!("{name}:");
+    let line = state.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix} line:\n{state}"));
+    line[prefix.len()..].trim().to_string()
 }
 
 #[test]
@@ -272,6 +297,10 @@ fn second_run_changes_nothing() {
     vm.trust(&m.known_hosts);
     assert_eq!(vm.wait_boot(0), Boot::LoginPrompt, "{}", vm.tail());
     vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("{e}"));
+    // A boot after the confirmed one takes the new configuration by default: no fallback is left.
+    let boot = vm.ssh_ok("echo cmdline: $(cat /proc/cmdline); echo labels: $(grep '^LABEL' /boot/extlinux.conf)", HostKey::Strict);
+    assert!(line_of(&boot, "cmdline").contains(" panic=10"), "{boot}");
+    assert_eq!(line_of(&boot, "labels"), "LABEL virt", "{boot}");
     let state = std::fs::read_to_string(realboot::file("state.sh")).expect("read state.sh");
     realboot::upload(&vm, "/tmp/state.sh", &state, HostKey::Strict);
     let before = vm.ssh_ok("sh /tmp/state.sh", HostKey::Strict);
@@ -327,6 +356,83 @@ fn nvme_host_probed_minimised_and_booted_again() {
     vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("after the reboot: {e}"));
     let state = vm.ssh("echo dropbear: $(pidof dropbear)", b"", HostKey::Strict);
     assert!(!pids(&text(&state.stdout), "dropbear").is_empty(), "dropbear answers after the reboot");
+    vm.quit();
+}
+
+/// What the one-shot and the boot left, read over SSH after a boot.
+const BOOT_STATE: &str = "echo cmdline: $(cat /proc/cmdline); echo failed: $(ls /var/lib/mingen/boot-failed); \
+                          echo labels: $(grep -e '^LABEL' -e 'MENU DEFAULT' /boot/extlinux.conf); \
+                          cat /var/lib/mingen/report";
+
+/// Boot trials that fail, on the virtio-scsi host: the host comes back on the previous
+/// configuration by itself, and the one-shot and the next run say so.
+/// 1. A kernel panic: the run's new initramfs is overwritten with junk (test-only, after the
+///    run's initramfs check), the kernel cannot mount the root, panics, and panic=10 reboots
+///    it; syslinux has spent the boot-once label, so the previous configuration boots.
+/// 2. The guide's literal mistake: after boot-failed is deleted, a run tries the new
+///    configuration again, and the test swaps in an initramfs without `scsi` (mkinitfs -F,
+///    past the run's check). The new label drops into the initramfs emergency shell; a
+///    reset from the panel (QEMU's system_reset, a cold start here) boots the previous one.
+#[test]
+fn failed_boot_trials_come_back_on_the_previous_configuration_by_themselves() {
+    if !ready() {
+        return;
+    }
+    let start = Instant::now();
+    let work = WorkDir::new("fallback-sda");
+    let mut vm = realboot::boot_ready("fallback-sda", &realboot::disk(), work.path(), Bus::Scsi);
+    let script = common::script(&mingen_args(Bus::Scsi));
+    realboot::upload(&vm, "/root/minimise.sh", &script, HostKey::Strict);
+    let arm = |vm: &Vm| {
+        let (status, output) = realboot::run_script(vm, "/root/minimise.sh", HostKey::Strict);
+        assert_eq!(status, Some(0), "the run failed:\n{output}");
+        assert!(output.contains("(extlinux --once=virt /boot)"), "the run set no boot-once label:\n{output}");
+    };
+    let came_back = |vm: &mut Vm, what: &str| {
+        vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("after {what}: {e}"));
+        let state = vm.ssh_ok(BOOT_STATE, HostKey::Strict);
+        let cmdline = line_of(&state, "cmdline");
+        assert!(cmdline.contains("initrd=initramfs-virt.mingen-previous"), "after {what}: not the previous one: {state}");
+        assert!(!cmdline.contains("panic=10"), "after {what}: {cmdline}");
+        assert!(state.contains("boot: the new boot configuration (label virt"), "after {what}: {state}");
+        assert!(state.contains("did not come up") && state.contains("boot-failed (this)"), "after {what}: {state}");
+        assert_eq!(line_of(&state, "failed"), "/var/lib/mingen/boot-failed", "after {what}");
+        assert_eq!(line_of(&state, "labels"), "LABEL virt LABEL mingen-previous MENU DEFAULT", "after {what}");
+    };
+
+    // 1. A kernel panic on the new label.
+    arm(&vm);
+    vm.ssh_ok("head -c 65536 /dev/urandom > /boot/initramfs-virt && sync", HostKey::Strict);
+    let cycles = vm.power_cycles;
+    let mark = vm.reboot(HostKey::Strict);
+    assert_eq!(vm.wait_boot(mark), Boot::LoginPrompt, "the host did not come back after the panic:\n{}", vm.tail());
+    let serial = vm.serial_text()[mark..].to_string();
+    assert!(serial.contains("Kernel panic - not syncing") && serial.contains("Rebooting in 10 seconds"), "{}", vm.tail());
+    assert_eq!(vm.power_cycles, cycles + 2, "the reboot, then the panic's: QEMU started twice");
+    came_back(&mut vm, "the kernel panic");
+    // The next run stops, names what was recorded, and changes nothing.
+    let before = vm.ssh_ok("cat /boot/extlinux.conf; stat -c '%n %s %Y' /boot/* /var/lib/mingen/*", HostKey::Strict);
+    let (status, output) = realboot::run_script(&vm, "/root/minimise.sh", HostKey::Strict);
+    assert_ne!(status, Some(0), "a run after the failed boot went on:\n{output}");
+    assert!(output.contains("(/var/lib/mingen/boot-failed): this run changes nothing"), "{output}");
+    assert!(output.contains("to undo the run, sh /var/lib/mingen/undo.sh"), "{output}");
+    let after = vm.ssh_ok("cat /boot/extlinux.conf; stat -c '%n %s %Y' /boot/* /var/lib/mingen/*", HostKey::Strict);
+    assert_eq!(after, before, "the stopped run changed /boot or /var/lib/mingen");
+
+    // 2. The guide's mistake: an initramfs without the disk's driver, and a reset.
+    vm.ssh_ok("rm /var/lib/mingen/boot-failed && mkinitfs \"$(cat /usr/share/kernel/virt/kernel.release)\"", HostKey::Strict);
+    arm(&vm);
+    vm.ssh_ok(
+        "mkinitfs -F 'base ext4 virtio' \"$(cat /usr/share/kernel/virt/kernel.release)\" && sync",
+        HostKey::Strict,
+    );
+    let mark = vm.reboot(HostKey::Strict);
+    assert_eq!(vm.wait_boot(mark), Boot::EmergencyShell, "the driverless initramfs booted:\n{}", vm.tail());
+    assert!(vm.serial_text()[mark..].contains("Mounting root failed"), "{}", vm.tail());
+    let mark = vm.reset();
+    assert_eq!(vm.wait_boot(mark), Boot::LoginPrompt, "the host did not come back after the reset:\n{}", vm.tail());
+    came_back(&mut vm, "the reset");
+    eprintln!("failed boot trials: {:.1} min", start.elapsed().as_secs_f64() / 60.0);
     vm.quit();
 }
 

@@ -776,6 +776,18 @@ impl Vm {
         self.overlay.clone()
     }
 
+    /// A reset from the provider's panel: the monitor's `system_reset`, which ends QEMU
+    /// (-no-reboot), then a cold start on the same disk; the serial mark before it.
+    pub fn reset(&mut self) -> usize {
+        let mark = self.mark();
+        self.monitor("system_reset");
+        if !self.wait_exit(Duration::from_secs(20)) {
+            let _ = self.child.kill();
+        }
+        self.power_cycle();
+        mark
+    }
+
     /// End QEMU now (the monitor's `quit`, then a kill).
     pub fn quit(mut self) {
         self.monitor("quit");
@@ -803,9 +815,16 @@ trait EndsWithReboot {
 }
 
 impl EndsWithReboot for str {
-    /// The serial log's last kernel line is the reboot (not a power-off or a crash).
+    /// The serial log's last kernel line is the reboot (not a power-off or a crash), or a
+    /// kernel panic's reboot (`panic=N`).
     fn ends_with_reboot(&self) -> bool {
-        self.rfind("reboot: ").is_some_and(|i| self[i..].starts_with("reboot: Restarting system"))
+        let restart = self.rfind("reboot: ");
+        let panic = self.rfind("Rebooting in ");
+        match (restart, panic) {
+            (Some(r), p) if p.is_none_or(|p| r > p) => self[r..].starts_with("reboot: Restarting system"),
+            (_, Some(p)) => self[..p].rfind("Kernel panic - not syncing").is_some(),
+            _ => false,
+        }
     }
 }
 
