@@ -5,8 +5,8 @@
 # syslinux's ADV) boots the new label at the next boot only.
 #   sh boot-trial.sh default-label CONF          the label CONF boots by default
 #   sh boot-trial.sh initrd CONF LABEL           LABEL's INITRD file
-#   sh boot-trial.sh final CONF LABEL            CONF without the fallback label
-#   sh boot-trial.sh trial CONF LABEL OLD        CONF (final) with OLD's LABEL beside
+#   sh boot-trial.sh final CONF LABEL OLD        CONF without the fallback label
+#   sh boot-trial.sh trial CONF LABEL OLD        CONF (final) with OLD's LABEL before
 #                                                it as the fallback label, the default
 #   sh boot-trial.sh fingerprint CONF LABEL INITRAMFS   what a boot of LABEL takes
 #   sh boot-trial.sh confirm                     after a boot (the one-shot): confirm
@@ -27,26 +27,19 @@ extlinux_awk() {
 	function is_menu_default(line) { return key(line) == "MENU" && toupper(value(line)) ~ /^DEFAULT$/ }
 	function indented(line) { return line ~ /^[ \t]+[^ \t]/ }
 	function before_value(line) { return substr(line, 1, length(line) - length(value(line))) }
-	function emit_fallback(    i) {
-		for (i = 1; i <= n; i++) {
-			print old[i]
-			if (i == 1 && moved) print "  MENU DEFAULT"
-		}
-		emitted = 1
-	}
 	BEGIN {
 		mode = ENVIRON["MODE"]; label = ENVIRON["LABEL"]; fb = ENVIRON["FALLBACK"]
-		if (mode == "trial") {
+		if (mode == "trial" || mode == "final") {
 			# The fallback block: the old configuration of LABEL under its own name,
-			# booting the kept initramfs.
+			# first and the default, booting the kept initramfs.
 			while ((getline line < ENVIRON["OLD"]) > 0) {
 				if (key(line) == "LABEL") {
 					inside = (value(line) == label)
-					if (inside) old[++n] = "LABEL " fb
+					if (inside) { old[++n] = "LABEL " fb; old[++n] = "  MENU DEFAULT" }
 					continue
 				}
 				if (!inside || !indented(line)) { inside = 0; continue }
-				if (is_menu_default(line)) continue
+				if (is_menu_default(line)) { old_menu_default = 1; continue }
 				if (key(line) == "INITRD") line = before_value(line) value(line) "." fb
 				if (key(line) == "MENU" && toupper(value(line)) ~ /^LABEL[ \t]/) line = line " (before mingen)"
 				old[++n] = line
@@ -70,8 +63,8 @@ extlinux_awk() {
 			cur = value($0)
 			if (cur == fb) next
 			print
-			# The fallback held the MENU DEFAULT: it goes back under LABEL.
-			if (cur == label && has_menu_default[fb] && !has_menu_default[label]) print "  MENU DEFAULT"
+			# LABEL had the MENU DEFAULT before the run: it goes back.
+			if (cur == label && old_menu_default && !has_menu_default[label]) print "  MENU DEFAULT"
 			next
 		}
 		if (indented($0) && cur == fb) next
@@ -82,16 +75,13 @@ extlinux_awk() {
 	}
 	mode == "trial" {
 		if (key($0) == "LABEL") {
-			if (cur == label) emit_fallback()
 			cur = value($0)
+			if (cur == label) for (i = 1; i <= n; i++) print old[i]
 			print
 			next
 		}
-		if (!indented($0)) {
-			if (cur == label) emit_fallback()
-			cur = ""
-		}
-		if (cur == label && is_menu_default($0)) { moved = 1; next }
+		if (!indented($0)) cur = ""
+		if (cur == label && is_menu_default($0)) next
 		if (key($0) == "DEFAULT" && value($0) == label) { print before_value($0) fb; next }
 		print
 		next
@@ -103,7 +93,6 @@ extlinux_awk() {
 			else if (menu != "") print menu
 			else print first
 		}
-		if (mode == "trial" && !emitted) emit_fallback()
 	}' "$3" "$3"
 }
 
@@ -179,7 +168,7 @@ confirm() {
 		return 1
 	fi
 	cp -p "$conf" "$conf.mingen-new"
-	extlinux_awk final "$label" "$conf" >"$conf.mingen-new"
+	extlinux_awk final "$label" "$conf" /var/lib/mingen/backup/boot/extlinux.conf >"$conf.mingen-new"
 	mv -f "$conf.mingen-new" "$conf"
 	rm -f "/boot/$kept"
 	fingerprint "$conf" "$label" "/boot/$initramfs" >"$state/boot-confirmed"
@@ -195,7 +184,7 @@ confirm() {
 case ${1:-} in
 default-label) extlinux_awk default-label "" "$2" ;;
 initrd) extlinux_awk initrd "$3" "$2" ;;
-final) extlinux_awk final "$3" "$2" ;;
+final) extlinux_awk final "$3" "$2" "$4" ;;
 trial) extlinux_awk trial "$3" "$2" "$4" ;;
 fingerprint) fingerprint "$2" "$3" "$4" ;;
 confirm) confirm ;;

@@ -412,7 +412,7 @@ arm_boot_trial() {
 		;;
 	esac
 	kept=$initramfs.mingen-previous
-	sh "$WORK/boot-trial.sh" final "$conf" "$label" >"$WORK/extlinux.final" || err "cannot read $conf"
+	sh "$WORK/boot-trial.sh" final "$conf" "$label" "$old" >"$WORK/extlinux.final" || err "cannot read $conf"
 	now=$(sh "$WORK/boot-trial.sh" fingerprint "$WORK/extlinux.final" "$label" "/boot/$initramfs") || err "cannot read /boot/$initramfs"
 	before=$(sh "$WORK/boot-trial.sh" fingerprint "$old" "$label" "$MINGEN_BACKUP/boot/$initramfs" 2>/dev/null || :)
 	confirmed=$(cat "$MINGEN_STATE/boot-confirmed" 2>/dev/null || :)

@@ -397,7 +397,7 @@ fn failed_boot_trials_come_back_on_the_previous_configuration_by_themselves() {
         assert!(state.contains("boot: the new boot configuration (label virt"), "after {what}: {state}");
         assert!(state.contains("did not come up") && state.contains("boot-failed (this)"), "after {what}: {state}");
         assert_eq!(line_of(&state, "failed"), "/var/lib/mingen/boot-failed", "after {what}");
-        assert_eq!(line_of(&state, "labels"), "LABEL virt LABEL mingen-previous MENU DEFAULT", "after {what}");
+        assert_eq!(line_of(&state, "labels"), "LABEL mingen-previous MENU DEFAULT LABEL virt", "after {what}");
     };
 
     // 1. A kernel panic on the new label.
