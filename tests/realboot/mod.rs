@@ -776,18 +776,6 @@ impl Vm {
         self.overlay.clone()
     }
 
-    /// A reset from the provider's panel: the monitor's `system_reset`, which ends QEMU
-    /// (-no-reboot), then a cold start on the same disk; the serial mark before it.
-    pub fn reset(&mut self) -> usize {
-        let mark = self.mark();
-        self.monitor("system_reset");
-        if !self.wait_exit(Duration::from_secs(20)) {
-            let _ = self.child.kill();
-        }
-        self.power_cycle();
-        mark
-    }
-
     /// End QEMU now (the monitor's `quit`, then a kill).
     pub fn quit(mut self) {
         self.monitor("quit");
