@@ -167,6 +167,11 @@ fn changes(steps: &[crate::target::Action<String>]) -> String {
             Action::ClearDir { path } => format!("empties {path}"),
             Action::WriteValue { path, .. } => format!("sets {path}"),
             Action::GettysKeep { consoles } => format!("keeps gettys only on {}", consoles.join(", ")),
+            Action::BootTrial { .. } => {
+                "keeps the previous boot configuration as the default label and boots the new one \
+                                         once (extlinux --once); the after-boot one-shot makes it the default"
+                    .into()
+            }
             Action::Reboot {} => "reboots (MINGEN_REBOOT=1)".into(),
             Action::LbuCommit { .. } => "saves the changes to the boot media (lbu commit)".into(),
         })

@@ -187,6 +187,8 @@ facts! {
         "the disk used (`df /`) the host must end within; the guide ended at 72 MB";
     containers: Containers = Containers::None,
         "none: no container runtime limits memory with cgroups, so kernel-memory accounting goes (`cgroup.memory=nokmem`); used: it stays";
+    boot_trial: BootTrial = BootTrial::Once,
+        "once: the new boot configuration is tried once (extlinux --once) and the previous one stays the default until the boot is confirmed; off: the new one is the default at once (no extlinux, or /boot/ldlinux.sys missing)";
 }
 
 pub const DEFAULT_TARGET: &str = "alpine-3.23-kvm";
@@ -219,7 +221,7 @@ macro_rules! choice {
     )*};
 }
 
-choice!(Install, Disk, Hypervisor, BootLoader, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas, ModulesPrune, Containers);
+choice!(Install, Disk, Hypervisor, BootLoader, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas, ModulesPrune, Containers, BootTrial);
 
 /// How Alpine is installed: on a disk, or running from RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -327,6 +329,15 @@ pub enum Containers {
     None,
     /// a container runtime limits memory with cgroups
     Used,
+}
+
+/// How the reboot takes the new boot configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BootTrial {
+    /// try it once, with the previous configuration as the default until it is confirmed
+    Once,
+    /// make it the default at once
+    Off,
 }
 
 /// Whether sudo and doas go.

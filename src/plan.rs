@@ -110,6 +110,9 @@ fn resolve(action: &Action, facts: &Facts) -> Action<String> {
         Action::ClearDir { path } => Action::ClearDir { path: f(path) },
         Action::WriteValue { path, value } => Action::WriteValue { path: f(path), value: f(value) },
         Action::GettysKeep { consoles } => Action::GettysKeep { consoles: items(consoles, facts) },
+        Action::BootTrial { remove_when_confirmed } => {
+            Action::BootTrial { remove_when_confirmed: items(remove_when_confirmed, facts) }
+        }
         Action::Reboot {} => Action::Reboot {},
         Action::LbuCommit { include } => Action::LbuCommit { include: items(include, facts) },
     }

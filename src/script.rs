@@ -76,6 +76,8 @@ struct MinimiseScript<'a> {
     add_after: String,
     remove_after: String,
     dropbear_opts: String,
+    /// The ports the boot trial checks SSH on: dropbear's, or empty (sshd's own, read then).
+    trial_ports: String,
     deferred_one_shot: &'static str,
     undo: String,
 }
@@ -195,6 +197,8 @@ fn step_needs(step: &Action<String>) -> Result<Vec<String>, Error> {
             vec!["need_program depmod".into(), "need_program modprobe".into(), "need_modules_dep".into()]
         }
         Action::CheckInitramfs { .. } => vec!["need_program cpio".into()],
+        // The rule is pinned to extlinux (its condition).
+        Action::BootTrial { .. } => vec!["need_boot_trial".into()],
         Action::PackagesAdd { names, only_if_installed: false } if !names.is_empty() => {
             let names = names.iter().map(|n| q(n)).collect::<Result<Vec<_>, _>>()?;
             vec![format!("need_installable {}", names.join(" "))]
@@ -228,6 +232,10 @@ fn step_files(step: &Action<String>, target: &Target) -> Vec<String> {
         },
         // lbu's include list.
         Action::LbuCommit { .. } => vec!["/etc/apk/protected_paths.d/lbu.list".into()],
+        // The kept initramfs: undo.sh deletes it (it did not exist before the run).
+        Action::BootTrial { .. } => {
+            vec!["/boot/extlinux.conf".into(), format!("/boot/initramfs-{}.mingen-previous", target.kernel_flavor)]
+        }
         Action::SshSwitch {} => {
             let mut files = vec!["/etc/conf.d/dropbear".to_string()];
             files.extend(["rsa", "ecdsa", "ed25519"].map(|t| format!("/etc/dropbear/dropbear_{t}_host_key")));
@@ -250,9 +258,9 @@ pub fn integrity_note(bytes: &[u8]) -> String {
 }
 
 /// The heredocs that hold mingen's own programs (undo.sh, the pruning program, the
-/// boot scripts and hooks the rules write), which `compact` leaves without comments
+/// boot trial, the boot scripts and hooks the rules write), which `compact` leaves without comments
 /// too; every other heredoc is a file the host keeps as written.
-pub const OWN_PROGRAMS: &[&str] = &["MINGEN_UNDO", "MINGEN_PRUNE", PROGRAM_END];
+pub const OWN_PROGRAMS: &[&str] = &["MINGEN_UNDO", "MINGEN_PRUNE", PROGRAM_END, "MINGEN_TRIAL"];
 
 /// The script without its comment lines, blank lines and indentation: the same
 /// program, smaller. The files it writes (heredocs) are kept to the letter, but for
@@ -382,6 +390,12 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
         add_after: add_after.unwrap_or_default(),
         remove_after: remove_after.unwrap_or_default(),
         dropbear_opts: dropbear_opts(&plan.facts),
+        trial_ports: match plan.facts.ssh {
+            facts::Ssh::Dropbear => {
+                plan.facts.ssh_ports.sorted().iter().map(u16::to_string).collect::<Vec<_>>().join(" ")
+            }
+            facts::Ssh::Openssh => String::new(),
+        },
         deferred_one_shot: DEFERRED_ONE_SHOT,
         undo,
     };

@@ -144,6 +144,13 @@ pub enum Action<I = Item> {
     /// `include` (paths lbu does not save by default) added to lbu's list first;
     /// `lbu status` must then list nothing.
     LbuCommit { include: Vec<I> },
+    /// Try the new boot configuration once (the boot loader's boot-once), with the one from
+    /// before the run as the default until the after-boot one-shot confirms the new one and
+    /// removes `remove_when_confirmed`.
+    BootTrial {
+        #[serde(default)]
+        remove_when_confirmed: Vec<I>,
+    },
     /// Reboot at the end (when asked to) or say that a reboot is due.
     Reboot {},
 }
@@ -570,6 +577,7 @@ impl Action {
                     Item::Plain(path) | Item::When { value: path, .. } => check_path(path),
                 })
             }
+            Action::BootTrial { remove_when_confirmed } => check_items(remove_when_confirmed),
             Action::CheckInitramfs { modules } if modules.is_empty() => Err("check-initramfs names no module".into()),
             Action::CheckInitramfs { modules } => check_items(modules),
             Action::Mkinitfs {} | Action::SshSwitch {} | Action::Reboot {} => Ok(()),

@@ -191,7 +191,9 @@ edit_lists() {
 		print key quote v quote
 		next
 	}
-	mode == "append" && $1 == "APPEND" {
+	{#- The fallback label of a boot trial (rule boot-trial) keeps the command line from before. #}
+	$1 == "LABEL" { fallback_label = ($2 == "mingen-previous") }
+	mode == "append" && $1 == "APPEND" && !fallback_label {
 		v = $0
 		sub(/^[ \t]*APPEND[ \t]*/, "", v)
 		print substr($0, 1, index($0, "APPEND") - 1) "APPEND " cmdline(v)
@@ -422,6 +424,89 @@ write_grub_cfg() {
 }
 
 {% endif -%}
+# ---- boot trial
+{# The boot-trial program, shared by the run and the after-boot one-shot. -#}
+write_boot_trial_program() {
+	cat <<'MINGEN_TRIAL'
+{% include "boot_trial.sh" %}
+MINGEN_TRIAL
+}
+
+{# need_boot_trial: extlinux can set a label to boot once (its ADV in /boot/ldlinux.sys),
+   unless a boot was confirmed already (syslinux may be gone then). -#}
+need_boot_trial() {
+	[ ! -f "$MINGEN_STATE/boot-confirmed" ] || return 0
+	if ! command -v extlinux >/dev/null 2>&1; then
+		mismatch "fact \`boot_trial\` is once, but extlinux is not installed: set boot_trial = \"off\" (the new boot configuration is then the default at once)"
+	elif [ ! -f /boot/ldlinux.sys ]; then
+		mismatch "fact \`boot_trial\` is once, but /boot/ldlinux.sys is missing (extlinux does not boot this host from /boot): set boot_trial = \"off\""
+	fi
+}
+
+{# stop_after_failed_boot: a new boot configuration that did not come up is not tried again by itself. -#}
+stop_after_failed_boot() {
+	[ -f "$MINGEN_STATE/boot-failed" ] || return 0
+	say "$(cat "$MINGEN_STATE/boot-failed")"
+	err "the reboot after the last run did not come up on the new boot configuration ($MINGEN_STATE/boot-failed): this run changes nothing"
+}
+
+{# arm_boot_trial REMOVE PORTS: when the next boot takes a boot configuration that has
+   not booted yet, keep the one from before the run as the default label mingen-previous
+   (its APPEND line, and its initramfs beside the new one), and have extlinux boot the
+   new label once. The one-shot confirms it (root read-write, network, SSH on PORTS, or
+   the ports sshd is configured with) and then removes REMOVE (split on spaces). -#}
+arm_boot_trial() {
+	local conf=/boot/extlinux.conf old label initramfs kept ports=$2 now before confirmed
+	old=$MINGEN_BACKUP$conf
+	if dry_run; then
+		say "would keep the boot configuration from before the run as the default label mingen-previous and boot the new one once (extlinux --once), until the after-boot one-shot confirms it"
+		return 0
+	fi
+	write_boot_trial_program >"$WORK/boot-trial.sh" || err "cannot write to $WORK"
+	label=$(sh "$WORK/boot-trial.sh" default-label "$old") || err "cannot read $old"
+	initramfs=$(sh "$WORK/boot-trial.sh" initrd "$old" "$label") || err "cannot read $old"
+	case $initramfs in
+	"" | */* | *,*)
+		say "label $label in $old boots initramfs '$initramfs', which is not one file in /boot: the new boot configuration is the default at once (no boot trial)"
+		return 0
+		;;
+	esac
+	kept=$initramfs.mingen-previous
+	sh "$WORK/boot-trial.sh" final "$conf" "$label" "$old" >"$WORK/extlinux.final" || err "cannot read $conf"
+	now=$(sh "$WORK/boot-trial.sh" fingerprint "$WORK/extlinux.final" "$label" "/boot/$initramfs") || err "cannot read /boot/$initramfs"
+	before=$(sh "$WORK/boot-trial.sh" fingerprint "$old" "$label" "$MINGEN_BACKUP/boot/$initramfs" 2>/dev/null || :)
+	confirmed=$(cat "$MINGEN_STATE/boot-confirmed" 2>/dev/null || :)
+	if [ "$now" = "$before" ] || [ "$now" = "$confirmed" ]; then
+		return 0 # this configuration has booted already
+	fi
+	if ! command -v extlinux >/dev/null 2>&1 || [ ! -f /boot/ldlinux.sys ]; then
+		say "extlinux cannot boot a label once here (it is not installed, or /boot/ldlinux.sys is missing): the new boot configuration is the default at once (no boot trial)"
+		return 0
+	fi
+	if [ -z "$ports" ]; then
+		ports=$(sshd_settings 2>/dev/null | awk '$1 == "port" { print $2 }' | sort -nu | tr '\n' ' ')
+		ports=${ports% }
+		ports=${ports:-22}
+	fi
+	sh "$WORK/boot-trial.sh" trial "$WORK/extlinux.final" "$label" "$old" >"$WORK/extlinux.trial" ||
+		err "cannot make the fallback label from label $label of $old"
+	printf "label='%s'\ninitramfs='%s'\nkept='%s'\nports='%s'\nremove='%s'\n" \
+		"$label" "$initramfs" "$kept" "$ports" "$1" >"$WORK/boot-trial" || err "cannot write to $WORK"
+	# The state file, written last, says that the trial is armed.
+	if cmp -s "$WORK/boot-trial" "$MINGEN_STATE/boot-trial" && cmp -s "$WORK/extlinux.trial" "$conf" &&
+		cmp -s "$MINGEN_BACKUP/boot/$initramfs" "/boot/$kept"; then
+		return 0
+	fi
+	put_state "$MINGEN_STATE/boot-trial.sh" "$WORK/boot-trial.sh"
+	if ! cmp -s "$MINGEN_BACKUP/boot/$initramfs" "/boot/$kept"; then
+		change "keep the initramfs from before the run as /boot/$kept" cp -p "$MINGEN_BACKUP/boot/$initramfs" "/boot/$kept"
+	fi
+	put_file "$conf" 0644 "$WORK/extlinux.trial"
+	change "boot label $label once at the next boot (extlinux --once=$label /boot); label mingen-previous, the boot configuration from before the run, stays the default until the after-boot one-shot confirms the new one" \
+		extlinux --once="$label" /boot
+	put_state "$MINGEN_STATE/boot-trial" "$WORK/boot-trial"
+}
+
 need_modules_dep() {
 	[ -z "$KERNEL_VERSION" ] || [ -f "/lib/modules/$KERNEL_VERSION/modules.dep" ] ||
 		mismatch "/lib/modules/$KERNEL_VERSION/modules.dep is missing"

@@ -178,6 +178,8 @@ rule_{{ rule.func }}() {
 	write_value {{ path|sh }} {{ value|sh }}
 {%- when Action::LbuCommit { include } %}
 	lbu_commit {{ include.join(" ")|sh }}
+{%- when Action::BootTrial { remove_when_confirmed } %}
+	arm_boot_trial {{ remove_when_confirmed.join(" ")|sh }} {{ trial_ports|sh }}
 {%- when Action::Reboot {} %}
 	finish
 {%- endmatch %}
@@ -292,6 +294,7 @@ main() {
 	dry_run || forget_killed_runs
 	say "before:"
 	figures >&2 || true
+	stop_after_failed_boot
 	preflight
 	if dry_run; then
 		say "dry run: nothing will be changed"

@@ -846,6 +846,18 @@ access_section() {
 	done
 }
 
+# boot_section: whether the boot loader can try the new boot configuration once.
+boot_section() {
+	printf '\n'
+	if [ -f /boot/ldlinux.sys ] && have extlinux; then
+		note "extlinux boots this host from /boot (ldlinux.sys): the reboot tries the new boot configuration once, the previous one stays the default until it is confirmed"
+		fact boot_trial once
+	else
+		check "no extlinux with /boot/ldlinux.sys: the new boot configuration cannot be tried once, so the reboot takes it at once (only the initramfs check protects it)"
+		fact boot_trial off
+	fi
+}
+
 probe() {
 	APK=$(tool apk)
 	RC_SERVICE=$(tool rc-service)
@@ -870,6 +882,7 @@ probe() {
 	ssh_section
 	access_section
 	memory_section
+	boot_section
 }
 
 # memory_section: the consoles whose gettys stay (the kernel's console= terminals

@@ -164,6 +164,9 @@ fn assert_kernel_and_initramfs(host: &Host, case: &Case, disk: &str) {
     // Beyond the guide: the memory options follow (no container runtime on these hosts).
     let added = format!("{added} cgroup.memory=nokmem kfence.sample_interval=0");
     assert_kernel_cmdline(host, case, &added);
+    if case.fact("--boot-loader", "extlinux") == "extlinux" {
+        assert_boot_trial(host, &format!("console=ttyS0,115200n8 quiet {added}"));
+    }
     let mkinitfs: Vec<_> = host.calls().into_iter().filter(|c| c.program == "mkinitfs").collect();
     let kver = host.read("/usr/share/kernel/virt/kernel.release");
     assert_eq!(mkinitfs.len(), 1, "mkinitfs runs exactly once");
@@ -262,7 +265,6 @@ fn assert_installed_and_runlevels(
                 "sudo",
                 "doas",
                 "nvme-cli",
-                "syslinux",
                 "mtools",
                 "numactl",
                 "curl",
@@ -275,11 +277,13 @@ fn assert_installed_and_runlevels(
             .contains(&p.as_str())
             || (!dhcp && p.starts_with("dhcpcd"))
     };
+    // syslinux stays until the boot trial is confirmed, and mtools with it (out of the world).
     assert_eq!(
-        installed.iter().filter(|p| removed(p)).collect::<Vec<_>>(),
+        installed.iter().filter(|p| removed(p) && *p != "mtools").collect::<Vec<_>>(),
         Vec::<&String>::new(),
         "removed packages are gone"
     );
+    assert!(installed.contains("syslinux"), "syslinux stays until the new boot is confirmed");
     assert_eq!(installed.contains("dhcpcd"), dhcp, "dhcpcd stays exactly on a DHCP host");
     assert!(installed.contains("busybox"));
     assert_eq!(installed.contains("mkinitfs"), !diskless);
@@ -339,6 +343,44 @@ fn assert_installed_and_runlevels(
     assert!(host.exists("/var/lib/mingen/undo.sh") && host.exists("/var/lib/mingen/backup/etc/apk/world"));
 }
 
+/// The boot trial (rule boot-trial) on an extlinux host, before the reboot: label virt
+/// holds the new command line (OPTS, then panic=10) and initramfs; the default label
+/// mingen-previous, the ones from before the run; extlinux boots virt once.
+fn assert_boot_trial(host: &Host, opts: &str) {
+    // The boot trial: label virt holds the new command line (with panic=10) and initramfs;
+    // the default label mingen-previous, the ones from before the run; extlinux boots virt once.
+    let extlinux = host.read("/boot/extlinux.conf");
+    let old = host.read("/var/lib/mingen/backup/boot/extlinux.conf");
+    let label = |conf: &str, name: &str| -> Vec<String> {
+        let start =
+            conf.lines().position(|l| l == format!("LABEL {name}")).unwrap_or_else(|| panic!("no {name}:\n{conf}"));
+        conf.lines().skip(start + 1).take_while(|l| l.starts_with("  ")).map(|l| l.trim().to_string()).collect()
+    };
+    let new = label(&extlinux, "virt");
+    let append = new.iter().find(|l| l.starts_with("APPEND ")).expect("virt's APPEND");
+    assert!(append.contains(" modules=sd-mod,ext4 ") && append.ends_with(&format!(" {opts} panic=10")), "{append}");
+    assert!(
+        new.contains(&"INITRD initramfs-virt".to_string()) && !new.contains(&"MENU DEFAULT".to_string()),
+        "{new:?}"
+    );
+    let fallback = label(&extlinux, "mingen-previous");
+    let before = label(&old, "virt");
+    assert_eq!(fallback.iter().find(|l| l.starts_with("APPEND ")), before.iter().find(|l| l.starts_with("APPEND ")));
+    assert!(fallback.contains(&"MENU DEFAULT".to_string()), "the fallback is the default:\n{extlinux}");
+    assert!(fallback.contains(&"INITRD initramfs-virt.mingen-previous".to_string()), "{fallback:?}");
+    let bytes = |path: &str| std::fs::read(host.host_path(path)).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    assert_eq!(
+        bytes("/boot/initramfs-virt.mingen-previous"),
+        bytes("/var/lib/mingen/backup/boot/initramfs-virt"),
+        "the kept initramfs is the one from before the run"
+    );
+    let once: Vec<_> = host.calls().into_iter().filter(|c| c.program == "extlinux").collect();
+    assert_eq!(once.len(), 1, "extlinux runs once: {once:?}");
+    assert_eq!(once[0].args, vec!["--once=virt".to_string(), "/boot".to_string()]);
+    assert!(host.read("/var/lib/mingen/boot-trial").contains("label='virt'\n"));
+}
+
+
 /// The kernel command line where the case's boot loader keeps it: usb-storage
 /// out of `modules=`, the options `added` at its end; for GRUB also in the
 /// grub.cfg that grub-mkconfig made once, GRUB kept, syslinux never installed.
@@ -348,10 +390,21 @@ fn assert_kernel_cmdline(host: &Host, case: &Case, added: &str) {
         "extlinux" => {
             let conf = host.read("/etc/update-extlinux.conf");
             assert!(conf.contains("\nmodules=sd-mod,ext4\n"), "{conf}");
-            let opts = format!("console=ttyS0,115200n8 quiet {added}");
+            // With the boot trial (the default), extlinux's rule adds panic=10.
+            let opts = format!("console=ttyS0,115200n8 quiet {added} panic=10");
             assert!(conf.contains(&format!("\ndefault_kernel_opts=\"{opts}\"\n")), "{conf}");
             let extlinux = host.read("/boot/extlinux.conf");
-            let append: Vec<&str> = extlinux.lines().filter(|l| l.trim_start().starts_with("APPEND ")).collect();
+            // The APPEND lines but the fallback label's, which keeps the one from before.
+            let mut fallback = false;
+            let append: Vec<&str> = extlinux
+                .lines()
+                .filter(|l| {
+                    if let Some(label) = l.trim_start().strip_prefix("LABEL ") {
+                        fallback = label.trim() == "mingen-previous";
+                    }
+                    !fallback && l.trim_start().starts_with("APPEND ")
+                })
+                .collect();
             assert!(!append.is_empty());
             for line in append {
                 assert!(line.contains(" modules=sd-mod,ext4 ") && line.ends_with(&format!(" {opts}")), "{line}");
@@ -455,10 +508,11 @@ fn guide_host_clean_run_second_run_and_footprint() {
     // The next boot: local runs the one-shot, which writes the report once.
     // (`now`: at once; at boot it waits in the background for the gettys, which the
     // real-boot bench shows.)
+    good_boot(&host);
     let out = host.run("sh /etc/local.d/mingen-report.start now && sh /etc/local.d/readahead.start", &[]);
     assert_success(&out, "the boot scripts");
     let report = host.read("/var/lib/mingen/report");
-    assert!(report.starts_with("before the run:\n") && report.contains("after the first boot:\n"), "{report}");
+    assert!(report.starts_with("boot: the new boot configuration (label virt) came up"), "{report}");
     for line in ["ram_used_kb: ", "disk_used_kb: ", "ram_taken_kb: ", "still running: ", "modules loaded: "] {
         assert!(report.lines().any(|l| l.starts_with(line)), "no `{line}` line in the report:\n{report}");
     }
@@ -479,14 +533,82 @@ fn guide_host_clean_run_second_run_and_footprint() {
         .expect("run python3 to read report.json");
     let summary = String::from_utf8_lossy(&parsed.stdout);
     assert!(parsed.status.success() && summary.trim_end().ends_with("23552 True"), "report.json: {json}\n{summary}");
+    // Confirmed: virt is the default again, the fallback label and the kept initramfs are
+    // gone, and so are syslinux and mtools.
+    let extlinux = host.read("/boot/extlinux.conf");
+    assert!(extlinux.contains("LABEL virt\n  MENU DEFAULT\n") && !extlinux.contains("mingen-previous"), "{extlinux}");
+    assert!(!host.exists("/boot/initramfs-virt.mingen-previous") && !host.exists("/var/lib/mingen/boot-trial"));
+    let installed = host.installed();
+    assert!(
+        !installed.contains("syslinux") && !installed.contains("mtools"),
+        "syslinux goes once the boot is confirmed"
+    );
+    assert!(!host.world().contains(&"syslinux".to_string()));
     assert!(!host.exists("/var/lib/mingen/reboot-pending"), "the boot clears the pending reboot");
     assert_success(&host.run("sh /etc/local.d/mingen-report.start", &[]), "a later boot");
     assert_eq!(host.read("/var/lib/mingen/report"), report, "later boots leave the report alone");
-    // After that boot a run has nothing to do, and says so.
+    // After that boot a run has nothing to do, and says so: the confirmed configuration is
+    // not tried again (extlinux is gone with syslinux).
     let out = run(&host, &common::script(&[]), &[("MINGEN_REBOOT", "1")]);
     assert_success(&out, "a run after the boot");
     assert!(host.read("/var/log/mingen.log").contains("nothing to do: this host is minimised and has booted since"));
     assert!(!host.calls().iter().any(|c| c.program == "reboot"), "nothing to reboot for");
+}
+
+/// The host's files as a good boot of the new label leaves them: the kernel's command line
+/// names the new initramfs, eth0 (the default route's) is up, and a server listens on port 22.
+fn good_boot(host: &Host) {
+    let cmdline = host.read("/proc/cmdline");
+    assert!(cmdline.contains("initrd=initramfs-virt "), "{cmdline}");
+    host.write("/sys/class/net/eth0/operstate", "up\n");
+    host.write(
+        "/proc/net/tcp",
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
+         0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1234 1 0 100 0 0 10 0\n",
+    );
+}
+
+/// A failed boot of the new label: the previous configuration booted (its kept initramfs on
+/// the command line). The one-shot records the failure and leaves the previous configuration
+/// the default; the next run stops, naming what was recorded, and changes nothing; deleting
+/// boot-failed lets a run try the new configuration once more.
+#[test]
+fn after_a_failed_boot_the_previous_configuration_stays_and_nothing_is_tried_again() {
+    if !sandbox::require() {
+        return;
+    }
+    let host = host(&GUIDE);
+    assert_success(&run(&host, &common::script(&[]), &[]), "the run");
+    let trial = host.read("/boot/extlinux.conf");
+    let cmdline = host.read("/proc/cmdline");
+    host.write("/proc/cmdline", &cmdline.replace("initrd=initramfs-virt ", "initrd=initramfs-virt.mingen-previous "));
+    assert_success(&host.run("sh /etc/local.d/mingen-report.start", &[]), "the one-shot");
+    let report = host.read("/var/lib/mingen/report");
+    assert!(report.starts_with("boot: the new boot configuration (label virt"), "{report}");
+    for recorded in ["did not come up", "boot-failed (this)", "boot-trial.failed", "undo.sh", "/var/log/mingen.log"] {
+        assert!(report.contains(recorded), "the report does not name {recorded:?}:\n{report}");
+    }
+    assert!(host.exists("/var/lib/mingen/boot-failed") && host.exists("/var/lib/mingen/boot-trial.failed"));
+    assert_eq!(host.read("/boot/extlinux.conf"), trial, "the previous configuration stays the default");
+    assert!(host.installed().contains("syslinux"));
+
+    let before = host.tree();
+    host.clear_calls();
+    let out = run(&host, &common::script(&[]), &[("MINGEN_REBOOT", "1")]);
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "a run after a failed boot goes on:\n{said}");
+    assert!(said.contains("did not come up on the new boot configuration (/var/lib/mingen/boot-failed)"), "{said}");
+    assert!(said.contains("delete /var/lib/mingen/boot-failed"), "{said}");
+    assert!(before.diff(&host.tree()).is_empty(), "the run after the failed boot changed the tree");
+    assert_eq!(state_changing_calls(&host), Vec::<String>::new(), "nor did it change state");
+
+    // The operator deletes boot-failed: the next run tries the new configuration once more.
+    host.write("/proc/cmdline", &cmdline);
+    assert_success(&host.run("rm /var/lib/mingen/boot-failed", &[]), "rm boot-failed");
+    assert_success(&run(&host, &common::script(&[]), &[]), "the run after boot-failed was deleted");
+    let once: Vec<_> = host.calls().into_iter().filter(|c| c.program == "extlinux").collect();
+    assert_eq!(once.len(), 1, "extlinux --once runs again: {once:?}");
+    assert_eq!(host.read("/boot/extlinux.conf"), trial);
 }
 
 #[test]

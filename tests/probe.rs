@@ -165,6 +165,8 @@ fn expected(changes: &[(&str, &str)]) -> BTreeMap<String, String> {
         ("ssh_root_login", "\"prohibit-password\""),
         // root logs in with the operator's key (no forced command): sudo and doas may go.
         ("sudo_doas", "\"auto\""),
+        // extlinux boots the host from /boot: the new boot configuration is tried once.
+        ("boot_trial", "\"once\""),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

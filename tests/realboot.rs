@@ -196,7 +196,9 @@ fn produce(bus: Bus) -> Minimised {
         modprobe = modprobe_again(&vm, &stock);
         let state = vm.ssh(
             "echo sshd: $(pidof sshd); echo dropbear: $(pidof dropbear); rc-update show default; \
-             echo started: $(ls /run/openrc/started); cat /var/lib/mingen/report",
+             echo started: $(ls /run/openrc/started); echo cmdline: $(cat /proc/cmdline); \
+             echo syslinux: $(apk --no-network info -e syslinux); echo boot: $(ls /boot); \
+             echo labels: $(grep -e '^LABEL' -e 'MENU DEFAULT' /boot/extlinux.conf); cat /var/lib/mingen/report",
             b"",
             HostKey::Strict,
         );
@@ -282,6 +284,29 @@ fn end_to_end(bus: Bus) {
     eprintln!("{} after the run and its reboot (modules_prune = virtual): {}", bus.disk(), m.after_figures.show());
     assert!(m.after_figures.modules_count < m.stock.modules_count, "modules-prune removed no module file");
     assert_modules_load_again(bus.disk(), &m.stock, &m.modprobe);
+    // The boot trial: the run left label mingen-previous (the configuration from before) the
+    // default and set virt to boot once; virt booted (its command line and initramfs), the
+    // one-shot confirmed it, made it the default and removed the fallback and syslinux.
+    assert!(m.output.contains("boot label virt once at the next boot (extlinux --once=virt /boot)"), "{}", m.output);
+    let line = |name: &str| line_of(&m.after_state, name);
+    let cmdline = line("cmdline");
+    assert!(cmdline.contains(" panic=10") && cmdline.contains(" audit=0"), "not the new label: {cmdline}");
+    assert!(cmdline.contains("initrd=initramfs-virt") && !cmdline.contains("mingen-previous"), "{cmdline}");
+    assert!(
+        m.after_state.contains("boot: the new boot configuration (label virt) came up"),
+        "the one-shot did not confirm the boot:\n{}",
+        m.after_state
+    );
+    assert_eq!(line("labels"), "LABEL virt MENU DEFAULT", "extlinux.conf after the confirmation");
+    assert!(!line("boot").contains("mingen-previous"), "the kept initramfs is still in /boot: {}", line("boot"));
+    assert_eq!(line("syslinux"), "", "syslinux is still installed after the confirmation");
+}
+
+/// What follows `NAME:` on its line of STATE.
+fn line_of(state: &str, name: &str) -> String {
+    let prefix = format!("{name}:");
+    let line = state.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix} line:\n{state}"));
+    line[prefix.len()..].trim().to_string()
 }
 
 #[test]
@@ -393,6 +418,10 @@ fn second_run_changes_nothing_then_a_kernel_upgrade_is_pruned_and_boots() {
     vm.trust(&m.known_hosts);
     assert_eq!(vm.wait_boot(0), Boot::LoginPrompt, "{}", vm.tail());
     vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("{e}"));
+    // A boot after the confirmed one takes the new configuration by default: no fallback is left.
+    let boot = vm.ssh_ok("echo cmdline: $(cat /proc/cmdline); echo labels: $(grep '^LABEL' /boot/extlinux.conf)", HostKey::Strict);
+    assert!(line_of(&boot, "cmdline").contains(" panic=10"), "{boot}");
+    assert_eq!(line_of(&boot, "labels"), "LABEL virt", "{boot}");
     let state = std::fs::read_to_string(realboot::file("state.sh")).expect("read state.sh");
     realboot::upload(&vm, "/tmp/state.sh", &state, HostKey::Strict);
     let before = vm.ssh_ok("sh /tmp/state.sh", HostKey::Strict);
@@ -502,6 +531,88 @@ fn nvme_host_probed_minimised_and_booted_again() {
     eprintln!("nvme0n1 after the run and its reboot (modules_prune = host): {}", after.show());
     assert!(after.modules_count < stock.modules_count, "modules-prune removed no module file");
     assert_modules_load_again("nvme0n1", &stock, &modprobe_again(&vm, &stock));
+    vm.quit();
+}
+
+/// What the one-shot and the boot left, read over SSH after a boot.
+const BOOT_STATE: &str = "echo cmdline: $(cat /proc/cmdline); echo failed: $(ls /var/lib/mingen/boot-failed); \
+                          echo labels: $(grep -e '^LABEL' -e 'MENU DEFAULT' /boot/extlinux.conf); \
+                          cat /var/lib/mingen/report";
+
+/// Boot trials that fail, on the virtio-scsi host: the host comes back on the previous
+/// configuration by itself, and the one-shot and the next run say so.
+/// 1. A kernel panic: the run's new initramfs is overwritten with junk (test-only, after the
+///    run's initramfs check), the kernel cannot mount the root, panics, and panic=10 reboots
+///    it; syslinux has spent the boot-once label, so the previous configuration boots.
+/// 2. The guide's literal mistake: after boot-failed is deleted, a run tries the new
+///    configuration again, and the test swaps in an initramfs without `scsi` (mkinitfs -F,
+///    past the run's check). Without `panic=` it would stop in the initramfs emergency
+///    shell (the guide's control test); with panic=10 Alpine's initramfs panics instead
+///    (its init: "emergency shell disabled. let kernel panic instead"), and the host reboots
+///    into the previous configuration by itself: no reset from the panel is needed.
+#[test]
+fn failed_boot_trials_come_back_on_the_previous_configuration_by_themselves() {
+    if !ready() {
+        return;
+    }
+    let start = Instant::now();
+    let work = WorkDir::new("fallback-sda");
+    let mut vm = realboot::boot_ready("fallback-sda", &realboot::disk(), work.path(), Bus::Scsi);
+    let script = common::script(&mingen_args(Bus::Scsi));
+    realboot::upload(&vm, "/root/minimise.sh", &script, HostKey::Strict);
+    let arm = |vm: &Vm| {
+        let (status, output) = realboot::run_script(vm, "/root/minimise.sh", HostKey::Strict);
+        assert_eq!(status, Some(0), "the run failed:\n{output}");
+        assert!(output.contains("(extlinux --once=virt /boot)"), "the run set no boot-once label:\n{output}");
+    };
+    let came_back = |vm: &mut Vm, what: &str| {
+        // The one-shot has run once the login prompt is up (local starts last).
+        vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("after {what}: {e}"));
+        let state = vm.ssh_ok(BOOT_STATE, HostKey::Strict);
+        let cmdline = line_of(&state, "cmdline");
+        assert!(cmdline.contains("initrd=initramfs-virt.mingen-previous"), "after {what}: not the previous one: {state}");
+        assert!(!cmdline.contains("panic=10"), "after {what}: {cmdline}");
+        assert!(state.contains("boot: the new boot configuration (label virt"), "after {what}: {state}");
+        assert!(state.contains("did not come up") && state.contains("boot-failed (this)"), "after {what}: {state}");
+        assert_eq!(line_of(&state, "failed"), "/var/lib/mingen/boot-failed", "after {what}");
+        assert_eq!(line_of(&state, "labels"), "LABEL mingen-previous MENU DEFAULT LABEL virt", "after {what}");
+    };
+
+    // 1. A kernel panic on the new label.
+    arm(&vm);
+    vm.ssh_ok("head -c 65536 /dev/urandom > /boot/initramfs-virt && sync", HostKey::Strict);
+    let panic_reboot = |vm: &mut Vm, what: &str| -> String {
+        let cycles = vm.power_cycles;
+        let mark = vm.reboot(HostKey::Strict);
+        assert_eq!(vm.wait_boot(mark), Boot::LoginPrompt, "the host did not come back after {what}:\n{}", vm.tail());
+        let serial = vm.serial_text()[mark..].to_string();
+        assert!(serial.contains("Kernel panic - not syncing") && serial.contains("Rebooting in 10 seconds"), "{what}");
+        assert!(!serial.contains("emergency recovery shell"), "{what}: the emergency shell started\n{}", vm.tail());
+        assert_eq!(vm.power_cycles, cycles + 2, "{what}: the reboot, then the panic's: QEMU started twice");
+        came_back(vm, what);
+        serial
+    };
+    let serial = panic_reboot(&mut vm, "the junk initramfs");
+    assert!(serial.contains("VFS: Unable to mount root fs"), "{serial}");
+    // The next run stops, names what was recorded, and changes nothing.
+    let before = vm.ssh_ok("cat /boot/extlinux.conf; stat -c '%n %s %Y' /boot/* /var/lib/mingen/*", HostKey::Strict);
+    let (status, output) = realboot::run_script(&vm, "/root/minimise.sh", HostKey::Strict);
+    assert_ne!(status, Some(0), "a run after the failed boot went on:\n{output}");
+    assert!(output.contains("(/var/lib/mingen/boot-failed): this run changes nothing"), "{output}");
+    assert!(output.contains("to undo the run, sh /var/lib/mingen/undo.sh"), "{output}");
+    let after = vm.ssh_ok("cat /boot/extlinux.conf; stat -c '%n %s %Y' /boot/* /var/lib/mingen/*", HostKey::Strict);
+    assert_eq!(after, before, "the stopped run changed /boot or /var/lib/mingen");
+
+    // 2. The guide's mistake: an initramfs without the disk's driver, and a reset.
+    vm.ssh_ok("rm /var/lib/mingen/boot-failed && mkinitfs \"$(cat /usr/share/kernel/virt/kernel.release)\"", HostKey::Strict);
+    arm(&vm);
+    vm.ssh_ok(
+        "mkinitfs -F 'base ext4 virtio' \"$(cat /usr/share/kernel/virt/kernel.release)\" && sync",
+        HostKey::Strict,
+    );
+    let serial = panic_reboot(&mut vm, "the initramfs without scsi");
+    assert!(serial.contains("Mounting root failed"), "{serial}");
+    eprintln!("failed boot trials: {:.1} min", start.elapsed().as_secs_f64() / 60.0);
     vm.quit();
 }
 

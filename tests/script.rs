@@ -149,7 +149,7 @@ fn compact_scripts_keep_every_line_but_comments_and_user_data_fits_gzipped() {
         for line in full.lines() {
             // Comments go, but not in the files the script writes: only in mingen's
             // own programs (undo.sh, the pruning program, the scripts the rules write).
-            let own = ["MINGEN_UNDO", "MINGEN_PRUNE", "MINGEN_PROGRAM"];
+            let own = ["MINGEN_UNDO", "MINGEN_PRUNE", "MINGEN_PROGRAM", "MINGEN_TRIAL"];
             let in_file = in_heredoc.as_deref().is_some_and(|end| !own.contains(&end) || line == end);
             let dropped = !in_file
                 && (line.trim().is_empty()

@@ -865,9 +865,16 @@ trait EndsWithReboot {
 }
 
 impl EndsWithReboot for str {
-    /// The serial log's last kernel line is the reboot (not a power-off or a crash).
+    /// The serial log's last kernel line is the reboot (not a power-off or a crash), or a
+    /// kernel panic's reboot (`panic=N`).
     fn ends_with_reboot(&self) -> bool {
-        self.rfind("reboot: ").is_some_and(|i| self[i..].starts_with("reboot: Restarting system"))
+        let restart = self.rfind("reboot: ");
+        let panic = self.rfind("Rebooting in ");
+        match (restart, panic) {
+            (Some(r), p) if p.is_none_or(|p| r > p) => self[r..].starts_with("reboot: Restarting system"),
+            (_, Some(p)) => self[..p].rfind("Kernel panic - not syncing").is_some(),
+            _ => false,
+        }
     }
 }
 

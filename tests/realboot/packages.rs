@@ -1,5 +1,5 @@
-//! The signed apk repository the real-boot bench's guest installs from: OpenSSH, dropbear
-//! and a shell built from Debian's source packages as static musl programs, the rest of a
+//! The signed apk repository the real-boot bench's guest installs from: OpenSSH, dropbear,
+//! extlinux and a shell built from Debian's source packages as static musl programs, the rest of a
 //! cloud image as stand-ins of realistic size (`packages/catalog.toml`), packaged under
 //! Alpine's names and split by the image's own apk-tools 3 (`apk mkpkg`, `apk mkndx`) in a
 //! chroot, and signed with a bench key. Programs, key and repository are each built once
@@ -97,7 +97,8 @@ pub fn why_not() -> Option<String> {
             if !is_root() {
                 return Some("the bench repository is built with the image's apk in a chroot: that needs root".into());
             }
-            let build_programs = !image::cache().join(programs_dir_name()).is_dir();
+            let build_programs =
+                !image::cache().join(programs_dir_name()).is_dir() || !image::cache().join(EXTLINUX_DIR).is_dir();
             let mut tools = vec![("chroot", "--version", "coreutils")];
             if !image::cache().join(KEY_DIR).is_dir() {
                 tools.push(("openssl", "version", "openssl"));
@@ -120,6 +121,15 @@ pub fn why_not() -> Option<String> {
                 return Some(format!(
                     "`{tool}` is not installed (Debian package {package}; it builds the bench repository)"
                 ));
+            }
+            if !image::cache().join(EXTLINUX_DIR).is_dir() {
+                for (path, package) in [(DEBIAN_EXTLINUX, "extlinux"), ("/usr/include/linux/fs.h", "linux-libc-dev")] {
+                    if !Path::new(path).is_file() {
+                        return Some(format!(
+                            "{path} is missing (Debian package {package}; it builds the bench's extlinux)"
+                        ));
+                    }
+                }
             }
             if build_programs && !Path::new(DEBIAN_KEYRING).is_file() {
                 return Some(format!(
@@ -245,11 +255,16 @@ fn data_dir() -> PathBuf {
 struct Programs {
     dir: PathBuf,
     versions: BTreeMap<String, String>,
+    /// The static extlinux (`build_extlinux`), cached on its own.
+    extlinux: PathBuf,
 }
 
 impl Programs {
     fn path(&self, name: &str) -> PathBuf {
-        assert!(PROGRAMS.contains(&name), "catalog.toml: `{name}` is not a built program ({PROGRAMS:?})");
+        if name == "extlinux" {
+            return self.extlinux.join("bin/extlinux");
+        }
+        assert!(PROGRAMS.contains(&name), "catalog.toml: `{name}` is not a built program ({PROGRAMS:?}, extlinux)");
         self.dir.join("bin").join(name)
     }
 }
@@ -266,7 +281,8 @@ fn programs() -> Programs {
         .filter_map(|line| line.split_once(' '))
         .map(|(source, version)| (source.to_string(), version.to_string()))
         .collect();
-    Programs { dir, versions }
+    let extlinux = cached(image::cache().join(EXTLINUX_DIR), build_extlinux);
+    Programs { dir, versions, extlinux }
 }
 
 /// Fetch the Debian sources, build musl's crypt(), then dropbear, OpenSSH and busybox
@@ -277,7 +293,7 @@ fn build_programs(scratch: &Path) {
     let logs = scratch.join("logs");
     mkdir(&work);
     mkdir(&logs);
-    let sources = fetch_sources(&work, &logs);
+    let sources = fetch_sources(&work, &logs, SOURCES);
     let crypt = build_crypt(&sources["musl"], &work.join("crypt"), &logs);
     let bin = scratch.join("bin");
     mkdir(&bin);
@@ -313,7 +329,7 @@ fn build_programs(scratch: &Path) {
 
 /// `apt-get source` of SOURCES from Debian 12 (bookworm), whatever the host runs, with a
 /// private apt configuration: the host's own apt configuration is neither needed nor changed.
-fn fetch_sources(work: &Path, logs: &Path) -> BTreeMap<String, PathBuf> {
+fn fetch_sources(work: &Path, logs: &Path, sources: &[&str]) -> BTreeMap<String, PathBuf> {
     let apt = work.join("apt");
     for dir in ["parts", "lists/partial", "cache/archives/partial", "src"] {
         mkdir(&apt.join(dir));
@@ -338,11 +354,11 @@ fn fetch_sources(work: &Path, logs: &Path) -> BTreeMap<String, PathBuf> {
     let src = work.join("src");
     mkdir(&src);
     run_logged(
-        Command::new("apt-get").args(&options).arg("source").args(SOURCES).current_dir(&src),
+        Command::new("apt-get").args(&options).arg("source").args(sources).current_dir(&src),
         &logs.join("apt-source.log"),
         "apt-get source",
     );
-    SOURCES
+    sources
         .iter()
         .map(|source| {
             let prefix = format!("{source}-");
@@ -540,6 +556,166 @@ fn is_static_elf(path: &Path) -> bool {
     (0..entries).all(|i| u32_at(table + i * entry_size) != PT_INTERP)
 }
 
+// ------------------------------------------------------------------ extlinux
+
+/// Bumped whenever the build of extlinux changes: its cache is named after it.
+const EXTLINUX_DIR: &str = "bench-extlinux-v1";
+/// The extlinux that builds the bench disk (build-disk.sh): its boot images are the guest's.
+const DEBIAN_EXTLINUX: &str = "/usr/bin/extlinux";
+
+/// A static musl extlinux for the guest, whose `--once` writes the ADV the bench disk's
+/// ldlinux.sys reads: extlinux/main.c and libinstaller from Debian's syslinux source,
+/// with the boot images it installs (ldlinux.bss, ldlinux.sys, ldlinux.c32) taken from
+/// the build of that source which installed the disk's boot loader: Debian's own
+/// extlinux, the installer build-disk.sh runs. Building them again needs the whole
+/// 16/32-bit boot loader tool chain (nasm, gcc -m32) for no gain: the check below
+/// proves the copies are the same bytes, because both installers put the same boot
+/// sector, ldlinux.sys, ldlinux.c32 and ADV on a fresh filesystem.
+fn build_extlinux(scratch: &Path) {
+    let work = scratch.join("work");
+    let logs = scratch.join("logs");
+    mkdir(&work);
+    mkdir(&logs);
+    let source = fetch_sources(&work, &logs, &["syslinux"]).remove("syslinux").expect("the syslinux source");
+    let generated = work.join("generated");
+    mkdir(&generated.join("uuid"));
+    // xfs_sb.h names the uuid_t type only; extlinux calls nothing of libuuid.
+    write(&generated.join("uuid/uuid.h"), b"typedef unsigned char uuid_t[16];\n", 0o644);
+    run(
+        Command::new("perl")
+            .arg(source.join("version.pl"))
+            .arg(source.join("version"))
+            .arg(generated.join("version.h"))
+            .arg("#define < @"),
+        "syslinux's version.pl",
+    );
+    for (name, bytes) in debian_boot_images(&read(Path::new(DEBIAN_EXTLINUX))) {
+        write(&generated.join(format!("{name}_bin.c")), c_table(name, &bytes).as_bytes(), 0o644);
+    }
+    let out = work.join("extlinux");
+    let sources = ["extlinux/main.c", "extlinux/mountinfo.c"]
+        .into_iter()
+        .map(|file| source.join(file))
+        .chain(
+            ["syslxmod", "syslxopt", "syslxcom", "syslxrw", "setadv", "advio"]
+                .map(|f| source.join("libinstaller").join(format!("{f}.c"))),
+        )
+        .chain(
+            ["syslinux_bootsect", "syslinux_ldlinuxc32", "syslinux_ldlinux"]
+                .map(|n| generated.join(format!("{n}_bin.c"))),
+        );
+    run_logged(
+        Command::new("musl-gcc")
+            .args(["-static", "-Os", "-D_FILE_OFFSET_BITS=64", "-o"])
+            .arg(&out)
+            .arg("-I")
+            .arg(&generated)
+            .arg("-I")
+            .arg(source.join("extlinux"))
+            .arg("-I")
+            .arg(source.join("libinstaller"))
+            // The kernel's headers (linux/*.h), which musl-gcc leaves out, from the host.
+            .args(["-idirafter", "/usr/include", "-idirafter", "/usr/include/x86_64-linux-gnu"])
+            .args(sources),
+        &logs.join("extlinux-build.log"),
+        "build extlinux",
+    );
+    let bin = scratch.join("bin");
+    mkdir(&bin);
+    run(Command::new("strip").arg("-o").arg(bin.join("extlinux")).arg(&out), "strip extlinux");
+    assert!(is_static_elf(&bin.join("extlinux")), "extlinux is not a static ELF program");
+    check_installs_like_debian(&bin.join("extlinux"), &work);
+    let name = source.file_name().expect("a source directory").to_string_lossy().into_owned();
+    write(&scratch.join("versions"), format!("syslinux {}\n", &name["syslinux-".len()..]).as_bytes(), 0o644);
+    remove(&work);
+}
+
+/// The boot images Debian's extlinux embeds, as libinstaller's bin2c.pl tables name them:
+/// the boot sector (512 bytes, `EB 58 90 "SYSLINUX"`, ending 55 AA), ldlinux.c32 (the ELF
+/// that follows it) and ldlinux.sys (`"\r\nSYSLINUX "`, after that). Their lengths are the
+/// `_len` words the binary keeps side by side: 512, mtime, ldlinux.c32's, mtime, ldlinux.sys's.
+fn debian_boot_images(binary: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let find =
+        |needle: &[u8], from: usize| binary[from..].windows(needle.len()).position(|w| w == needle).map(|at| at + from);
+    let u32_at = |at: usize| u32::from_le_bytes(binary[at..at + 4].try_into().expect("4 bytes")) as usize;
+    let bootsect_at = find(b"\xeb\x58\x90SYSLINUX", 0).expect("Debian's extlinux holds no boot sector");
+    let bootsect = &binary[bootsect_at..bootsect_at + 512];
+    assert_eq!(&bootsect[510..], b"\x55\xaa", "the boot sector in Debian's extlinux does not end in 55 AA");
+    let c32_at = find(b"\x7fELF", bootsect_at + 512).expect("Debian's extlinux holds no ldlinux.c32");
+    let lengths = (0..binary.len() - 20)
+        .step_by(4)
+        .find(|&at| {
+            u32_at(at) == 512 && u32_at(at + 4) == u32_at(at + 12) && u32_at(at + 4) != 0 && {
+                let (c32_len, sys_len) = (u32_at(at + 8), u32_at(at + 16));
+                c32_len > 0 && sys_len > 0 && sys_len % 512 == 0 && c32_at + c32_len <= binary.len()
+            }
+        })
+        .expect("Debian's extlinux holds no table of its boot images' lengths");
+    let (c32_len, sys_len) = (u32_at(lengths + 8), u32_at(lengths + 16));
+    let c32 = &binary[c32_at..c32_at + c32_len];
+    let sys_at = find(b"\r\nSYSLINUX ", c32_at + c32_len).expect("Debian's extlinux holds no ldlinux.sys");
+    let sys = &binary[sys_at..sys_at + sys_len];
+    const LDLINUX_MAGIC: [u8; 4] = 0x3eb2_02fe_u32.to_le_bytes();
+    assert!(sys[..512].windows(4).any(|w| w == LDLINUX_MAGIC), "ldlinux.sys from Debian's extlinux has no magic");
+    vec![
+        ("syslinux_bootsect", bootsect.to_vec()),
+        ("syslinux_ldlinuxc32", c32.to_vec()),
+        ("syslinux_ldlinux", sys.to_vec()),
+    ]
+}
+
+/// BYTES as the C table libinstaller's bin2c.pl writes (the mtime left at 0).
+fn c_table(name: &str, bytes: &[u8]) -> String {
+    let body: Vec<String> = bytes.iter().map(|b| format!("0x{b:02x}")).collect();
+    format!(
+        "unsigned char {name}[] = {{\n{}\n}};\n\nconst unsigned int {name}_len = {};\n\nconst int {name}_mtime = 0;\n",
+        body.join(","),
+        bytes.len()
+    )
+}
+
+/// Install with EXTLINUX and with Debian's extlinux onto two fresh, identical ext4
+/// filesystems, then set a boot-once label with each: the boot sector, ldlinux.sys (with
+/// its ADV) and ldlinux.c32 must be the same bytes.
+fn check_installs_like_debian(extlinux: &Path, work: &Path) {
+    let uuid = super::ROOT_UUID;
+    let mut results = Vec::new();
+    for (who, installer) in [("debian", Path::new(DEBIAN_EXTLINUX)), ("bench", extlinux)] {
+        let image = work.join(format!("{who}.img"));
+        let mount = work.join(format!("{who}.mnt"));
+        mkdir(&mount);
+        run(Command::new("truncate").args(["-s", "32M"]).arg(&image), "truncate");
+        run(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-O", "^64bit", "-U", uuid, "-E", &format!("hash_seed={uuid}")])
+                .arg(&image),
+            "mkfs.ext4 for the extlinux check",
+        );
+        let script = "set -e; mount -o loop \"$2\" \"$3\"; trap 'umount \"$3\"' EXIT; mkdir \"$3/boot\"; \
+                      \"$1\" --install \"$3/boot\" 2>/dev/null; \"$1\" --once=mingen-check \"$3/boot\"; \
+                      cat \"$3/boot/ldlinux.sys\" \"$3/boot/ldlinux.c32\"";
+        let files = run(
+            Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "sh", "-c", script, "check"])
+                .arg(installer)
+                .arg(&image)
+                .arg(&mount),
+            &format!("install the boot loader with {}", installer.display()),
+        );
+        let mut bytes = read(&image)[..512].to_vec();
+        bytes.extend_from_slice(&files.stdout);
+        results.push(bytes);
+    }
+    assert!(
+        results[0] == results[1],
+        "the bench's extlinux installs other bytes than Debian's (boot sector, ldlinux.sys, ldlinux.c32)"
+    );
+    assert!(
+        results[0].windows(b"mingen-check".len()).any(|w| w == b"mingen-check"),
+        "extlinux --once wrote no boot-once label into ldlinux.sys's ADV"
+    );
+}
+
 // ------------------------------------------------------------------ signing key
 
 const KEY_DIR: &str = "bench-repo-key";
@@ -644,6 +820,7 @@ impl Catalog {
         }
         hash.update(include_str!("packages.rs").as_bytes());
         hash.update(programs.dir.to_string_lossy().as_bytes());
+        hash.update(programs.extlinux.to_string_lossy().as_bytes());
         hash.update(read(&key.public));
         // The image's rebuilt packages: their cache is named after what they are built from.
         hash.update(image_apks.to_string_lossy().as_bytes());

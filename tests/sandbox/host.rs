@@ -444,13 +444,15 @@ fn provision(profile: &Profile, root: &Path) {
     // Boot files as the kernel's install leaves them: its trigger runs
     // mkinitfs (on the image too: the host's initramfs is built from the
     // host's own configuration, reproducibly), whose new initramfs fires
-    // syslinux's update-extlinux, or grub's update-grub (its trigger).
+    // syslinux's update-extlinux (its installer puts ldlinux.sys in /boot), or grub's
+    // update-grub (its trigger).
     let out = run_in(
         root,
         profile,
         "set -e; mkinitfs \"$(cat /usr/share/kernel/virt/kernel.release)\" >/dev/null; \
          if [ -x /sbin/update-extlinux ]; then update-extlinux; fi; \
-         if [ -x /usr/sbin/update-grub ]; then update-grub 2>/dev/null; fi",
+         if [ -x /usr/sbin/update-grub ]; then update-grub 2>/dev/null; fi; \
+         if [ -x /sbin/extlinux ]; then extlinux --install /boot; fi",
         &[],
     );
     assert!(out.status.success(), "boot files: {}", String::from_utf8_lossy(&out.stderr));
