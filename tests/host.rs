@@ -458,7 +458,7 @@ fn guide_host_clean_run_second_run_and_footprint() {
     let out = host.run("sh /etc/local.d/mingen-report.start now && sh /etc/local.d/readahead.start", &[]);
     assert_success(&out, "the boot scripts");
     let report = host.read("/var/lib/mingen/report");
-    assert!(report.starts_with("before the run:\n") && report.contains("after the first boot:\n"), "{report}");
+    assert!(report.starts_with("ram_used_kb: "), "{report}");
     for line in ["ram_used_kb: ", "disk_used_kb: ", "ram_taken_kb: ", "still running: ", "modules loaded: "] {
         assert!(report.lines().any(|l| l.starts_with(line)), "no `{line}` line in the report:\n{report}");
     }
