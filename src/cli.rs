@@ -213,7 +213,8 @@ fn expected_text(plan: &Plan) -> String {
     let (Some(bench), Some(expected)) = (&plan.target.bench, plan.expected()) else {
         return "\nexpected: this target has no figures from the real-boot bench\n".into();
     };
-    let (ram, disk): (u64, u64) = plan.applied().filter_map(|d| d.rule.saved.as_ref()).fold((0, 0), |(r, d), s| (r + s.ram_kb, d + s.disk_kb));
+    let (ram, disk): (u64, u64) =
+        plan.applied().filter_map(|d| d.rule.saved.as_ref()).fold((0, 0), |(r, d), s| (r + s.ram_kb, d + s.disk_kb));
     let verdict = |kb: u64, budget_mb: u32| {
         let state = if kb <= u64::from(budget_mb) * 1024 { "within" } else { "over" };
         format!("{state} the budget of {budget_mb} MB")

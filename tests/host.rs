@@ -778,7 +778,12 @@ fn preflight_stops_when_no_getty_would_stay_or_a_container_runtime_is_installed(
         // in the host's inittab must keep it.
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         if cmdline.split_whitespace().any(|w| w.starts_with("console=ttyS0")) {
-            assert_stops(&GUIDE, &["--consoles", "tty1"], "", &["the kernel's console=ttyS0 has a getty that would go"]);
+            assert_stops(
+                &GUIDE,
+                &["--consoles", "tty1"],
+                "",
+                &["the kernel's console=ttyS0 has a getty that would go"],
+            );
         }
         assert_stops(
             &GUIDE,

@@ -147,7 +147,10 @@ fn facts(output: &str) -> BTreeMap<String, String> {
 /// Whether the machine's kernel (whose /proc/cmdline the sandbox's hosts read) has
 /// `console=ttyS0`, where every profile but those that say otherwise has a getty.
 fn machine_console_is_ttys0() -> bool {
-    std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|w| w.starts_with("console=ttyS0"))
+    std::fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|w| w.starts_with("console=ttyS0"))
 }
 
 /// The guide's host as the probe must see it, with `changes` over it.
