@@ -164,7 +164,10 @@ fn measure(variant: Variant, image: &Path, work: &Path, boot: usize) -> Sample {
         }
     }
     assert!(sample.free_used_kb > 0 && sample.disk_used_kb > 0 && sample.module_files > 0, "{name}: {out}");
-    assert!(sample.system_ram_kb > sample.mem_total_kb && sample.mem_total_kb > sample.mem_available_kb, "{name}: {out}");
+    assert!(
+        sample.system_ram_kb > sample.mem_total_kb && sample.mem_total_kb > sample.mem_available_kb,
+        "{name}: {out}"
+    );
     sample
 }
 
@@ -236,9 +239,7 @@ fn print_table(results: &BTreeMap<Variant, Vec<Sample>>, boots: usize) {
         ("modules loaded", |s| s.modules.len() as f64, "{:.0}"),
         ("userspace processes", |s| s.processes.len() as f64, "{:.0}"),
     ];
-    println!(
-        "\nreal-boot bench: Alpine 3.23.6, QEMU TCG -m 128, vda; median (min-max) of {boots} boots\n"
-    );
+    println!("\nreal-boot bench: Alpine 3.23.6, QEMU TCG -m 128, vda; median (min-max) of {boots} boots\n");
     print!("| {:<32} |", "");
     for variant in results.keys() {
         print!(" {:<22} |", variant.name());

@@ -94,11 +94,16 @@ impl FactArgs {
     }
 }
 
-/// What a command prints on stdout, and whether it is a script to run on a host.
+/// What a command prints on stdout, whether it is a script to run on a host, and a
+/// warning for stderr.
 pub struct Output {
     pub bytes: Vec<u8>,
     pub is_script: bool,
+    pub warning: Option<String>,
 }
+
+/// EC2's limit on user-data (raw, before base64), the smallest of the common clouds'.
+pub const EC2_USER_DATA_LIMIT: usize = 16 * 1024;
 
 /// Run the command line; the output for stdout, or the error for stderr.
 pub fn run(cli: Cli) -> Result<Output, Error> {
@@ -106,13 +111,25 @@ pub fn run(cli: Cli) -> Result<Output, Error> {
     if (cli.compact || cli.gzip) && !is_script {
         return Err(Error::Usage("--compact and --gzip apply to scripts: the script and the probe".into()));
     }
-    let (compact, gzip) = (cli.compact, cli.gzip);
+    let (compact, gzip, user_data) = (cli.compact, cli.gzip, cli.format == script::Format::UserData);
     let mut text = run_command(cli)?;
     if compact {
         text = script::compact(&text);
     }
     let bytes = if gzip { script::gzip(&text)? } else { text.into_bytes() };
-    Ok(Output { bytes, is_script })
+    let warning = (user_data && bytes.len() > EC2_USER_DATA_LIMIT).then(|| {
+        format!(
+            "mingen: warning: this user-data is {} bytes, over EC2's limit of {EC2_USER_DATA_LIMIT} \
+             (other clouds allow more): {}",
+            bytes.len(),
+            if gzip && compact {
+                "without the boot trial (--boot-trial off) it is smaller"
+            } else {
+                "--compact --gzip makes it smaller"
+            }
+        )
+    });
+    Ok(Output { bytes, is_script, warning })
 }
 
 fn run_command(cli: Cli) -> Result<String, Error> {
@@ -218,7 +235,8 @@ fn expected_text(plan: &Plan) -> String {
     let (Some(bench), Some(expected)) = (&plan.target.bench, plan.expected()) else {
         return "\nexpected: this target has no figures from the real-boot bench\n".into();
     };
-    let (ram, disk): (u64, u64) = plan.applied().filter_map(|d| d.rule.saved.as_ref()).fold((0, 0), |(r, d), s| (r + s.ram_kb, d + s.disk_kb));
+    let (ram, disk): (u64, u64) =
+        plan.applied().filter_map(|d| d.rule.saved.as_ref()).fold((0, 0), |(r, d), s| (r + s.ram_kb, d + s.disk_kb));
     let verdict = |kb: u64, budget_mb: u32| {
         let state = if kb <= u64::from(budget_mb) * 1024 { "within" } else { "over" };
         format!("{state} the budget of {budget_mb} MB")

@@ -221,7 +221,23 @@ macro_rules! choice {
     )*};
 }
 
-choice!(Install, Disk, Hypervisor, BootLoader, Ipv6, Keep, Ntp, Network, Ssh, YesNo, RootLogin, SudoDoas, ModulesPrune, Containers, BootTrial);
+choice!(
+    Install,
+    Disk,
+    Hypervisor,
+    BootLoader,
+    Ipv6,
+    Keep,
+    Ntp,
+    Network,
+    Ssh,
+    YesNo,
+    RootLogin,
+    SudoDoas,
+    ModulesPrune,
+    Containers,
+    BootTrial
+);
 
 /// How Alpine is installed: on a disk, or running from RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -381,25 +397,34 @@ impl Words {
     }
 }
 
+/// A TOML list of strings (EXAMPLE shows one in the error).
+fn string_list(value: &toml::Value, example: &str) -> Result<Vec<String>, String> {
+    let list = value.as_array().ok_or_else(|| format!("expected a list of strings, e.g. {example}"))?;
+    list.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| format!("{v} is not a string"))).collect()
+}
+
+/// A flag's comma-separated list, blanks and empty items dropped.
+fn comma_list(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|w| !w.is_empty()).map(str::to_string).collect()
+}
+
+/// A list of strings as a TOML literal.
+fn toml_list(items: &[String]) -> String {
+    format!("[{}]", items.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(", "))
+}
+
 impl FactValue for Words {
     fn from_toml(value: &toml::Value) -> Result<Self, String> {
-        let list = value.as_array().ok_or("expected a list of strings, e.g. [\"wireguard\"]")?;
-        let words = list
-            .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| format!("{v} is not a string")))
-            .collect::<Result<Vec<_>, _>>()?;
-        Self::checked(words)
+        Self::checked(string_list(value, "[\"wireguard\"]")?)
     }
     fn flag_parser() -> ValueParser {
-        ValueParser::new(|text: &str| {
-            Words::checked(text.split(',').map(str::trim).filter(|w| !w.is_empty()).map(str::to_string).collect())
-        })
+        ValueParser::new(|text: &str| Words::checked(comma_list(text)))
     }
     fn text(&self) -> String {
         self.0.join(" ")
     }
     fn toml(&self) -> String {
-        format!("[{}]", self.0.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(", "))
+        toml_list(&self.0)
     }
 }
 
@@ -440,7 +465,9 @@ pub struct Terminals(pub Vec<String>);
 impl Terminals {
     fn checked(names: Vec<String>) -> Result<Terminals, String> {
         if names.is_empty() {
-            return Err("expected at least one terminal: a host without a getty cannot be reached from the panel".into());
+            return Err(
+                "expected at least one terminal: a host without a getty cannot be reached from the panel".into()
+            );
         }
         for name in &names {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -453,23 +480,16 @@ impl Terminals {
 
 impl FactValue for Terminals {
     fn from_toml(value: &toml::Value) -> Result<Self, String> {
-        let list = value.as_array().ok_or("expected a list of terminals, e.g. [\"ttyS0\", \"tty1\"]")?;
-        let names = list
-            .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| format!("{v} is not a string")))
-            .collect::<Result<Vec<_>, _>>()?;
-        Self::checked(names)
+        Self::checked(string_list(value, "[\"ttyS0\", \"tty1\"]")?)
     }
     fn flag_parser() -> ValueParser {
-        ValueParser::new(|text: &str| {
-            Terminals::checked(text.split(',').map(str::trim).filter(|w| !w.is_empty()).map(str::to_string).collect())
-        })
+        ValueParser::new(|text: &str| Terminals::checked(comma_list(text)))
     }
     fn text(&self) -> String {
         self.0.join(" ")
     }
     fn toml(&self) -> String {
-        format!("[{}]", self.0.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(", "))
+        toml_list(&self.0)
     }
 }
 

@@ -21,6 +21,9 @@ fn main() -> ExitCode {
                     if output.is_script {
                         eprintln!("{}", script::integrity_note(&output.bytes));
                     }
+                    if let Some(warning) = output.warning {
+                        eprintln!("{warning}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

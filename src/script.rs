@@ -76,6 +76,8 @@ struct MinimiseScript<'a> {
     add_after: String,
     remove_after: String,
     dropbear_opts: String,
+    /// Whether a rule tries the new boot configuration once (rule boot-trial).
+    boot_trial: bool,
     /// The ports the boot trial checks SSH on: dropbear's, or empty (sshd's own, read then).
     trial_ports: String,
     deferred_one_shot: &'static str,
@@ -263,14 +265,18 @@ pub fn integrity_note(bytes: &[u8]) -> String {
 pub const OWN_PROGRAMS: &[&str] = &["MINGEN_UNDO", "MINGEN_PRUNE", PROGRAM_END, "MINGEN_TRIAL"];
 
 /// The script without its comment lines, blank lines and indentation: the same
-/// program, smaller. The files it writes (heredocs) are kept to the letter, but for
-/// mingen's own programs, and so are the first line and shellcheck's directives. No
-/// line of the script or of its programs continues a shell string, so indentation is
-/// only layout (awk programs spread over lines do not mind); tests/script.rs checks
-/// that every other line is kept.
+/// program, smaller. Of the files it writes (heredocs) mingen's own programs lose
+/// their comments too; any other file keeps every line, but for the comment lines
+/// after the first of a file whose first line is a `#` comment (the files that say
+/// "Written by mingen", in formats where `#` opens a comment). The first line of the
+/// script and shellcheck's directives stay. No line of the script or of its programs
+/// continues a shell string, so indentation is only layout (awk programs spread over
+/// lines do not mind); tests/script.rs checks that every other line is kept.
 pub fn compact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut heredoc_end: Option<&str> = None;
+    // In a file the host keeps: whether its comment lines may go (None: on its first line).
+    let mut file_comments_go: Option<bool> = None;
     for (number, line) in text.lines().enumerate() {
         let in_file = heredoc_end.is_some_and(|end| !OWN_PROGRAMS.contains(&end));
         let keep = match heredoc_end {
@@ -278,12 +284,19 @@ pub fn compact(text: &str) -> String {
                 heredoc_end = None;
                 true
             }
-            _ if in_file => true,
+            _ if in_file => match file_comments_go {
+                None => {
+                    file_comments_go = Some(line.starts_with('#') && !line.starts_with("#!"));
+                    true
+                }
+                Some(go) => !(go && line.starts_with('#')),
+            },
             _ => {
                 if heredoc_end.is_none()
                     && let Some((_, rest)) = line.split_once("<<'")
                 {
                     heredoc_end = rest.split_once('\'').map(|(end, _)| end);
+                    file_comments_go = None;
                 }
                 let trimmed = line.trim_start();
                 let comment =
@@ -390,6 +403,7 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
         add_after: add_after.unwrap_or_default(),
         remove_after: remove_after.unwrap_or_default(),
         dropbear_opts: dropbear_opts(&plan.facts),
+        boot_trial: plan.applied().any(|d| d.steps.iter().any(|s| matches!(s, Action::BootTrial { .. }))),
         trial_ports: match plan.facts.ssh {
             facts::Ssh::Dropbear => {
                 plan.facts.ssh_ports.sorted().iter().map(u16::to_string).collect::<Vec<_>>().join(" ")

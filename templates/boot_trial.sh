@@ -136,24 +136,28 @@ not_up() {
 	done
 }
 
-# record FILE TEXT: write TEXT (one paragraph) to FILE and to the boot-outcome the report shows.
+# failed WHAT: the new configuration did not come up; record it (the run and the report say it).
+failed() {
+	mv -f "$state/boot-trial" "$state/boot-trial.failed"
+	record "the new boot configuration (label $label, armed $armed) $1; the previous one (label $fallback) stays the default, and nothing is tried again by itself. /var/lib/mingen has boot-failed (this), boot-trial.failed, backup/ and undo.sh; the log is /var/log/mingen.log. To try once more: delete /var/lib/mingen/boot-failed and run the script again." boot-failed
+}
+
+# record TEXT FILE: TEXT goes to $state/FILE, to the report and to stderr.
 record() {
-	printf '%s\n' "$2" >"$1"
-	printf 'boot: %s\n' "$2" >"$state/boot-outcome"
-	say "$2"
+	printf '%s\n' "$1" >"$state/$2"
+	printf 'boot: %s\n' "$1" >"$state/boot-outcome"
+	say "$1"
 }
 
 confirm() {
-	local initrd missing waited=0 conf=/boot/extlinux.conf name
-	local label="" initramfs="" kept="" remove="" armed
+	local initrd missing waited=0 conf=/boot/extlinux.conf label="" initramfs="" kept="" remove="" armed
 	[ -f "$state/boot-trial" ] || return 0
 	# shellcheck disable=SC1091 # written by the run: label, initramfs, kept, ports, remove
 	. "$state/boot-trial"
-	armed=$(date -r "$state/boot-trial" '+%Y-%m-%d %H:%M' 2>/dev/null || echo "the last run")
+	armed=$(date -r "$state/boot-trial" '+%Y-%m-%d %H:%M' 2>/dev/null || echo "by the last run")
 	initrd=$(booted_initrd)
 	if [ "$initrd" != "$initramfs" ]; then
-		mv -f "$state/boot-trial" "$state/boot-trial.failed"
-		record "$state/boot-failed" "the new boot configuration (label $label, tried once after the run of $armed) did not come up: this boot is the previous one (initramfs ${initrd:-unknown}, label $fallback), which stays the default. It is not tried again by itself. /var/lib/mingen holds what was recorded: boot-failed (this), boot-trial.failed (what was tried), backup/ (every file as it was before the run) and undo.sh; the run's log is /var/log/mingen.log. To try it once more, delete /var/lib/mingen/boot-failed and run the script again; to undo the run, sh /var/lib/mingen/undo.sh."
+		failed "did not come up: this boot took initramfs ${initrd:-unknown}"
 		return 0
 	fi
 	# The one-shot runs last at boot; the SSH server may still be binding its ports.
@@ -162,8 +166,7 @@ confirm() {
 		waited=$((waited + 2))
 	done
 	if [ -n "$missing" ]; then
-		rm -f "$state/boot-trial"
-		record "$state/boot-failed" "the new boot configuration (label $label, tried once after the run of $armed) booted but did not come up within 60 s: ${missing% }. The host reboots into the previous configuration (label $fallback), which stays the default; it is not tried again by itself. /var/lib/mingen holds what was recorded: boot-failed (this), backup/ and undo.sh; the run's log is /var/log/mingen.log. To try it once more, delete /var/lib/mingen/boot-failed and run the script again."
+		failed "booted but did not come up within 60 s (${missing% }): the host reboots into the previous one"
 		reboot
 		return 1
 	fi
@@ -173,12 +176,10 @@ confirm() {
 	rm -f "/boot/$kept"
 	fingerprint "$conf" "$label" "/boot/$initramfs" >"$state/boot-confirmed"
 	for name in $remove; do
-		if apk --no-network info -e "$name" >/dev/null 2>&1; then
-			apk --no-network del --quiet "$name" || say "apk could not remove $name"
-		fi
+		! apk --no-network info -e "$name" >/dev/null 2>&1 || apk --no-network del --quiet "$name" || say "apk could not remove $name"
 	done
 	rm -f "$state/boot-trial" "$state/boot-trial.failed"
-	record "$state/boot-confirmed.text" "the new boot configuration (label $label) came up: the root filesystem is mounted read-write, the network is up and SSH listens on port(s) $ports. It is the default now; the fallback label $fallback and /boot/$kept are gone${remove:+, and so is $remove}."
+	record "the new boot configuration (label $label) came up (root read-write, network up, SSH on port(s) $ports) and is the default now; the fallback label and /boot/$kept are gone${remove:+, and so is $remove}." boot-confirmed.text
 }
 
 case ${1:-} in

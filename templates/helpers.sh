@@ -425,6 +425,14 @@ write_grub_cfg() {
 
 {% endif -%}
 # ---- boot trial
+{# stop_after_failed_boot: a new boot configuration that did not come up is not tried again by itself. -#}
+stop_after_failed_boot() {
+	[ -f "$MINGEN_STATE/boot-failed" ] || return 0
+	say "$(cat "$MINGEN_STATE/boot-failed")"
+	err "the reboot after the last run did not come up on the new boot configuration ($MINGEN_STATE/boot-failed): this run changes nothing"
+}
+
+{% if boot_trial -%}
 {# The boot-trial program, shared by the run and the after-boot one-shot. -#}
 write_boot_trial_program() {
 	cat <<'MINGEN_TRIAL'
@@ -435,19 +443,8 @@ MINGEN_TRIAL
 {# need_boot_trial: extlinux can set a label to boot once (its ADV in /boot/ldlinux.sys),
    unless a boot was confirmed already (syslinux may be gone then). -#}
 need_boot_trial() {
-	[ ! -f "$MINGEN_STATE/boot-confirmed" ] || return 0
-	if ! command -v extlinux >/dev/null 2>&1; then
-		mismatch "fact \`boot_trial\` is once, but extlinux is not installed: set boot_trial = \"off\" (the new boot configuration is then the default at once)"
-	elif [ ! -f /boot/ldlinux.sys ]; then
-		mismatch "fact \`boot_trial\` is once, but /boot/ldlinux.sys is missing (extlinux does not boot this host from /boot): set boot_trial = \"off\""
-	fi
-}
-
-{# stop_after_failed_boot: a new boot configuration that did not come up is not tried again by itself. -#}
-stop_after_failed_boot() {
-	[ -f "$MINGEN_STATE/boot-failed" ] || return 0
-	say "$(cat "$MINGEN_STATE/boot-failed")"
-	err "the reboot after the last run did not come up on the new boot configuration ($MINGEN_STATE/boot-failed): this run changes nothing"
+	[ -f "$MINGEN_STATE/boot-confirmed" ] || { command -v extlinux && [ -f /boot/ldlinux.sys ]; } >/dev/null ||
+		mismatch "fact \`boot_trial\` is once, but extlinux cannot boot a label once here (no extlinux, or no /boot/ldlinux.sys): set boot_trial = \"off\""
 }
 
 {# arm_boot_trial REMOVE PORTS: when the next boot takes a boot configuration that has
@@ -459,7 +456,7 @@ arm_boot_trial() {
 	local conf=/boot/extlinux.conf old label initramfs kept ports=$2 now before confirmed
 	old=$MINGEN_BACKUP$conf
 	if dry_run; then
-		say "would keep the boot configuration from before the run as the default label mingen-previous and boot the new one once (extlinux --once), until the after-boot one-shot confirms it"
+		say "would boot the new configuration once (extlinux --once), the previous one staying the default until the after-boot one-shot confirms the new one"
 		return 0
 	fi
 	write_boot_trial_program >"$WORK/boot-trial.sh" || err "cannot write to $WORK"
@@ -467,7 +464,7 @@ arm_boot_trial() {
 	initramfs=$(sh "$WORK/boot-trial.sh" initrd "$old" "$label") || err "cannot read $old"
 	case $initramfs in
 	"" | */* | *,*)
-		say "label $label in $old boots initramfs '$initramfs', which is not one file in /boot: the new boot configuration is the default at once (no boot trial)"
+		say "label $label of $old boots initramfs '$initramfs', not one file in /boot: no boot trial"
 		return 0
 		;;
 	esac
@@ -480,7 +477,7 @@ arm_boot_trial() {
 		return 0 # this configuration has booted already
 	fi
 	if ! command -v extlinux >/dev/null 2>&1 || [ ! -f /boot/ldlinux.sys ]; then
-		say "extlinux cannot boot a label once here (it is not installed, or /boot/ldlinux.sys is missing): the new boot configuration is the default at once (no boot trial)"
+		say "extlinux cannot boot a label once here: no boot trial"
 		return 0
 	fi
 	if [ -z "$ports" ]; then
@@ -497,16 +494,17 @@ arm_boot_trial() {
 		cmp -s "$MINGEN_BACKUP/boot/$initramfs" "/boot/$kept"; then
 		return 0
 	fi
-	put_state "$MINGEN_STATE/boot-trial.sh" "$WORK/boot-trial.sh"
+	put_state boot-trial.sh
 	if ! cmp -s "$MINGEN_BACKUP/boot/$initramfs" "/boot/$kept"; then
 		change "keep the initramfs from before the run as /boot/$kept" cp -p "$MINGEN_BACKUP/boot/$initramfs" "/boot/$kept"
 	fi
 	put_file "$conf" 0644 "$WORK/extlinux.trial"
-	change "boot label $label once at the next boot (extlinux --once=$label /boot); label mingen-previous, the boot configuration from before the run, stays the default until the after-boot one-shot confirms the new one" \
+	change "boot label $label once (the previous configuration, label mingen-previous, stays the default until the new one is confirmed)" \
 		extlinux --once="$label" /boot
-	put_state "$MINGEN_STATE/boot-trial" "$WORK/boot-trial"
+	put_state boot-trial
 }
 
+{% endif -%}
 need_modules_dep() {
 	[ -z "$KERNEL_VERSION" ] || [ -f "/lib/modules/$KERNEL_VERSION/modules.dep" ] ||
 		mismatch "/lib/modules/$KERNEL_VERSION/modules.dep is missing"

@@ -196,7 +196,8 @@ apk_remove_all() {
 	say "packages: remove what is installed of the packages the rules above name"
 {%- if format == "user-data" %}
 	if under_cloud_init; then
-		apk_remove {{ remove_names_under_cloud_init|sh }} {{ remove_prefixes_under_cloud_init|sh }}
+		{#- The same names but cloud-init's own (its prefixes go after cloud-init has finished). #}
+		apk_remove {% if remove_names_under_cloud_init == remove_names %}"$REMOVE_NAMES"{% else %}{{ remove_names_under_cloud_init|sh }}{% endif %} {{ remove_prefixes_under_cloud_init|sh }}
 		return 0
 	fi
 {%- endif %}

@@ -107,16 +107,23 @@ fn missing_client_tools() -> Option<String> {
     Some(format!("`{}` is not installed (util-linux, iproute2, openssh-client)", missing.0))
 }
 
-#[test]
-fn the_bench_repository_installs_and_removes_on_the_real_userland() {
+/// The bench repository and a copy of the image's root (`root` in the scratch
+/// directory), or None when this cannot run (said through the one skip rule).
+fn image_copy() -> Option<(&'static packages::Repository, tempfile::TempDir)> {
     if let Some(why) = image::why_not().or_else(packages::why_not).or_else(missing_client_tools) {
         common::skip::cannot_run("the bench repository", &why);
-        return;
+        return None;
     }
     let repo = packages::repository();
     let work = tempfile::TempDir::new_in(image::cache()).expect("a scratch directory in the cache");
+    copy_tree(&image::root(), &work.path().join("root"));
+    Some((repo, work))
+}
+
+#[test]
+fn the_bench_repository_installs_and_removes_on_the_real_userland() {
+    let Some((repo, work)) = image_copy() else { return };
     let root = work.path().join("root");
-    copy_tree(&image::root(), &root);
     copy_tree(&repo.dir, &root.join(GUEST_REPO.trim_start_matches('/')));
     fs::write(root.join("etc/apk/repositories"), format!("{GUEST_REPO}\n")).unwrap();
 
@@ -163,14 +170,8 @@ fn the_bench_repository_installs_and_removes_on_the_real_userland() {
 /// with the same module tree.
 #[test]
 fn the_image_packages_come_back_from_the_bench_repository() {
-    if let Some(why) = image::why_not().or_else(packages::why_not).or_else(missing_client_tools) {
-        common::skip::cannot_run("the bench repository", &why);
-        return;
-    }
-    let repo = packages::repository();
-    let work = tempfile::TempDir::new_in(image::cache()).expect("a scratch directory in the cache");
+    let Some((repo, work)) = image_copy() else { return };
     let root = work.path().join("root");
-    copy_tree(&image::root(), &root);
     sandbox::repack::adopt_identities(&root, sandbox::Release::V3_23);
     let guest_repo = root.join(GUEST_REPO.trim_start_matches('/'));
     let linked = Command::new("cp").arg("-al").arg(&repo.dir).arg(&guest_repo).status().expect("run cp -al");

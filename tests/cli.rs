@@ -247,7 +247,10 @@ fn plan_compares_the_expected_figures_with_the_budgets() {
     let run = mingen(&["plan"]);
     assert_eq!(run.status, 0, "{}", run.stderr);
     let expected = run.stdout.split("\nexpected after the run").nth(1).unwrap_or_else(|| panic!("{}", run.stdout));
-    assert!(expected.contains("within the budget of 23 MB") && expected.contains("within the budget of 72 MB"), "{expected}");
+    assert!(
+        expected.contains("within the budget of 23 MB") && expected.contains("within the budget of 72 MB"),
+        "{expected}"
+    );
     assert!(run.stdout.contains("saved on the bench: RAM "), "rules carry their measured savings");
     let tight = mingen(&["plan", "--ram-budget-mb", "10", "--disk-budget-mb", "20"]);
     assert!(tight.stdout.contains("over the budget of 10 MB") && tight.stdout.contains("over the budget of 20 MB"));
@@ -262,5 +265,9 @@ fn plan_compares_the_expected_figures_with_the_budgets() {
     let file = facts_file("ram_budget_mb = 0\n");
     let bad = mingen(&["plan", "--facts", file.path().to_str().unwrap()]);
     assert_eq!(bad.status, 1);
-    assert!(bad.stderr.contains(":1") && bad.stderr.contains("ram_budget_mb") && bad.stderr.contains("1 to"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains(":1") && bad.stderr.contains("ram_budget_mb") && bad.stderr.contains("1 to"),
+        "{}",
+        bad.stderr
+    );
 }

@@ -144,6 +144,15 @@ fn facts(output: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Whether the machine's kernel (whose /proc/cmdline the sandbox's hosts read) has
+/// `console=ttyS0`, where every profile but those that say otherwise has a getty.
+fn machine_console_is_ttys0() -> bool {
+    std::fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|w| w.starts_with("console=ttyS0"))
+}
+
 /// The guide's host as the probe must see it, with `changes` over it.
 fn expected(changes: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut facts: BTreeMap<String, String> = [
@@ -167,6 +176,10 @@ fn expected(changes: &[(&str, &str)]) -> BTreeMap<String, String> {
         ("sudo_doas", "\"auto\""),
         // extlinux boots the host from /boot: the new boot configuration is tried once.
         ("boot_trial", "\"once\""),
+        // The gettys of the kernel's console= (the sandbox reads the machine's
+        // /proc/cmdline) and of tty1 stay; no container runtime is installed.
+        ("consoles", if machine_console_is_ttys0() { "[\"ttyS0\", \"tty1\"]" } else { "[\"tty1\"]" }),
+        ("containers", "\"none\""),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -278,7 +291,8 @@ fn grub_uefi_host() {
 #[test]
 fn efi_stub_host() {
     if sandbox::require() {
-        round_trip("efi-stub", &[("boot_loader", "\"efi-stub\"")]);
+        // Its kernel's console is tty0 (alpine-make-vm-image): the gettys of tty1 stay.
+        round_trip("efi-stub", &[("boot_loader", "\"efi-stub\""), ("consoles", "[\"tty1\"]")]);
     }
 }
 
@@ -289,7 +303,9 @@ fn xen_hosts() {
     if sandbox::require() {
         let xen = [("hypervisor", "\"xen\""), ("disk", "\"xvda\""), ("guest_agent", "\"remove\"")];
         round_trip_without("xen-hvm", &xen, &["balloon"]);
-        round_trip_without("xen-pv", &xen, &["balloon"]);
+        // A PV guest's console is hvc0, where its inittab has no getty: tty1's stays.
+        let pv = [xen[0], xen[1], xen[2], ("consoles", "[\"tty1\"]")];
+        round_trip_without("xen-pv", &pv, &["balloon"]);
     }
 }
 

@@ -195,10 +195,12 @@ fn produce(bus: Bus) -> Minimised {
         after_figures = Figures::of(&vm);
         modprobe = modprobe_again(&vm, &stock);
         let state = vm.ssh(
-            "echo sshd: $(pidof sshd); echo dropbear: $(pidof dropbear); rc-update show default; \
+            "for i in $(seq 120); do [ -e /var/lib/mingen/report ] && break; sleep 5; done; \
+             echo sshd: $(pidof sshd); echo dropbear: $(pidof dropbear); rc-update show default; \
              echo started: $(ls /run/openrc/started); echo cmdline: $(cat /proc/cmdline); \
              echo syslinux: $(apk --no-network info -e syslinux); echo boot: $(ls /boot); \
-             echo labels: $(grep -e '^LABEL' -e 'MENU DEFAULT' /boot/extlinux.conf); cat /var/lib/mingen/report",
+             echo labels: $(grep -e '^LABEL' -e 'MENU DEFAULT' /boot/extlinux.conf); \
+             cat /var/lib/mingen/report /var/lib/mingen/report.json",
             b"",
             HostKey::Strict,
         );
@@ -274,7 +276,11 @@ fn end_to_end(bus: Bus) {
     assert!(m.after.methods().contains("publickey"), "{}", m.after.password_text);
     assert_eq!(pids(&m.after_state, "sshd"), "", "sshd runs after the reboot:\n{}", m.after_state);
     assert_ne!(pids(&m.after_state, "dropbear"), "", "dropbear does not run:\n{}", m.after_state);
-    assert!(m.after_state.contains("after the first boot:"), "no report after the boot:\n{}", m.after_state);
+    // The report, written once the gettys are up: RAM and disk used within the default
+    // budgets (the guide's 23 and 72 MB), and report.json beside it.
+    assert!(m.after_state.contains("ram_used_kb: "), "no report after the boot:\n{}", m.after_state);
+    assert!(m.after_state.contains("(budget 23552: within)"), "RAM over its budget:\n{}", m.after_state);
+    assert!(m.after_state.contains("{\"ram_used_kb\":"), "no report.json:\n{}", m.after_state);
     // OpenRC no longer starts hwclock for syslog's `need clock`: osclock provides it.
     let started = m.after_state.lines().find_map(|l| l.strip_prefix("started:")).unwrap_or_default();
     let started: Vec<&str> = started.split_whitespace().collect();
@@ -419,7 +425,10 @@ fn second_run_changes_nothing_then_a_kernel_upgrade_is_pruned_and_boots() {
     assert_eq!(vm.wait_boot(0), Boot::LoginPrompt, "{}", vm.tail());
     vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("{e}"));
     // A boot after the confirmed one takes the new configuration by default: no fallback is left.
-    let boot = vm.ssh_ok("echo cmdline: $(cat /proc/cmdline); echo labels: $(grep '^LABEL' /boot/extlinux.conf)", HostKey::Strict);
+    let boot = vm.ssh_ok(
+        "echo cmdline: $(cat /proc/cmdline); echo labels: $(grep '^LABEL' /boot/extlinux.conf)",
+        HostKey::Strict,
+    );
     assert!(line_of(&boot, "cmdline").contains(" panic=10"), "{boot}");
     assert_eq!(line_of(&boot, "labels"), "LABEL virt", "{boot}");
     let state = std::fs::read_to_string(realboot::file("state.sh")).expect("read state.sh");
@@ -570,7 +579,10 @@ fn failed_boot_trials_come_back_on_the_previous_configuration_by_themselves() {
         vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("after {what}: {e}"));
         let state = vm.ssh_ok(BOOT_STATE, HostKey::Strict);
         let cmdline = line_of(&state, "cmdline");
-        assert!(cmdline.contains("initrd=initramfs-virt.mingen-previous"), "after {what}: not the previous one: {state}");
+        assert!(
+            cmdline.contains("initrd=initramfs-virt.mingen-previous"),
+            "after {what}: not the previous one: {state}"
+        );
         assert!(!cmdline.contains("panic=10"), "after {what}: {cmdline}");
         assert!(state.contains("boot: the new boot configuration (label virt"), "after {what}: {state}");
         assert!(state.contains("did not come up") && state.contains("boot-failed (this)"), "after {what}: {state}");
@@ -604,7 +616,10 @@ fn failed_boot_trials_come_back_on_the_previous_configuration_by_themselves() {
     assert_eq!(after, before, "the stopped run changed /boot or /var/lib/mingen");
 
     // 2. The guide's mistake: an initramfs without the disk's driver, and a reset.
-    vm.ssh_ok("rm /var/lib/mingen/boot-failed && mkinitfs \"$(cat /usr/share/kernel/virt/kernel.release)\"", HostKey::Strict);
+    vm.ssh_ok(
+        "rm /var/lib/mingen/boot-failed && mkinitfs \"$(cat /usr/share/kernel/virt/kernel.release)\"",
+        HostKey::Strict,
+    );
     arm(&vm);
     vm.ssh_ok(
         "mkinitfs -F 'base ext4 virtio' \"$(cat /usr/share/kernel/virt/kernel.release)\" && sync",

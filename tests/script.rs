@@ -104,8 +104,9 @@ fn python_kept() {
 /// The script for the guide's host, as `mingen > minimise.sh` prints it, stays within
 /// its size budget (issue 12, item 4). The issue's goal is 32 KiB; without dropping a
 /// check, the undo or the programs the host keeps, it is at this budget for now, and a
-/// change that makes it larger must raise the budget knowingly.
-const GUIDE_SCRIPT_BUDGET: usize = 60 * 1024;
+/// change that makes it larger must raise the budget knowingly: the boot trial (issue
+/// 10, 11 KiB with its program) raised it from 60 KiB.
+const GUIDE_SCRIPT_BUDGET: usize = 72 * 1024;
 
 #[test]
 fn the_guide_hosts_script_stays_within_its_size_budget() {
@@ -136,8 +137,10 @@ fn every_snapshot_is_shellcheck_clean() {
 }
 
 /// `--compact` drops comment lines, blank lines and indentation and nothing else:
-/// every other line, and every line of the files it writes (heredocs), is kept in
-/// order; it stays shellcheck-clean; `--gzip` of user-data fits EC2's 16 KiB.
+/// every other line, and every line of the files it writes (heredocs) but the later
+/// comment lines of a file that opens with one, is kept in order; it stays
+/// shellcheck-clean; `--gzip` of user-data fits EC2's 16 KiB without the boot trial,
+/// and says when it does not.
 #[test]
 fn compact_scripts_keep_every_line_but_comments_and_user_data_fits_gzipped() {
     for args in [&[][..], &["--format", "user-data"][..], &["--disk", "sda", "--ssh", "openssh"][..], &["probe"][..]] {
@@ -146,16 +149,26 @@ fn compact_scripts_keep_every_line_but_comments_and_user_data_fits_gzipped() {
         common::shellcheck(&format!("{args:?} --compact"), &compact);
         let mut kept = compact.lines().peekable();
         let mut in_heredoc: Option<String> = None;
+        // In a file the script writes: its first line, once read.
+        let mut first_line: Option<&str> = None;
         for line in full.lines() {
             // Comments go, but not in the files the script writes: only in mingen's
             // own programs (undo.sh, the pruning program, the scripts the rules write).
             let own = ["MINGEN_UNDO", "MINGEN_PRUNE", "MINGEN_PROGRAM", "MINGEN_TRIAL"];
             let in_file = in_heredoc.as_deref().is_some_and(|end| !own.contains(&end) || line == end);
-            let dropped = !in_file
-                && (line.trim().is_empty()
-                    || (line.trim_start().starts_with('#')
-                        && !line.trim_start().starts_with("#!")
-                        && !line.trim_start().starts_with("# shellcheck ")));
+            let file_comment = in_file
+                && in_heredoc.as_deref() != Some(line)
+                && first_line.is_some_and(|first| first.starts_with('#') && !first.starts_with("#!"))
+                && line.starts_with('#');
+            if in_file && first_line.is_none() {
+                first_line = Some(line);
+            }
+            let dropped = file_comment
+                || !in_file
+                    && (line.trim().is_empty()
+                        || (line.trim_start().starts_with('#')
+                            && !line.trim_start().starts_with("#!")
+                            && !line.trim_start().starts_with("# shellcheck ")));
             let expected = if in_file { line } else { line.trim_start() };
             if let Some(end) = &in_heredoc {
                 if line == end {
@@ -163,6 +176,7 @@ fn compact_scripts_keep_every_line_but_comments_and_user_data_fits_gzipped() {
                 }
             } else if let Some((_, rest)) = line.split_once("<<'") {
                 in_heredoc = rest.split_once('\'').map(|(end, _)| end.to_string());
+                first_line = None;
             }
             if dropped {
                 continue;
@@ -172,15 +186,22 @@ fn compact_scripts_keep_every_line_but_comments_and_user_data_fits_gzipped() {
         assert_eq!(kept.next(), None, "{args:?}: the compact form has lines the commented one lacks");
         assert!(compact.len() < full.len(), "{args:?}: compact {} vs {} bytes", compact.len(), full.len());
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mingen"))
-        .args(["--format", "user-data", "--compact", "--gzip"])
-        .output()
-        .expect("run mingen");
-    assert!(out.status.success());
-    assert!(out.stdout.len() < 16 * 1024, "gzipped user-data is {} bytes: over EC2's 16 KiB", out.stdout.len());
-    let mut unzipped = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&out.stdout[..]), &mut unzipped).expect("gunzip");
-    assert_eq!(unzipped, script(&["--format", "user-data", "--compact"]));
+    // Gzip'd compact user-data fits EC2's 16 KiB without the boot trial; with it (the
+    // default on extlinux) it does not, and mingen says so on stderr.
+    for (extra, fits) in [(&[][..], false), (&["--boot-trial", "off"][..], true)] {
+        let args = [&["--format", "user-data", "--compact", "--gzip"][..], extra].concat();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mingen")).args(&args).output().expect("run mingen");
+        assert!(out.status.success());
+        let (size, said) = (out.stdout.len(), String::from_utf8_lossy(&out.stderr).into_owned());
+        assert_eq!(size < 16 * 1024, fits, "{args:?}: gzipped user-data is {size} bytes");
+        let warned = said.contains(&format!("this user-data is {size} bytes, over EC2's limit of 16384"));
+        assert_eq!(warned, !fits, "{args:?}: {said}");
+        let mut unzipped = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&out.stdout[..]), &mut unzipped)
+            .expect("gunzip");
+        let plain: Vec<&str> = args.iter().copied().filter(|a| *a != "--gzip").collect();
+        assert_eq!(unzipped, script(&plain));
+    }
 }
 
 /// The scripts a generated script writes (undo.sh, the pruning program, the boot
