@@ -284,7 +284,7 @@ fn ssh_2222_host() {
 #[test]
 fn grub_uefi_host() {
     if sandbox::require() {
-        round_trip("grub-uefi", &[("boot_loader", "\"grub\"")]);
+        round_trip("grub-uefi", &[("boot_loader", "\"grub\""), ("boot_trial", "\"off\"")]);
     }
 }
 
@@ -292,7 +292,7 @@ fn grub_uefi_host() {
 fn efi_stub_host() {
     if sandbox::require() {
         // Its kernel's console is tty0 (alpine-make-vm-image): the gettys of tty1 stay.
-        round_trip("efi-stub", &[("boot_loader", "\"efi-stub\""), ("consoles", "[\"tty1\"]")]);
+        round_trip("efi-stub", &[("boot_loader", "\"efi-stub\""), ("consoles", "[\"tty1\"]"), ("boot_trial", "\"off\"")]);
     }
 }
 
