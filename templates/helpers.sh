@@ -499,7 +499,7 @@ arm_boot_trial() {
 		change "keep the initramfs from before the run as /boot/$kept" cp -p "$MINGEN_BACKUP/boot/$initramfs" "/boot/$kept"
 	fi
 	put_file "$conf" 0644 "$WORK/extlinux.trial"
-	change "boot label $label once (the previous configuration, label mingen-previous, stays the default until the new one is confirmed)" \
+	change "boot label $label once at the next boot (extlinux --once=$label /boot); label mingen-previous, the configuration from before the run, stays the default until the new one is confirmed" \
 		extlinux --once="$label" /boot
 	put_state boot-trial
 }
