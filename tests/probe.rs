@@ -292,7 +292,10 @@ fn grub_uefi_host() {
 fn efi_stub_host() {
     if sandbox::require() {
         // Its kernel's console is tty0 (alpine-make-vm-image): the gettys of tty1 stay.
-        round_trip("efi-stub", &[("boot_loader", "\"efi-stub\""), ("consoles", "[\"tty1\"]"), ("boot_trial", "\"off\"")]);
+        round_trip(
+            "efi-stub",
+            &[("boot_loader", "\"efi-stub\""), ("consoles", "[\"tty1\"]"), ("boot_trial", "\"off\"")],
+        );
     }
 }
 
