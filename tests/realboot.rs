@@ -543,8 +543,9 @@ fn nvme_host_probed_minimised_and_booted_again() {
     vm.quit();
 }
 
-/// What the one-shot and the boot left, read over SSH after a boot: what it came up on, once the report is written (local has run the one-shot, which
-/// deletes an earlier report on a new outcome; the report waits for the gettys).
+/// What the one-shot and the boot left, read over SSH after a boot, once the report is
+/// written (local has run the one-shot, which deletes an earlier report on a new
+/// outcome; the report waits for the gettys).
 const BOOT_STATE: &str = "for i in $(seq 120); do [ -e /run/openrc/started/local ] && [ -e /var/lib/mingen/report ] \
                           && break; sleep 5; done; \
                           echo cmdline: $(cat /proc/cmdline); echo failed: $(ls /var/lib/mingen/boot-failed); \
