@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use crate::error::Error;
 use crate::facts::{self, Facts, Ipv6, RootLogin, YesNo};
 use crate::plan::{Plan, push_new};
-use crate::target::{Action, BootLoader, Check, Target};
+use crate::target::{Action, BootLoader, Check};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -208,7 +208,7 @@ fn step_needs(step: &Action<String>) -> Result<Vec<String>, Error> {
 }
 
 /// The files a step may change, for the backup.
-fn step_files(step: &Action<String>, target: &Target) -> Vec<String> {
+fn step_files(step: &Action<String>) -> Vec<String> {
     match step {
         Action::WriteFile { path, create_dir: true, .. } => {
             vec![path.rsplit_once('/').map(|(dir, _)| dir.to_string()).unwrap_or_default(), path.clone()]
@@ -219,8 +219,9 @@ fn step_files(step: &Action<String>, target: &Target) -> Vec<String> {
         | Action::Replace { into: Some(path), .. }
         | Action::WriteValue { path, .. } => vec![path.clone()],
         Action::GettysKeep { .. } => vec!["/etc/inittab".into()],
-        // The initramfs before the run: check-initramfs puts it back if the new one cannot boot.
-        Action::Mkinitfs {} => vec![format!("/boot/initramfs-{}", target.kernel_flavor)],
+        // The initramfs is kept by rebuild_initramfs, just before mkinitfs replaces it (a run
+        // that does not rebuild it keeps no copy), until the new one has booted (rule
+        // initramfs-backup-drop).
         Action::KernelCmdline { boot_loader, .. } => match boot_loader {
             BootLoader::Extlinux => vec!["/etc/update-extlinux.conf".into(), "/boot/extlinux.conf".into()],
             BootLoader::Grub => vec!["/etc/default/grub".into(), "/boot/grub/grub.cfg".into()],
@@ -322,7 +323,7 @@ pub fn render(plan: &Plan, format: Format) -> Result<String, Error> {
         checks.extend(decision.rule.requires.iter().copied());
         for step in &decision.steps {
             push_new(&mut needs, &step_needs(step)?);
-            push_new(&mut backup_paths, &step_files(step, target));
+            push_new(&mut backup_paths, &step_files(step));
             if let Action::WriteFile { path, content, .. } = step
                 && let Some(end) = content.lines().find(|line| [HEREDOC_END, PROGRAM_END].contains(line))
             {

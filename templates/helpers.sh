@@ -372,8 +372,12 @@ apk_remove() {
 
 # ---- initramfs and modules
 
+{# rebuild_initramfs: mkinitfs once, when its inputs changed; the initramfs it replaces is
+   kept first (check_initramfs puts it back; rule initramfs-backup-drop deletes the copy
+   once the new one has booted, and undo.sh makes it again with mkinitfs). -#}
 rebuild_initramfs() {
 	if [ "$INITRAMFS_STALE" = 1 ] || [ -e "$MINGEN_STATE/initramfs-stale" ]; then
+		dry_run || backup_file /boot/initramfs-{{ target.kernel_flavor }}
 		change "rebuild the initramfs for kernel $KERNEL_VERSION" mkinitfs "$KERNEL_VERSION"
 		INITRAMFS_STALE=0
 		dry_run || rm -f "$MINGEN_STATE/initramfs-stale"

@@ -1,7 +1,8 @@
 #!/bin/sh
 # shellcheck shell=busybox
 # modules.sh: the guest's modules and disk, for the bench (issue 9), one item a line.
-#   sh modules.sh figures      /lib/modules in KiB and module files, disk used, loaded modules
+#   sh modules.sh figures      /lib/modules in KiB and module files, disk used, what of it
+#                              the bench put there (bench_kb), loaded modules
 #   sh modules.sh inventory    the installed packages, and every module file with its md5sum
 #   sh modules.sh modprobe M.. each module M that mingen does not blacklist, loaded with
 #                              modprobe: `loads M`, `fails M: WHY`, or `blacklisted M` (also
@@ -11,6 +12,9 @@ figures() {
 	printf 'modules_kb %s\n' "$(du -sk /lib/modules | cut -f1)"
 	printf 'modules_count %s\n' "$(find /lib/modules -type f -name '*.ko*' | grep -c .)"
 	printf 'disk_used_kb %s\n' "$(df -k / | awk 'NR == 2 { print $3 }')"
+	# The bench's own files, which a real host does not have: the image's guest agent and
+	# what the tests upload to /root.
+	printf 'bench_kb %s\n' "$(du -ck /usr/local/bin/quicksand-guest-agent /root/*.sh /root/*.out 2>/dev/null | awk 'END { print $1 + 0 }')"
 	cut -d ' ' -f 1 /proc/modules | sort | sed 's/^/loaded /'
 }
 
