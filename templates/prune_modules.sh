@@ -4,8 +4,7 @@
 # /lib/modules/KVER/kernel the modules in /etc/modules, those the initramfs features
 # take, and KEEP_FILE's (names or paths), closed under modules.dep and soft
 # dependencies; removes the rest, or puts them back if `modprobe -n` then fails.
-# A module /etc/modprobe.d replaces with /bin/true or /bin/false (`install drm
-# /bin/true`) never loads, nor does one that needs it: neither is kept.
+# Never kept: what /etc/modprobe.d replaces with /bin/true or /bin/false, and what needs it.
 # It also removes /boot/System.map-KVER, which nothing reads at run time.
 set -eu
 
