@@ -212,7 +212,7 @@ fn produce_with(bus: Bus, name: &str, extra: &[&str]) -> Minimised {
              echo started: $(ls /run/openrc/started); \
              for i in $(seq 120); do [ -e /var/lib/mingen/report ] && break; sleep 5; done; \
              cat /var/lib/mingen/report /var/lib/mingen/report.json; \
-             echo initramfs copy: $(ls /var/lib/mingen/backup/boot/initramfs-virt 2>/dev/null)",
+             echo \"initramfs copy: $(ls /var/lib/mingen/backup/boot/initramfs-virt 2>/dev/null)\"",
             b"",
             HostKey::Strict,
         );
