@@ -985,7 +985,11 @@ fn the_initramfs_copy_goes_once_the_new_one_has_booted_and_undo_makes_it_again()
     assert_success(&run(&host, &script, &[]), "the run");
     let copy = "/var/lib/mingen/backup/boot/initramfs-virt";
     assert_ne!(initramfs(&host), stock, "the run made a new initramfs");
-    assert_eq!(std::fs::read(host.host_path(copy)).expect("read the copy"), stock, "the copy is the initramfs from before");
+    assert_eq!(
+        std::fs::read(host.host_path(copy)).expect("read the copy"),
+        stock,
+        "the copy is the initramfs from before"
+    );
     let one_shot = "/etc/local.d/mingen-trim-backup.start";
     // local.d runs its scripts in name order: after the report's, which confirms a boot trial.
     assert!(host.exists("/etc/local.d/mingen-report.start") && one_shot > "/etc/local.d/mingen-report.start");
@@ -1500,7 +1504,10 @@ fn modules_are_pruned_to_what_the_host_and_its_possible_buses_need() {
         assert!(before.contains(name), "the image has {name}");
         assert!(!after.contains(name), "{name} never loads, yet it was kept: {after:?}");
         let file = format!("/{}.ko", name.replace('_', "-"));
-        assert!(!initramfs.keys().any(|p| p.contains(&file) || p.contains(&format!("/{name}.ko"))), "{name} in the initramfs");
+        assert!(
+            !initramfs.keys().any(|p| p.contains(&file) || p.contains(&format!("/{name}.ko"))),
+            "{name} in the initramfs"
+        );
     }
     let removed = host.read(&format!("/var/lib/mingen/modules-removed.{kver}"));
     assert_eq!(removed.lines().count(), before.len() - after.len(), "the list names what went");

@@ -201,7 +201,8 @@ fn produce_with(bus: Bus, name: &str, extra: &[&str]) -> Minimised {
     eprintln!("--- {name}: the script's output ---\n{output}");
     let mark = vm.reboot(HostKey::Strict);
     let boot = vm.wait_boot(mark);
-    let (mut after_figures, mut modprobe, mut settled_figures) = (Figures::default(), String::new(), Figures::default());
+    let (mut after_figures, mut modprobe, mut settled_figures) =
+        (Figures::default(), String::new(), Figures::default());
     let (after, after_state) = if boot == Boot::LoginPrompt {
         let _ = vm.wait_ssh(HostKey::Strict);
         // Measured before modprobe loads anything more.
