@@ -160,7 +160,7 @@ facts! {
     python: Keep = Keep::Remove,
         "python3: keep it, or remove it with cloud-init";
     network: Network = Network::Static,
-        "static: the address is in /etc/network/interfaces and dhcpcd goes; dhcp: dhcpcd stays";
+        "static: the address is in /etc/network/interfaces and dhcpcd and dhclient go; dhcp: they stay";
     ssh: Ssh = Ssh::Dropbear,
         "dropbear: OpenSSH is replaced by dropbear; openssh: OpenSSH stays";
     ssh_ports: Ports = Ports(vec![22]),

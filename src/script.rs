@@ -225,8 +225,9 @@ fn step_files(step: &Action<String>, target: &Target) -> Vec<String> {
         | Action::Replace { into: Some(path), .. }
         | Action::WriteValue { path, .. } => vec![path.clone()],
         Action::GettysKeep { .. } => vec!["/etc/inittab".into()],
-        // The initramfs before the run: check-initramfs puts it back if the new one cannot boot.
-        Action::Mkinitfs {} => vec![format!("/boot/initramfs-{}", target.kernel_flavor)],
+        // The initramfs is kept by rebuild_initramfs, just before mkinitfs replaces it (a run
+        // that does not rebuild it keeps no copy), until the new one has booted (rule
+        // initramfs-backup-drop).
         Action::KernelCmdline { boot_loader, .. } => match boot_loader {
             BootLoader::Extlinux => vec!["/etc/update-extlinux.conf".into(), "/boot/extlinux.conf".into()],
             BootLoader::Grub => vec!["/etc/default/grub".into(), "/boot/grub/grub.cfg".into()],

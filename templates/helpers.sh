@@ -374,8 +374,12 @@ apk_remove() {
 
 # ---- initramfs and modules
 
+{# rebuild_initramfs: mkinitfs once, when its inputs changed; the initramfs it replaces is
+   kept first (check_initramfs puts it back; rule initramfs-backup-drop deletes the copy
+   once the new one has booted, and undo.sh makes it again with mkinitfs). -#}
 rebuild_initramfs() {
 	if [ "$INITRAMFS_STALE" = 1 ] || [ -e "$MINGEN_STATE/initramfs-stale" ]; then
+		dry_run || backup_file /boot/initramfs-{{ target.kernel_flavor }}
 		change "rebuild the initramfs for kernel $KERNEL_VERSION" mkinitfs "$KERNEL_VERSION"
 		INITRAMFS_STALE=0
 		dry_run || rm -f "$MINGEN_STATE/initramfs-stale"
@@ -453,7 +457,7 @@ need_boot_trial() {
    new label once. The one-shot confirms it (root read-write, network, SSH on PORTS, or
    the ports sshd is configured with) and then removes REMOVE (split on spaces). -#}
 arm_boot_trial() {
-	local conf=/boot/extlinux.conf old label initramfs kept ports=$2 now before confirmed
+	local conf=/boot/extlinux.conf old label initramfs kept previous ports=$2 now before confirmed
 	old=$MINGEN_BACKUP$conf
 	if dry_run; then
 		say "would boot the new configuration once (extlinux --once), the previous one staying the default until the after-boot one-shot confirms the new one"
@@ -469,6 +473,10 @@ arm_boot_trial() {
 		;;
 	esac
 	kept=$initramfs.mingen-previous
+	# The initramfs from before the run, or (its copy dropped once a boot of the run's
+	# had been confirmed: rule initramfs-backup-drop) the one in /boot, which has booted.
+	previous=$MINGEN_BACKUP/boot/$initramfs
+	[ -f "$previous" ] || previous=/boot/$initramfs
 	sh "$WORK/boot-trial.sh" final "$conf" "$label" "$old" >"$WORK/extlinux.final" || err "cannot read $conf"
 	now=$(sh "$WORK/boot-trial.sh" fingerprint "$WORK/extlinux.final" "$label" "/boot/$initramfs") || err "cannot read /boot/$initramfs"
 	before=$(sh "$WORK/boot-trial.sh" fingerprint "$old" "$label" "$MINGEN_BACKUP/boot/$initramfs" 2>/dev/null || :)
@@ -491,12 +499,12 @@ arm_boot_trial() {
 		"$label" "$initramfs" "$kept" "$ports" "$1" >"$WORK/boot-trial" || err "cannot write to $WORK"
 	# The state file, written last, says that the trial is armed.
 	if cmp -s "$WORK/boot-trial" "$MINGEN_STATE/boot-trial" && cmp -s "$WORK/extlinux.trial" "$conf" &&
-		cmp -s "$MINGEN_BACKUP/boot/$initramfs" "/boot/$kept"; then
+		cmp -s "$previous" "/boot/$kept"; then
 		return 0
 	fi
 	put_state boot-trial.sh
-	if ! cmp -s "$MINGEN_BACKUP/boot/$initramfs" "/boot/$kept"; then
-		change "keep the initramfs from before the run as /boot/$kept" cp -p "$MINGEN_BACKUP/boot/$initramfs" "/boot/$kept"
+	if ! cmp -s "$previous" "/boot/$kept"; then
+		change "keep the initramfs from before the run as /boot/$kept" cp -p "$previous" "/boot/$kept"
 	fi
 	put_file "$conf" 0644 "$WORK/extlinux.trial"
 	change "boot label $label once at the next boot (extlinux --once=$label /boot); label mingen-previous, the configuration from before the run, stays the default until the new one is confirmed" \

@@ -4,6 +4,7 @@
 # /lib/modules/KVER/kernel the modules in /etc/modules, those the initramfs features
 # take, and KEEP_FILE's (names or paths), closed under modules.dep and soft
 # dependencies; removes the rest, or puts them back if `modprobe -n` then fails.
+# Never kept: what /etc/modprobe.d replaces with /bin/true or /bin/false, and what needs it.
 # It also removes /boot/System.map-KVER, which nothing reads at run time.
 set -eu
 
@@ -42,15 +43,30 @@ wanted() {
 	cat "$keep_file"
 }
 
+{# never_loaded: the modules /etc/modprobe.d replaces with a command that loads nothing. -#}
+never_loaded() {
+	cat /etc/modprobe.d/*.conf 2>/dev/null |
+		awk '$1 == "install" && NF == 3 && ($3 == "/bin/true" || $3 == "/bin/false") { n = $2; gsub(/-/, "_", n); print n }'
+}
+
 {# kept WORK: the paths of the modules to keep (as modules.dep names them), one a line. -#}
 kept() {
 	local softdeps=$dir/modules.softdep
 	[ -f "$softdeps" ] || softdeps=/dev/null
 	wanted >"$1.wanted"
-	awk -v wanted_file="$1.wanted" -v softdeps="$softdeps" -v dep="$dir/modules.dep" '
+	never_loaded >"$1.never"
+	awk -v wanted_file="$1.wanted" -v never_file="$1.never" -v softdeps="$softdeps" -v dep="$dir/modules.dep" '
 	function name_of(path,    n) { n = path; sub(/.*\//, "", n); sub(/\.ko.*$/, "", n); gsub(/-/, "_", n); return n }
+	function never(path,    i, n, d) {
+		if (path in blocked) return blocked[path]
+		blocked[path] = 0
+		if (name_of(path) in never_name) return blocked[path] = 1
+		n = split(deps[path], d, " ")
+		for (i = 1; i <= n; i++) if (never(d[i])) return blocked[path] = 1
+		return 0
+	}
 	function keep(path,    i, n, d) {
-		if (path in kept) return
+		if ((path in kept) || never(path)) return
 		kept[path] = 1
 		n = split(deps[path], d, " ")
 		for (i = 1; i <= n; i++) keep(d[i])
@@ -58,6 +74,7 @@ kept() {
 		for (i = 1; i <= n; i++) if (d[i] in by_name) keep(by_name[d[i]])
 	}
 	FILENAME == wanted_file { sub(/^[ \t]+/, ""); sub(/[ \t]+$/, ""); if ($0 != "" && $0 !~ /^#/) want[++wanted] = $0; next }
+	FILENAME == never_file { never_name[$1] = 1; next }
 	FILENAME == dep {
 		path = $1; sub(/:$/, "", path)
 		paths[path] = 1; by_name[name_of(path)] = path
@@ -85,7 +102,7 @@ kept() {
 			}
 		}
 		for (p in kept) print p
-	}' "$1.wanted" "$dir/modules.dep" "$softdeps" | sort
+	}' "$1.wanted" "$1.never" "$dir/modules.dep" "$softdeps" | sort
 }
 
 {# removable: the module files under kernel/ that are not kept, one a line. -#}

@@ -275,7 +275,7 @@ fn assert_installed_and_runlevels(
                 "pyc",
             ]
             .contains(&p.as_str())
-            || (!dhcp && p.starts_with("dhcpcd"))
+            || (!dhcp && (p.starts_with("dhcpcd") || p == "dhclient"))
     };
     // syslinux stays until the boot trial is confirmed, and mtools with it (out of the world).
     assert_eq!(
@@ -291,6 +291,9 @@ fn assert_installed_and_runlevels(
         "syslinux stays until the new boot is confirmed"
     );
     assert_eq!(installed.contains("dhcpcd"), dhcp, "dhcpcd stays exactly on a DHCP host");
+    if world_before.iter().any(|p| p == "dhclient") {
+        assert_eq!(installed.contains("dhclient"), dhcp, "dhclient stays exactly on a DHCP host");
+    }
     assert!(installed.contains("busybox"));
     assert_eq!(installed.contains("mkinitfs"), !diskless);
     assert_eq!(installed.contains("linux-virt"), !diskless, "a diskless host's kernel is the boot media's");
@@ -1103,6 +1106,70 @@ fn preflight_stops_when_sshd_settings_differ_from_the_facts() {
     }
 }
 
+/// Rule initramfs-backup-drop: the run keeps the initramfs from before it (just before
+/// mkinitfs replaces it); the boot script deletes that copy only once the new initramfs has
+/// booted: not when the boot loader booted another one (a boot trial's fallback), nor while
+/// a mkinitfs is due or a boot trial is pending or has failed. A second run then changes
+/// nothing and keeps no copy again, and undo makes the initramfs from before the run again
+/// with mkinitfs, byte for byte.
+#[test]
+fn the_initramfs_copy_goes_once_the_new_one_has_booted_and_undo_makes_it_again() {
+    if !sandbox::require() {
+        return;
+    }
+    let host = host(&GUIDE);
+    let initramfs = |host: &Host| std::fs::read(host.host_path("/boot/initramfs-virt")).expect("read the initramfs");
+    let stock = initramfs(&host);
+    let script = common::script(GUIDE.args);
+    assert_success(&run(&host, &script, &[]), "the run");
+    let copy = "/var/lib/mingen/backup/boot/initramfs-virt";
+    assert_ne!(initramfs(&host), stock, "the run made a new initramfs");
+    assert_eq!(
+        std::fs::read(host.host_path(copy)).expect("read the copy"),
+        stock,
+        "the copy is the initramfs from before"
+    );
+    let one_shot = "/etc/local.d/mingen-trim-backup.start";
+    // local.d runs its scripts in name order: after the report's, which confirms a boot trial.
+    assert!(host.exists("/etc/local.d/mingen-report.start") && one_shot > "/etc/local.d/mingen-report.start");
+    let boot = |cmdline: &str| {
+        host.write("/proc/cmdline", &format!("{cmdline}\n"));
+        assert_success(&host.run(&format!("sh {one_shot}"), &[]), "the boot script");
+    };
+    let new = "BOOT_IMAGE=vmlinuz-virt initrd=initramfs-virt root=UUID=0b5e7a1c modules=sd-mod,ext4 quiet";
+    boot("BOOT_IMAGE=vmlinuz-virt initrd=initramfs-virt.mingen-previous root=UUID=0b5e7a1c quiet");
+    assert!(host.exists(copy), "the copy stays when another initramfs booted");
+    for mark in ["initramfs-stale", "boot-trial", "boot-failed"] {
+        host.write(&format!("/var/lib/mingen/{mark}"), "");
+        boot(new);
+        assert!(host.exists(copy), "the copy stays while /var/lib/mingen/{mark} exists");
+        assert_success(&host.run(&format!("rm /var/lib/mingen/{mark}"), &[]), "rm");
+    }
+    boot(new);
+    assert!(!host.exists(copy), "the copy is gone once the new initramfs booted");
+    boot(new);
+
+    // A second run changes nothing: it keeps no copy of the initramfs that booted.
+    let before = host.tree();
+    host.clear_calls();
+    assert_success(&run(&host, &script, &[]), "the second run");
+    let mut after = host.tree();
+    after.0.remove("/var/log/mingen.log");
+    let mut before = before;
+    before.0.remove("/var/log/mingen.log");
+    let diff = before.diff(&after);
+    assert!(diff.is_empty(), "the second run changed the tree: {diff:?}");
+    assert!(!host.calls().iter().any(|c| c.program == "mkinitfs"), "no mkinitfs in the second run");
+
+    // undo: mkinitfs makes the initramfs from before the run again, from the restored inputs.
+    assert_success(&host.run("apk update --quiet", &[]), "apk update");
+    let out = host.run("sh /var/lib/mingen/undo.sh", &[]);
+    assert_success(&out, "undo.sh");
+    assert!(text(&out.stderr).contains("rebuild the initramfs"), "{}", text(&out.stderr));
+    assert_eq!(initramfs(&host), stock, "undo made the initramfs from before the run again");
+    assert!(!host.exists(one_shot), "undo deleted the boot script");
+}
+
 #[test]
 fn undo_puts_files_packages_and_services_back() {
     if !sandbox::require() {
@@ -1577,6 +1644,19 @@ fn modules_are_pruned_to_what_the_host_and_its_possible_buses_need() {
         assert!(!before.contains(name) || after.contains(name), "{name} must stay: {after:?}");
     }
     assert!(after.len() * 4 < before.len(), "kept {} of {} modules", after.len(), before.len());
+    // What never loads goes although the features' globs name it (virtio: drm/virtio;
+    // base: simpledrm, loop): module-blacklist replaces drm, simpledrm, fb and loop with
+    // /bin/true, and virtio-gpu and drm_kms_helper need drm. Not in the initramfs either.
+    let initramfs = host.initramfs();
+    for name in ["drm", "drm_kms_helper", "virtio_gpu", "simpledrm", "loop"] {
+        assert!(before.contains(name), "the image has {name}");
+        assert!(!after.contains(name), "{name} never loads, yet it was kept: {after:?}");
+        let file = format!("/{}.ko", name.replace('_', "-"));
+        assert!(
+            !initramfs.keys().any(|p| p.contains(&file) || p.contains(&format!("/{name}.ko"))),
+            "{name} in the initramfs"
+        );
+    }
     let removed = host.read(&format!("/var/lib/mingen/modules-removed.{kver}"));
     assert_eq!(removed.lines().count(), before.len() - after.len(), "the list names what went");
     // depmod ran: every kept module resolves, none that went is known.

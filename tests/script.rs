@@ -104,9 +104,11 @@ fn python_kept() {
 /// The script for the guide's host, as `mingen > minimise.sh` prints it, stays within
 /// its size budget (issue 12, item 4). The issue's goal is 32 KiB; without dropping a
 /// check, the undo or the programs the host keeps, it is at this budget for now, and a
-/// change that makes it larger must raise the budget knowingly: the boot trial (issue
-/// 10, 11 KiB with its program) raised it from 60 KiB.
-const GUIDE_SCRIPT_BUDGET: usize = 72 * 1024;
+/// change that makes it larger must raise the budget knowingly: 60 KiB, then 62 KiB for
+/// the disk goal of issue 9 (rule initramfs-backup-drop's boot script, and the pruning of
+/// what never loads: 1.6 KB for 11 MB less disk used), then 74 KiB for the boot trial
+/// (issue 10, 11 KiB with its program).
+const GUIDE_SCRIPT_BUDGET: usize = 74 * 1024;
 
 #[test]
 fn the_guide_hosts_script_stays_within_its_size_budget() {
