@@ -1139,12 +1139,20 @@ fn the_initramfs_copy_goes_once_the_new_one_has_booted_and_undo_makes_it_again()
     let new = "BOOT_IMAGE=vmlinuz-virt initrd=initramfs-virt root=UUID=0b5e7a1c modules=sd-mod,ext4 quiet";
     boot("BOOT_IMAGE=vmlinuz-virt initrd=initramfs-virt.mingen-previous root=UUID=0b5e7a1c quiet");
     assert!(host.exists(copy), "the copy stays when another initramfs booted");
-    for mark in ["initramfs-stale", "boot-trial", "boot-failed"] {
+    for mark in ["initramfs-stale", "boot-failed"] {
         host.write(&format!("/var/lib/mingen/{mark}"), "");
         boot(new);
         assert!(host.exists(copy), "the copy stays while /var/lib/mingen/{mark} exists");
         assert_success(&host.run(&format!("rm /var/lib/mingen/{mark}"), &[]), "rm");
     }
+    // The run armed the boot trial: the copy stays until the report's one-shot (before
+    // this one at boot) has confirmed the new boot.
+    assert!(host.exists("/var/lib/mingen/boot-trial"), "the run armed no boot trial");
+    boot(new);
+    assert!(host.exists(copy), "the copy stays while the boot trial is pending");
+    good_boot(&host);
+    assert_success(&host.run("sh /etc/local.d/mingen-report.start now", &[]), "the report's one-shot");
+    assert!(!host.exists("/var/lib/mingen/boot-trial"), "the one-shot confirmed the boot");
     boot(new);
     assert!(!host.exists(copy), "the copy is gone once the new initramfs booted");
     boot(new);
