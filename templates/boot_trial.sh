@@ -139,7 +139,7 @@ not_up() {
 # failed WHAT: the new configuration did not come up; record it (the run and the report say it).
 failed() {
 	mv -f "$state/boot-trial" "$state/boot-trial.failed"
-	record "the new boot configuration (label $label, armed $armed) $1; the previous one (label $fallback) stays the default, and nothing is tried again by itself. /var/lib/mingen has boot-failed (this), boot-trial.failed, backup/ and undo.sh; the log is /var/log/mingen.log. To try once more: delete /var/lib/mingen/boot-failed and run the script again." boot-failed
+	record "the new boot configuration (label $label, armed $armed) $1; the previous one (label $fallback) stays the default, and nothing is tried again by itself. /var/lib/mingen has boot-failed (this), boot-trial.failed, backup/ and undo.sh; the log is /var/log/mingen.log. To try once more: delete /var/lib/mingen/boot-failed and run the script again; to undo the run, sh /var/lib/mingen/undo.sh." boot-failed
 }
 
 # record TEXT FILE: TEXT goes to $state/FILE, to the report and to stderr.
