@@ -355,25 +355,6 @@ fn vda_host_end_to_end_over_ssh() {
     }
 }
 
-/// modules_prune = host on the vda host (the other tests run the default, virtual): the
-/// host boots, every module loaded before the run (but those mingen blacklists) loads
-/// again, and the figures, against virtual's, go to the note of issue 9.
-#[test]
-fn vda_host_with_modules_prune_host_boots_and_its_modules_load_again() {
-    if !ready() {
-        return;
-    }
-    let m = produce_with(Bus::Virtio, "mingen-vda-host", &["--modules-prune", "host"]);
-    assert_eq!(m.status, Some(0), "the script failed:\n{}", m.output);
-    assert_eq!(m.boot, Boot::LoginPrompt, "vda (modules_prune = host) did not boot after the run:\n{}", m.after_state);
-    assert!(m.after.key_login && m.after.software().starts_with("dropbear"), "after: {}", m.after.software());
-    eprintln!("vda before the run: {}", m.stock.show());
-    eprintln!("vda after the run and its reboot (modules_prune = host): {}", m.after_figures.show());
-    eprintln!("vda after the whole run (modules_prune = host): {}", m.settled_figures.show());
-    assert!(m.after_figures.modules_count < m.stock.modules_count, "modules-prune removed no module file");
-    assert_modules_load_again("vda (modules_prune = host)", &m.stock, &m.modprobe);
-}
-
 #[test]
 fn sda_host_end_to_end_over_ssh() {
     if ready() {
