@@ -444,10 +444,14 @@ write_boot_trial_program() {
 MINGEN_TRIAL
 }
 
-{# need_boot_trial: extlinux can set a label to boot once (its ADV in /boot/ldlinux.sys),
-   unless a boot was confirmed already (syslinux may be gone then). -#}
+{# can_boot_once: extlinux can set a label to boot once (its ADV in /boot/ldlinux.sys). -#}
+can_boot_once() {
+	command -v extlinux >/dev/null 2>&1 && [ -f /boot/ldlinux.sys ]
+}
+
+{# need_boot_trial: can_boot_once, unless a boot was confirmed already (syslinux may be gone then). -#}
 need_boot_trial() {
-	[ -f "$MINGEN_STATE/boot-confirmed" ] || { command -v extlinux && [ -f /boot/ldlinux.sys ]; } >/dev/null ||
+	[ -f "$MINGEN_STATE/boot-confirmed" ] || can_boot_once ||
 		mismatch "fact \`boot_trial\` is once, but extlinux cannot boot a label once here (no extlinux, or no /boot/ldlinux.sys): set boot_trial = \"off\""
 }
 
@@ -484,7 +488,7 @@ arm_boot_trial() {
 	if [ "$now" = "$before" ] || [ "$now" = "$confirmed" ]; then
 		return 0 # this configuration has booted already
 	fi
-	if ! command -v extlinux >/dev/null 2>&1 || [ ! -f /boot/ldlinux.sys ]; then
+	if ! can_boot_once; then
 		say "extlinux cannot boot a label once here: no boot trial"
 		return 0
 	fi
