@@ -67,7 +67,7 @@ efi-stub)
 		sfdisk --quiet "$disk"
 	mount_root 2 root
 	# /boot on the root is the mount point of the EFI system partition only.
-	rm -rf "$mnt/boot"
+	rm -rf "${mnt:?}/boot"
 	install -d -m 000 "$mnt/boot"
 	unmount_root
 	read -r start sectors < <(partition 1)

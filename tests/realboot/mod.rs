@@ -503,23 +503,33 @@ impl Bus {
         }
     }
 
-    fn qemu_args(self, overlay: &Path) -> Vec<String> {
+    /// QEMU's arguments for the disk OVERLAY on this bus. Under OVMF the disk is the one
+    /// boot entry (bootindex) and PXE is off (`Firmware::qemu_args`): OVMF tries the disk,
+    /// then starts its shell, with no network boot first (PXE and HTTP over IPv4 and IPv6
+    /// took minutes under TCG).
+    fn qemu_args(self, overlay: &Path, firmware: Firmware) -> Vec<String> {
         let file = overlay.display();
+        let boot = if firmware == Firmware::Uefi { ",bootindex=0" } else { "" };
         match self {
-            Bus::Virtio => vec!["-drive".into(), format!("file={file},if=virtio,format=qcow2")],
+            Bus::Virtio => vec![
+                "-drive".into(),
+                format!("file={file},if=none,id=root,format=qcow2"),
+                "-device".into(),
+                format!("virtio-blk-pci,drive=root{boot}"),
+            ],
             Bus::Scsi => vec![
                 "-drive".into(),
                 format!("file={file},if=none,id=root,format=qcow2"),
                 "-device".into(),
                 "virtio-scsi-pci,id=scsi0".into(),
                 "-device".into(),
-                "scsi-hd,drive=root,bus=scsi0.0".into(),
+                format!("scsi-hd,drive=root,bus=scsi0.0{boot}"),
             ],
             Bus::Nvme => vec![
                 "-drive".into(),
                 format!("file={file},if=none,id=root,format=qcow2"),
                 "-device".into(),
-                "nvme,serial=bench0001,drive=root".into(),
+                format!("nvme,serial=bench0001,drive=root{boot}"),
             ],
         }
     }
@@ -540,6 +550,16 @@ const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 impl Firmware {
+    /// The guest's RAM (QEMU's -m). Under OVMF with 128 MiB the kernel's EFI stub stops with
+    /// "Failed to decompress kernel": no free 16 MiB-aligned range for the kernel's 38 MB
+    /// (its init_size) is left beside the firmware, the loaded kernel and the initramfs.
+    fn memory(self) -> &'static str {
+        match self {
+            Firmware::Bios => "128",
+            Firmware::Uefi => "256",
+        }
+    }
+
     /// QEMU's arguments for it; VARS is the VM's own variable store.
     fn qemu_args(self, vars: &Path) -> Vec<String> {
         match self {
@@ -549,6 +569,11 @@ impl Firmware {
                 format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
                 "-drive".into(),
                 format!("if=pflash,format=raw,file={}", vars.display()),
+                // No PXE (see `Bus::qemu_args`).
+                "-fw_cfg".into(),
+                "name=opt/org.tianocore/IPv4PXESupport,string=n".into(),
+                "-fw_cfg".into(),
+                "name=opt/org.tianocore/IPv6PXESupport,string=n".into(),
             ],
         }
     }
@@ -664,7 +689,7 @@ pub struct Vm {
     _slot: Slot,
 }
 
-/// Start QEMU for a VM: TCG, 128 MiB (MemTotal 92136 kB), one CPU, the serial console appended
+/// Start QEMU for a VM: TCG, 128 MiB (MemTotal 92136 kB; 256 MiB under OVMF), one CPU, the serial console appended
 /// to SERIAL, a monitor socket, user networking with only 127.0.0.1:PORT forwarded to port 22
 /// and, from the guest, only `REPO_ADDRESS:80`, where `serve.sh` answers for the repository
 /// (each request logged in `NAME.repo.log`).
@@ -680,7 +705,7 @@ fn spawn_qemu(name: &str, image: &Path, dir: &Path, bus: Bus, firmware: Firmware
         .expect("open the QEMU log");
     Command::new("setpriv")
         .args(["--pdeathsig", "KILL", "--", "qemu-system-x86_64"])
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "128", "-smp", "1", "-display", "none", "-no-reboot"])
+        .args(["-accel", "tcg", "-cpu", "max", "-m", firmware.memory(), "-smp", "1", "-display", "none", "-no-reboot"])
         .args(["-name", name])
         .arg("-chardev")
         .arg(format!("file,id=serial0,path={},append=on", serial.display()))
@@ -692,7 +717,7 @@ fn spawn_qemu(name: &str, image: &Path, dir: &Path, bus: Bus, firmware: Firmware
         .args(["-device", "virtio-net-pci,netdev=net0"])
         .args(["-device", "virtio-rng-pci", "-device", "virtio-balloon-pci"])
         .args(firmware.qemu_args(&vm_file(dir, name, "vars.fd")))
-        .args(bus.qemu_args(image))
+        .args(bus.qemu_args(image, firmware))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
