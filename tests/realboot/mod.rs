@@ -230,12 +230,7 @@ fn build_disk(layout: Layout) -> PathBuf {
         run(Command::new("cp").arg("-a").arg(image::root()).arg(&stage), "copy the image's root tree");
         stage_root(&stage, repo, layout);
         run(
-            Command::new("bash")
-                .arg(file("build-disk.sh"))
-                .arg(layout.name())
-                .arg(&stage)
-                .arg(scratch)
-                .arg(ROOT_UUID),
+            Command::new("bash").arg(file("build-disk.sh")).arg(layout.name()).arg(&stage).arg(scratch).arg(ROOT_UUID),
             "build-disk.sh",
         );
         let _ = Command::new("rm").arg("-rf").arg(&stage).status();
