@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use realboot::{Boot, Bus, HostKey, Vm, WorkDir};
+use realboot::{Boot, Bus, Firmware, HostKey, Vm, WorkDir};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -666,6 +666,81 @@ fn failed_boot_trials_come_back_on_the_previous_configuration_by_themselves() {
     assert!(serial.contains("Mounting root failed"), "{serial}");
     eprintln!("failed boot trials: {:.1} min", start.elapsed().as_secs_f64() / 60.0);
     vm.quit();
+}
+
+/// The EFI-stub host (alpine-make-vm-image's UEFI layout) boots under OVMF: with no boot
+/// entry the firmware starts its UEFI shell, which runs /boot/startup.nsh from the EFI
+/// system partition, whose one line starts the kernel's EFI stub. The probe reads
+/// `boot_loader = "efi-stub"`; the script made from the probed facts edits startup.nsh,
+/// and the host boots again through it: still EFI-booted, with the options of rule
+/// kernel-cmdline-efi on its command line and usb-storage gone from `modules=`, and
+/// dropbear answers with sshd's host key.
+#[test]
+fn efi_stub_host_probed_minimised_and_booted_again() {
+    if let Some(why) = realboot::why_not_uefi() {
+        return realboot::skip(&why);
+    }
+    let start = Instant::now();
+    let work = WorkDir::new("efi-stub");
+    let disk = realboot::efi_stub_disk();
+    let mut vm = Vm::boot_with("efi-stub", &disk, work.path(), Bus::Virtio, Firmware::Uefi);
+    assert_eq!(vm.wait_boot(0), Boot::LoginPrompt, "{}", vm.tail());
+    eprintln!("efi-stub: built and booted through OVMF in {:.1} min", start.elapsed().as_secs_f64() / 60.0);
+    let serial = vm.serial_text();
+    // OVMF's console is on the serial port too: its shell ran startup.nsh.
+    assert!(serial.contains("startup.nsh"), "the UEFI shell did not run startup.nsh:\n{}", vm.tail());
+    vm.wait_ssh(HostKey::AcceptNew).unwrap_or_else(|e| panic!("{e}"));
+    let boot_state = "[ -d /sys/firmware/efi ] && echo efi-booted; echo cmdline: $(cat /proc/cmdline); \
+                      echo startup.nsh: $(cat /boot/startup.nsh); awk '$2 == \"/boot\" { print \"boot:\", $3 }' /proc/mounts";
+    let before = vm.ssh_ok(boot_state, HostKey::Strict);
+    eprintln!("efi-stub before the run:\n{before}");
+    assert!(before.lines().any(|l| l == "efi-booted") && before.contains("boot: vfat"), "{before}");
+    let cmdline_before = words_after(&before, "cmdline:");
+    assert!(cmdline_before.contains(&"modules=sd-mod,usb-storage,ext4".to_string()), "{before}");
+    assert!(!cmdline_before.contains(&"audit=0".to_string()), "{before}");
+
+    // The probe's facts, read over SSH, and the script made from them.
+    let probe = common::mingen(&["probe"]).stdout;
+    let facts = text(&vm.ssh("sh -s", probe.as_bytes(), HostKey::Strict).stdout);
+    eprintln!("efi-stub: the probe says:\n{facts}");
+    for fact in ["boot_loader = \"efi-stub\"", "disk = \"vda\"", "ipv6 = \"unused\"", "containers = \"none\""] {
+        assert!(facts.lines().any(|l| l == fact), "the probe does not say {fact}:\n{facts}");
+    }
+    let facts_file = work.path().join("host.toml");
+    std::fs::write(&facts_file, &facts).expect("write the probed facts");
+    let script = common::script(&["--facts", &facts_file.to_string_lossy()]);
+    realboot::upload(&vm, "/root/minimise.sh", &script, HostKey::Strict);
+    let (status, output) = realboot::run_script(&vm, "/root/minimise.sh", HostKey::Strict);
+    eprintln!("--- efi-stub: the script's output ---\n{output}");
+    assert_eq!(status, Some(0), "the script failed on the EFI-stub host:\n{output}");
+    assert!(output.contains("preflight: the host matches the facts"), "{output}");
+
+    // Booted again through the edited startup.nsh: the same host key (strict checking).
+    let mark = vm.reboot(HostKey::Strict);
+    assert_eq!(vm.wait_boot(mark), Boot::LoginPrompt, "the EFI-stub host did not boot after the run:\n{}", vm.tail());
+    assert!(vm.power_cycles > 0, "the host did not reboot");
+    vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("after the reboot: {e}"));
+    let view = SshView::of(&vm, HostKey::Strict);
+    assert!(view.key_login && view.software().starts_with("dropbear"), "after the reboot: {}", view.software());
+    let after = vm.ssh_ok(boot_state, HostKey::Strict);
+    eprintln!("efi-stub after the run and its reboot:\n{after}");
+    assert!(after.lines().any(|l| l == "efi-booted") && after.contains("boot: vfat"), "{after}");
+    let cmdline = words_after(&after, "cmdline:");
+    for option in ["audit=0", "nowatchdog", "ipv6.disable=1", "cgroup.memory=nokmem", "kfence.sample_interval=0"] {
+        assert!(cmdline.contains(&option.to_string()), "/proc/cmdline lacks {option}:\n{after}");
+    }
+    assert!(cmdline.contains(&"modules=sd-mod,ext4".to_string()), "modules= after the run:\n{after}");
+    // The running command line is the one startup.nsh gives the kernel.
+    let line = words_after(&after, "startup.nsh:");
+    assert!(cmdline.iter().all(|w| line.contains(w)), "/proc/cmdline is not startup.nsh's line:\n{after}");
+    eprintln!("efi-stub: probe, run, reboot and checks in {:.1} min", start.elapsed().as_secs_f64() / 60.0);
+    vm.quit();
+}
+
+/// The words on the line that starts with PREFIX in TEXT.
+fn words_after(text: &str, prefix: &str) -> Vec<String> {
+    let line = text.lines().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("no {prefix} line:\n{text}"));
+    line.split_whitespace().map(String::from).collect()
 }
 
 /// The bench's guest scripts are shellcheck-clean (busybox ash); the host-side one (bash) too.

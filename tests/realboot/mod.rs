@@ -45,6 +45,8 @@ pub const UPGRADE_URL: &str = "http://10.0.2.100/upgrade";
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 
 const SYSLINUX: &str = "/usr/lib/syslinux";
+/// The kernel's `modules=` on both bench disks, as Alpine's installer writes it.
+const BOOT_MODULES: &str = "sd-mod,usb-storage,ext4";
 
 /// The bench's own files under tests/realboot/.
 pub fn file(name: &str) -> PathBuf {
@@ -164,35 +166,75 @@ pub fn key() -> &'static Key {
 
 // ------------------------------------------------------------------ the disk
 
+/// How the bench disk boots: the shapes of cloud images that `build-disk.sh` lays out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// BIOS: MBR, one ext4 partition, extlinux (`boot_loader = "extlinux"`).
+    Extlinux,
+    /// UEFI, as alpine-make-vm-image lays it out: GPT, the EFI system partition (FAT32)
+    /// mounted at /boot with the kernel, its initramfs and startup.nsh, whose one line the
+    /// UEFI shell runs (the kernel's EFI stub, `boot_loader = "efi-stub"`); ext4 root.
+    EfiStub,
+}
+
+impl Layout {
+    /// The layout's name for build-disk.sh.
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Extlinux => "extlinux",
+            Layout::EfiStub => "efi-stub",
+        }
+    }
+
+    /// The firmware that boots it.
+    pub fn firmware(self) -> Firmware {
+        match self {
+            Layout::Extlinux => Firmware::Bios,
+            Layout::EfiStub => Firmware::Uefi,
+        }
+    }
+}
+
 /// The cloud-VPS-like disk (raw, 1 GiB, MBR + extlinux + ext4), built once and cached.
 /// Boot overlays of it (`Vm::boot`); never write it.
 pub fn disk() -> PathBuf {
     static DISK: OnceLock<PathBuf> = OnceLock::new();
-    DISK.get_or_init(|| {
-        // Without the bench repository (while packages.rs is unavailable) the disk boots, without SSH.
-        let repo = if packages::why_not().is_none() { Some(packages::repository()) } else { None };
-        let mut index = Vec::new();
-        if let Some(repo) = repo {
-            list_files(&repo.dir, &mut index);
-        }
-        index.sort();
-        let scripts = [read(&file("build-disk.sh")), read(&file("mdev.initd"))].concat();
-        // The image's packages carry the rebuilt identities (`adopt_identities`).
-        let stamp = short_hash(&format!("{DISK_VERSION}\n{}\n{}\n{scripts}", index.join("\n"), key().public));
-        let path = image::cache().join(format!("realboot-disk-{stamp}.raw"));
-        cached(path, |scratch| {
-            let stage = scratch.with_extension("stage");
-            let _ = Command::new("rm").arg("-rf").arg(&stage).status();
-            run(Command::new("cp").arg("-a").arg(image::root()).arg(&stage), "copy the image's root tree");
-            stage_root(&stage, repo);
-            run(
-                Command::new("bash").arg(file("build-disk.sh")).arg(&stage).arg(scratch).arg(ROOT_UUID),
-                "build-disk.sh",
-            );
-            let _ = Command::new("rm").arg("-rf").arg(&stage).status();
-        })
+    DISK.get_or_init(|| build_disk(Layout::Extlinux)).clone()
+}
+
+/// The EFI-stub disk (raw, 1 GiB, GPT + EFI system partition at /boot + ext4), built once
+/// and cached. Boot overlays of it with `Firmware::Uefi`; never write it.
+pub fn efi_stub_disk() -> PathBuf {
+    static DISK: OnceLock<PathBuf> = OnceLock::new();
+    DISK.get_or_init(|| build_disk(Layout::EfiStub)).clone()
+}
+
+fn build_disk(layout: Layout) -> PathBuf {
+    // Without the bench repository (while packages.rs is unavailable) the disk boots, without SSH.
+    let repo = if packages::why_not().is_none() { Some(packages::repository()) } else { None };
+    let mut index = Vec::new();
+    if let Some(repo) = repo {
+        list_files(&repo.dir, &mut index);
+    }
+    index.sort();
+    let scripts = [read(&file("build-disk.sh")), read(&file("mdev.initd"))].concat();
+    // The image's packages carry the rebuilt identities (`adopt_identities`).
+    let stamp = short_hash(&format!("{DISK_VERSION}\n{}\n{}\n{scripts}", index.join("\n"), key().public));
+    let path = match layout {
+        Layout::Extlinux => image::cache().join(format!("realboot-disk-{stamp}.raw")),
+        Layout::EfiStub => image::cache().join(format!("realboot-disk-{}-{stamp}.raw", layout.name())),
+    };
+    cached(path, |scratch| {
+        let stage = scratch.with_extension("stage");
+        let _ = Command::new("rm").arg("-rf").arg(&stage).status();
+        run(Command::new("cp").arg("-a").arg(image::root()).arg(&stage), "copy the image's root tree");
+        stage_root(&stage, repo, layout);
+        run(
+            Command::new("bash").arg(file("build-disk.sh")).arg(layout.name()).arg(&stage).arg(scratch).arg(ROOT_UUID),
+            "build-disk.sh",
+        );
+        let _ = Command::new("rm").arg("-rf").arg(&stage).status();
     })
-    .clone()
 }
 
 /// `path size` of every file under DIR, recursively.
@@ -219,7 +261,7 @@ const DEFAULT: &[&str] = &["chronyd", "networking", "sshd", "cloud-init-hotplugd
 const SHUTDOWN: &[&str] = &["killprocs", "mount-ro", "savecache"];
 
 /// Turn the image's container root into a cloud image's root.
-fn stage_root(stage: &Path, repo: Option<&packages::Repository>) {
+fn stage_root(stage: &Path, repo: Option<&packages::Repository>, layout: Layout) {
     let at = |p: &str| stage.join(p.trim_start_matches('/'));
     // What the container build did, undone.
     let _ = fs::remove_file(at("/.dockerenv"));
@@ -231,7 +273,14 @@ fn stage_root(stage: &Path, repo: Option<&packages::Repository>) {
         .replace("\nrc_parallel=\"YES\"\n", "\n#rc_parallel=\"NO\"\n");
     write(&at("/etc/rc.conf"), &rc_conf, 0o644);
     let fstab = read(&at("/etc/fstab"));
-    write(&at("/etc/fstab"), &format!("UUID={ROOT_UUID}\t/\text4\trw,relatime 0 1\n{fstab}"), 0o644);
+    let esp = match layout {
+        Layout::Extlinux => "",
+        // alpine-make-vm-image's line for the EFI system partition.
+        Layout::EfiStub => {
+            "LABEL=EFI\t/boot\tvfat\trw,relatime,fmask=0133,codepage=437,iocharset=ascii,shortname=mixed,utf8,errors=remount-ro\t0 2\n"
+        }
+    };
+    write(&at("/etc/fstab"), &format!("UUID={ROOT_UUID}\t/\text4\trw,relatime 0 1\n{esp}{fstab}"), 0o644);
     write(&at("/etc/modules"), "af_packet\nipv6\n", 0o644);
     write(&at("/etc/init.d/mdev"), &read(&file("mdev.initd")), 0o755);
     // The cloud image's identity, console and network.
@@ -251,14 +300,24 @@ fn stage_root(stage: &Path, repo: Option<&packages::Repository>) {
     let serial = "#ttyS0::respawn:/sbin/getty -L 115200 ttyS0 vt100";
     assert!(inittab.contains(serial), "the image's inittab has no commented ttyS0 getty");
     write(&at("/etc/inittab"), &inittab.replace(serial, &serial[1..]), 0o644);
-    // The boot loader's configuration, as update-extlinux keeps it on a cloud image.
-    write(
-        &at("/etc/mkinitfs/mkinitfs.conf"),
-        "features=\"ata base cdrom ext4 keymap kms mmc nvme raid scsi usb virtio \"\n",
-        0o644,
-    );
-    write(&at("/etc/update-extlinux.conf"), &update_extlinux_conf(), 0o644);
-    write(&at("/boot/extlinux.conf"), &extlinux_conf(), 0o644);
+    match layout {
+        // The boot loader's configuration, as update-extlinux keeps it on a cloud image.
+        Layout::Extlinux => {
+            write(
+                &at("/etc/mkinitfs/mkinitfs.conf"),
+                "features=\"ata base cdrom ext4 keymap kms mmc nvme raid scsi usb virtio \"\n",
+                0o644,
+            );
+            write(&at("/etc/update-extlinux.conf"), &update_extlinux_conf(), 0o644);
+            write(&at("/boot/extlinux.conf"), &extlinux_conf(), 0o644);
+        }
+        // alpine-make-vm-image's initramfs features and startup.nsh (build-disk.sh puts
+        // /boot on the EFI system partition).
+        Layout::EfiStub => {
+            write(&at("/etc/mkinitfs/mkinitfs.conf"), "features=\"base ext4 kms scsi virtio\"\n", 0o644);
+            write(&at("/boot/startup.nsh"), &startup_nsh(), 0o644);
+        }
+    }
     // root: the test key, and a password for the password test.
     let hash = run(Command::new("openssl").args(["passwd", "-6", "-salt", "benchsalt", PASSWORD]), "openssl passwd");
     let hash = String::from_utf8_lossy(&hash.stdout).trim().to_string();
@@ -276,7 +335,7 @@ fn stage_root(stage: &Path, repo: Option<&packages::Repository>) {
     // repository, as a host's packages are those of its mirror (undo reinstalls them).
     if let Some(repo) = repo {
         repack::adopt_identities(stage, Release::V3_23);
-        install_packages(stage, repo);
+        install_packages(stage, repo, layout);
         // sshd refuses passwords (the first value wins in sshd_config); host keys made once,
         // as a cloud image's first boot would.
         let sshd_config = at("/etc/ssh/sshd_config");
@@ -311,7 +370,7 @@ fn update_extlinux_conf() -> String {
          overwrite=1\n\
          vesa_menu=0\n\
          default_kernel_opts=\"console=ttyS0,115200n8 quiet\"\n\
-         modules=sd-mod,usb-storage,ext4\n\
+         modules={BOOT_MODULES}\n\
          root=UUID={ROOT_UUID}\n\
          verbose=0\n\
          hidden=1\n\
@@ -339,20 +398,37 @@ fn extlinux_conf() -> String {
            MENU LABEL Linux virt\n  \
            LINUX vmlinuz-virt\n  \
            INITRD initramfs-virt\n  \
-           APPEND root=UUID={ROOT_UUID} modules=sd-mod,usb-storage,ext4 console=ttyS0,115200n8 quiet\n\
+           APPEND root=UUID={ROOT_UUID} modules={BOOT_MODULES} console=ttyS0,115200n8 quiet\n\
          \n\
          MENU SEPARATOR\n\n"
     )
 }
 
+/// The one line of the EFI-stub disk's /boot/startup.nsh, which the UEFI shell runs: the
+/// kernel (its EFI stub) and its command line, as alpine-make-vm-image writes it, with the
+/// bench's modules= (those of the extlinux disk, where the rules have something to drop)
+/// and its console on the serial port, where the bench reads the boot.
+fn startup_nsh() -> String {
+    format!(
+        "vmlinuz-virt initrd=initramfs-virt root=UUID={ROOT_UUID} rootfstype=ext4 modules={BOOT_MODULES} \
+         console=ttyS0,115200n8\n"
+    )
+}
+
 /// Install the cloud image's packages from the repository (bound into the staged root for
 /// the time of `apk add`), then point apk at `REPO_URL`, where the guest finds it.
-fn install_packages(stage: &Path, repo: &packages::Repository) {
+fn install_packages(stage: &Path, repo: &packages::Repository, layout: Layout) {
     let mount_point = "/tmp/bench-repo";
     fs::create_dir_all(stage.join(mount_point.trim_start_matches('/'))).expect("mkdir the repository's mount point");
     write(&stage.join("etc/apk/repositories"), &format!("{mount_point}\n"), 0o644);
     write(&stage.join("etc/apk/keys").join(&repo.key_name), &read(&repo.public_key), 0o644);
-    let names = packages::CLOUD_IMAGE_PACKAGES.join(" ");
+    // alpine-make-vm-image's UEFI image has no boot loader package.
+    let names: Vec<&str> = packages::CLOUD_IMAGE_PACKAGES
+        .iter()
+        .copied()
+        .filter(|name| layout == Layout::Extlinux || *name != "syslinux")
+        .collect();
+    let names = names.join(" ");
     let script = format!(
         "set -e; mount --rbind /dev \"$1/dev\"; mount -t proc proc \"$1/proc\"; \
          mount --bind \"$2\" \"$1{mount_point}\"; \
@@ -422,26 +498,99 @@ impl Bus {
         }
     }
 
-    fn qemu_args(self, overlay: &Path) -> Vec<String> {
+    /// QEMU's arguments for the disk OVERLAY on this bus. Under OVMF the disk is the one
+    /// boot entry (bootindex) and PXE is off (`Firmware::qemu_args`): OVMF tries the disk,
+    /// then starts its shell, with no network boot first (PXE and HTTP over IPv4 and IPv6
+    /// took minutes under TCG).
+    fn qemu_args(self, overlay: &Path, firmware: Firmware) -> Vec<String> {
         let file = overlay.display();
+        let boot = if firmware == Firmware::Uefi { ",bootindex=0" } else { "" };
         match self {
-            Bus::Virtio => vec!["-drive".into(), format!("file={file},if=virtio,format=qcow2")],
+            Bus::Virtio => vec![
+                "-drive".into(),
+                format!("file={file},if=none,id=root,format=qcow2"),
+                "-device".into(),
+                format!("virtio-blk-pci,drive=root{boot}"),
+            ],
             Bus::Scsi => vec![
                 "-drive".into(),
                 format!("file={file},if=none,id=root,format=qcow2"),
                 "-device".into(),
                 "virtio-scsi-pci,id=scsi0".into(),
                 "-device".into(),
-                "scsi-hd,drive=root,bus=scsi0.0".into(),
+                format!("scsi-hd,drive=root,bus=scsi0.0{boot}"),
             ],
             Bus::Nvme => vec![
                 "-drive".into(),
                 format!("file={file},if=none,id=root,format=qcow2"),
                 "-device".into(),
-                "nvme,serial=bench0001,drive=root".into(),
+                format!("nvme,serial=bench0001,drive=root{boot}"),
             ],
         }
     }
+}
+
+/// The firmware QEMU starts the guest with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default: the MBR's boot code.
+    Bios,
+    /// OVMF (Debian's `ovmf`): UEFI, with a copy of its variable store per VM; with no boot
+    /// entry it starts the UEFI shell, which runs startup.nsh from the EFI system partition.
+    Uefi,
+}
+
+/// OVMF's code (read-only) and the pristine variable store copied for each VM.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+impl Firmware {
+    /// The guest's RAM (QEMU's -m). Under OVMF with 128 MiB the kernel's EFI stub stops with
+    /// "Failed to decompress kernel": no free 16 MiB-aligned range for the kernel's 38 MB
+    /// (its init_size) is left beside the firmware, the loaded kernel and the initramfs.
+    fn memory(self) -> &'static str {
+        match self {
+            Firmware::Bios => "128",
+            Firmware::Uefi => "256",
+        }
+    }
+
+    /// QEMU's arguments for it; VARS is the VM's own variable store.
+    fn qemu_args(self, vars: &Path) -> Vec<String> {
+        match self {
+            Firmware::Bios => vec![],
+            Firmware::Uefi => vec![
+                "-drive".into(),
+                format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
+                "-drive".into(),
+                format!("if=pflash,format=raw,file={}", vars.display()),
+                // No PXE (see `Bus::qemu_args`).
+                "-fw_cfg".into(),
+                "name=opt/org.tianocore/IPv4PXESupport,string=n".into(),
+                "-fw_cfg".into(),
+                "name=opt/org.tianocore/IPv6PXESupport,string=n".into(),
+            ],
+        }
+    }
+}
+
+/// Why an EFI-stub host cannot be built and booted here (OVMF, mtools and mkfs.fat besides
+/// the bench), or None when it can.
+pub fn why_not_uefi() -> Option<String> {
+    if let Some(why) = why_not() {
+        return Some(why);
+    }
+    for path in [OVMF_CODE, OVMF_VARS] {
+        if !Path::new(path).is_file() {
+            return Some(format!("{path} is missing (ovmf)"));
+        }
+    }
+    for (tool, arg, package) in [("mkfs.fat", "--help", "dosfstools"), ("mcopy", "--version", "mtools")] {
+        if Command::new(tool).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+            return Some(format!("`{tool}` is not installed ({package})"));
+        }
+    }
+    None
 }
 
 /// At most two VMs at once on this machine (2 cores, TCG), across test and bench processes:
@@ -529,27 +678,29 @@ pub struct Vm {
     pub known_hosts: PathBuf,
     pub overlay: PathBuf,
     bus: Bus,
+    firmware: Firmware,
     /// How many times the guest rebooted (QEMU was started again).
     pub power_cycles: usize,
     _slot: Slot,
 }
 
-/// Start QEMU for a VM: TCG, 128 MiB (MemTotal 92136 kB), one CPU, the serial console appended
+/// Start QEMU for a VM: TCG, 128 MiB (MemTotal 92136 kB; 256 MiB under OVMF), one CPU, the serial console appended
 /// to SERIAL, a monitor socket, user networking with only 127.0.0.1:PORT forwarded to port 22
 /// and, from the guest, only `REPO_ADDRESS:80`, where `serve.sh` answers for the repository
 /// (each request logged in `NAME.repo.log`).
 /// QEMU dies with the thread that started it (setpriv --pdeathsig), and exits when the guest
 /// reboots (-no-reboot): `power_cycle` starts it again.
-fn spawn_qemu(name: &str, image: &Path, dir: &Path, bus: Bus, serial: &Path, monitor: &Path, port: u16) -> Child {
-    let _ = fs::remove_file(monitor);
+fn spawn_qemu(name: &str, image: &Path, dir: &Path, bus: Bus, firmware: Firmware, port: u16) -> Child {
+    let (serial, monitor) = (vm_file(dir, name, "serial.log"), vm_file(dir, name, "monitor"));
+    let _ = fs::remove_file(&monitor);
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join(format!("{name}.qemu.log")))
+        .open(vm_file(dir, name, "qemu.log"))
         .expect("open the QEMU log");
     Command::new("setpriv")
         .args(["--pdeathsig", "KILL", "--", "qemu-system-x86_64"])
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "128", "-smp", "1", "-display", "none", "-no-reboot"])
+        .args(["-accel", "tcg", "-cpu", "max", "-m", firmware.memory(), "-smp", "1", "-display", "none", "-no-reboot"])
         .args(["-name", name])
         .arg("-chardev")
         .arg(format!("file,id=serial0,path={},append=on", serial.display()))
@@ -560,12 +711,18 @@ fn spawn_qemu(name: &str, image: &Path, dir: &Path, bus: Bus, serial: &Path, mon
         .args(["-netdev", &netdev(name, dir, port)])
         .args(["-device", "virtio-net-pci,netdev=net0"])
         .args(["-device", "virtio-rng-pci", "-device", "virtio-balloon-pci"])
-        .args(bus.qemu_args(image))
+        .args(firmware.qemu_args(&vm_file(dir, name, "vars.fd")))
+        .args(bus.qemu_args(image, firmware))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
         .expect("start qemu-system-x86_64")
+}
+
+/// VM NAME's file SUFFIX in DIR (its serial log, monitor socket, UEFI variable store...).
+fn vm_file(dir: &Path, name: &str, suffix: &str) -> PathBuf {
+    dir.join(format!("{name}.{suffix}"))
 }
 
 fn netdev(name: &str, dir: &Path, port: u16) -> String {
@@ -600,23 +757,37 @@ pub fn overlay(base: &Path, overlay: &Path) {
 }
 
 impl Vm {
-    /// Boot a new overlay over BASE in DIR on BUS. Returns at once; `wait_boot` waits.
+    /// Boot a new overlay over BASE in DIR on BUS (BIOS). Returns at once; `wait_boot` waits.
     pub fn boot(name: &str, base: &Path, dir: &Path, bus: Bus) -> Vm {
-        let image = dir.join(format!("{name}.qcow2"));
-        overlay(base, &image);
-        Vm::start(name, &image, dir, bus)
+        Vm::boot_with(name, base, dir, bus, Firmware::Bios)
     }
 
-    /// Boot IMAGE itself (an overlay the caller made) in DIR on BUS.
+    /// Boot a new overlay over BASE in DIR on BUS with FIRMWARE.
+    pub fn boot_with(name: &str, base: &Path, dir: &Path, bus: Bus, firmware: Firmware) -> Vm {
+        let image = dir.join(format!("{name}.qcow2"));
+        overlay(base, &image);
+        Vm::start_with(name, &image, dir, bus, firmware)
+    }
+
+    /// Boot IMAGE itself (an overlay the caller made) in DIR on BUS (BIOS).
     pub fn start(name: &str, image: &Path, dir: &Path, bus: Bus) -> Vm {
+        Vm::start_with(name, image, dir, bus, Firmware::Bios)
+    }
+
+    /// Boot IMAGE itself in DIR on BUS with FIRMWARE; a UEFI guest gets its own copy of
+    /// OVMF's variable store, which its reboots keep (as a machine keeps its NVRAM).
+    pub fn start_with(name: &str, image: &Path, dir: &Path, bus: Bus, firmware: Firmware) -> Vm {
+        if firmware == Firmware::Uefi {
+            fs::copy(OVMF_VARS, vm_file(dir, name, "vars.fd")).expect("copy OVMF's variable store");
+        }
         let slot = Slot::take();
-        let serial = dir.join(format!("{name}.serial.log"));
-        let monitor = dir.join(format!("{name}.monitor"));
-        let known_hosts = dir.join(format!("{name}.known_hosts"));
+        let serial = vm_file(dir, name, "serial.log");
+        let monitor = vm_file(dir, name, "monitor");
+        let known_hosts = vm_file(dir, name, "known_hosts");
         let _ = fs::File::create(&known_hosts);
         let _ = fs::File::create(&serial);
         let port = free_port();
-        let child = spawn_qemu(name, image, dir, bus, &serial, &monitor, port);
+        let child = spawn_qemu(name, image, dir, bus, firmware, port);
         Vm {
             child,
             name: name.into(),
@@ -627,6 +798,7 @@ impl Vm {
             known_hosts,
             overlay: image.into(),
             bus,
+            firmware,
             power_cycles: 0,
             _slot: slot,
         }
@@ -638,7 +810,7 @@ impl Vm {
     fn power_cycle(&mut self) {
         let _ = self.child.wait();
         self.power_cycles += 1;
-        self.child = spawn_qemu(&self.name, &self.overlay, &self.dir, self.bus, &self.serial, &self.monitor, self.port);
+        self.child = spawn_qemu(&self.name, &self.overlay, &self.dir, self.bus, self.firmware, self.port);
     }
 
     /// The serial console so far.
