@@ -49,7 +49,7 @@ const SYSLINUX: &str = "/usr/lib/syslinux";
 /// it (/media/vda1), lbu's LBU_MEDIA and the apk cache's home.
 pub const MEDIUM: &str = "vda1";
 /// Bumped whenever what `stage_medium` puts on the diskless medium changes.
-const MEDIUM_VERSION: &str = "m1";
+const MEDIUM_VERSION: &str = "m2";
 /// The cloud image's packages a diskless host leaves out: the tmpfs root holds every
 /// installed package in RAM, and cloud-init with python3 (about 45 MB installed) would not
 /// fit in the guest's RAM beside the rest; Alpine's own diskless images configure
@@ -558,7 +558,9 @@ fn stage_medium(stage: &Path, medium: &Path, repo: &packages::Repository) {
     write(&boot.join("extlinux.conf"), &diskless_extlinux_conf(), 0o644);
     // The staged root becomes what a diskless host saves: no kernel package (its kernel
     // and modules are the medium's; mkinitfs goes with it), lbu saving to the medium,
-    // the apk cache on it, and root's authorized key among what lbu saves.
+    // the apk cache on it, and root's authorized key among what lbu saves, with the
+    // bench's mdev service (`stage_root`; busybox-mdev-openrc's on a real host, which
+    // apk audit leaves out of the apkovl as a new file under /etc/init.d).
     let apkovl = format!("/tmp/{HOSTNAME}.apkovl.tar.gz");
     let script = format!(
         "set -e; mount --rbind /dev \"$1/dev\"; mount -t proc proc \"$1/proc\"; \
@@ -566,7 +568,7 @@ fn stage_medium(stage: &Path, medium: &Path, repo: &packages::Repository) {
          sed -i 's/^# LBU_MEDIA=usb$/LBU_MEDIA={MEDIUM}/' \"$1/etc/lbu/lbu.conf\"; \
          grep -qx 'LBU_MEDIA={MEDIUM}' \"$1/etc/lbu/lbu.conf\"; \
          mkdir -p \"$1/media/{MEDIUM}\"; ln -s /media/{MEDIUM}/cache \"$1/etc/apk/cache\"; \
-         chroot \"$1\" /sbin/lbu include /root/.ssh; \
+         chroot \"$1\" /sbin/lbu include /root/.ssh /etc/init.d/mdev; \
          chroot \"$1\" /sbin/lbu package {apkovl}"
     );
     run(
