@@ -768,6 +768,16 @@ fn diskless_host_saves_its_changes_with_lbu() {
     }
     let saved = host.run(&format!("tar -xzOf {ovl} etc/apk/world"), &[]);
     assert_eq!(text(&saved.stdout), host.read("/etc/apk/world"), "the saved world file is the host's");
+    // The current boot's state stays out: a saved reboot-pending would come back at every
+    // boot, and the report the one-shot writes after a boot leaves lbu status clean.
+    assert!(!listing.lines().any(|l| l == "var/lib/mingen/reboot-pending"), "reboot-pending is saved:\n{listing}");
+    let after_boot = host.run(
+        "rm /var/lib/mingen/reboot-pending && for f in report report.json ps mods; do echo x > /var/lib/mingen/$f; done \
+         && lbu status",
+        &[],
+    );
+    assert_success(&after_boot, "lbu status after the one-shot's files");
+    assert_eq!(text(&after_boot.stdout), "", "the one-shot's files are left for lbu to save");
 }
 
 #[test]
