@@ -776,6 +776,12 @@ const DISKLESS_STATE: &str = "echo root: $(awk '$2 == \"/\" { print $3 }' /proc/
     echo dropbear-cached: $(ls /media/vda1/cache | grep '^dropbear-[0-9]'); \
     echo mem: $(free -k | awk '/Mem:/ { print $2, $3 }'); df -k / | tail -1";
 
+/// `lbu diff` on the host: what lbu status lists, in full (for messages).
+fn lbu_diff(vm: &Vm) -> String {
+    let out = vm.ssh("lbu diff", b"", HostKey::Strict);
+    format!("--- lbu diff ---\n{}{}", text(&out.stdout), text(&out.stderr))
+}
+
 /// The value on the line `NAME: VALUE` of STATE.
 fn state_line(state: &str, name: &str) -> String {
     let prefix = format!("{name}:");
@@ -813,7 +819,7 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
     eprintln!("diskless before the run:\n{before}");
     assert_eq!(state_line(&before, "root"), "tmpfs", "{before}");
     assert!(state_line(&before, "modloop").ends_with("squashfs"), "{before}");
-    assert_eq!(state_line(&before, "lbu-status"), "", "{before}");
+    assert_eq!(state_line(&before, "lbu-status"), "", "{before}\n{}", lbu_diff(&vm));
     let view = SshView::of(&vm, HostKey::Strict);
     assert!(view.key_login && view.software().starts_with("OpenSSH"), "before: {}", view.software());
     assert!(!view.password_login, "sshd took a password before the run");
@@ -837,7 +843,7 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
     assert!(output.contains("save the changes to the boot media (lbu commit)"), "{output}");
     let run = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
     eprintln!("diskless after the run:\n{run}");
-    assert_eq!(state_line(&run, "lbu-status"), "", "lbu status after the run:\n{run}");
+    assert_eq!(state_line(&run, "lbu-status"), "", "lbu status after the run:\n{run}\n{}", lbu_diff(&vm));
     assert_ne!(state_line(&run, "world"), state_line(&before, "world"), "the run left the world as it was");
     assert_ne!(state_line(&run, "dropbear-cached"), "", "dropbear is not in the apk cache on the medium:\n{run}");
 
@@ -864,7 +870,7 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
     assert!(again.contains("nothing to do: this host is minimised"), "the second run changed something:\n{again}");
     assert!(!again.contains("lbu commit"), "the second run saved changes:\n{again}");
     let second = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
-    assert_eq!(state_line(&second, "lbu-status"), "", "lbu status after the second run:\n{second}");
+    assert_eq!(state_line(&second, "lbu-status"), "", "lbu status after the second run:\n{second}\n{}", lbu_diff(&vm));
 
     // Undo, saved by lbu: after a reboot, OpenSSH is back with the same host key, and the
     // world and the packages are those from before the run.
@@ -872,7 +878,7 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
     eprintln!("--- diskless: undo.sh's output ---\n{undo}");
     assert_eq!(status, Some(0), "undo.sh failed:\n{undo}");
     let undone = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
-    assert_eq!(state_line(&undone, "lbu-status"), "", "lbu status after undo:\n{undone}");
+    assert_eq!(state_line(&undone, "lbu-status"), "", "lbu status after undo:\n{undone}\n{}", lbu_diff(&vm));
     let mark = vm.reboot(HostKey::Strict);
     assert_eq!(vm.wait_boot(mark), Boot::LoginPrompt, "the diskless host did not boot after undo:\n{}", vm.tail());
     vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("after undo's reboot: {e}"));

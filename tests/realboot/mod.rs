@@ -49,7 +49,7 @@ const SYSLINUX: &str = "/usr/lib/syslinux";
 /// it (/media/vda1), lbu's LBU_MEDIA and the apk cache's home.
 pub const MEDIUM: &str = "vda1";
 /// Bumped whenever what `stage_medium` puts on the diskless medium changes.
-const MEDIUM_VERSION: &str = "m2";
+const MEDIUM_VERSION: &str = "m3";
 /// The cloud image's packages a diskless host leaves out: the tmpfs root holds every
 /// installed package in RAM, and cloud-init with python3 (about 45 MB installed) would not
 /// fit in the guest's RAM beside the rest; Alpine's own diskless images configure
@@ -524,7 +524,7 @@ fn install_packages(stage: &Path, repo: &packages::Repository, layout: Layout) {
 /// apkovl into a tmpfs root, installs /etc/apk/world (and alpine-base) into it from those
 /// repositories and the apk cache (`--no-network` without `ip=`), and moves the medium's
 /// mount into the new root, where the modloop service finds `modloop=` on it.
-/// On the medium: boot/ (extlinux, the image's kernel and initramfs, and the modloop, a
+/// On the medium: boot/ (extlinux, the image's kernel, an initramfs with squashfs, the modloop, a
 /// squashfs of `modules/KVER/`), the apkovl that `lbu package` makes of the staged root
 /// (LBU_MEDIA=vda1, the apk cache on the medium as setup-apkcache links it, root's
 /// key included), apks/ (the bench repository, with `.boot_repository`) and cache/ (the
@@ -534,11 +534,10 @@ fn stage_medium(stage: &Path, medium: &Path, repo: &packages::Repository) {
     let _ = Command::new("rm").arg("-rf").arg(medium).status();
     let boot = medium.join("boot");
     fs::create_dir_all(&boot).expect("create the medium's /boot");
-    for name in ["vmlinuz-virt", "initramfs-virt"] {
-        fs::copy(at("/boot").join(name), boot.join(name)).expect("copy the kernel or its initramfs");
-    }
+    fs::copy(at("/boot/vmlinuz-virt"), boot.join("vmlinuz-virt")).expect("copy the kernel");
     let kernels: Vec<_> = fs::read_dir(at("/lib/modules")).expect("read /lib/modules").flatten().collect();
     assert_eq!(kernels.len(), 1, "one kernel's modules in the image");
+    let kver = kernels[0].file_name().to_string_lossy().into_owned();
     let modloop = medium.with_extension("modloop");
     let _ = Command::new("rm").arg("-rf").arg(&modloop).status();
     fs::create_dir_all(modloop.join("modules")).expect("create the modloop tree");
@@ -561,9 +560,15 @@ fn stage_medium(stage: &Path, medium: &Path, repo: &packages::Repository) {
     // the apk cache on it, and root's authorized key among what lbu saves, with the
     // bench's mdev service (`stage_root`; busybox-mdev-openrc's on a real host, which
     // apk audit leaves out of the apkovl as a new file under /etc/init.d).
+    // The initramfs: the image's has no squashfs (its features lack `squashfs`), and the
+    // modloop service, in the new root with no modules but the modloop's, then cannot
+    // mount the modloop ("Invalid argument", seen): made again by the image's mkinitfs
+    // with the image's features and `squashfs`, as Alpine's ISOs are.
     let apkovl = format!("/tmp/{HOSTNAME}.apkovl.tar.gz");
     let script = format!(
         "set -e; mount --rbind /dev \"$1/dev\"; mount -t proc proc \"$1/proc\"; \
+         . \"$1/etc/mkinitfs/mkinitfs.conf\"; \
+         chroot \"$1\" /sbin/mkinitfs -F \"$features squashfs\" -o /tmp/initramfs-virt {kver}; \
          chroot \"$1\" /sbin/apk del --no-network --quiet linux-virt; \
          sed -i 's/^# LBU_MEDIA=usb$/LBU_MEDIA={MEDIUM}/' \"$1/etc/lbu/lbu.conf\"; \
          grep -qx 'LBU_MEDIA={MEDIUM}' \"$1/etc/lbu/lbu.conf\"; \
@@ -576,6 +581,7 @@ fn stage_medium(stage: &Path, medium: &Path, repo: &packages::Repository) {
         "lbu package of the staged root",
     );
     fs::rename(at(&apkovl), medium.join(format!("{HOSTNAME}.apkovl.tar.gz"))).expect("move the apkovl");
+    fs::rename(at("/tmp/initramfs-virt"), boot.join("initramfs-virt")).expect("move the initramfs");
     let apks = medium.join("apks");
     fs::create_dir_all(&apks).expect("create apks/");
     run(Command::new("cp").arg("-a").arg(repo.dir.join("x86_64")).arg(&apks), "copy the boot repository");
