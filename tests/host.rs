@@ -317,7 +317,9 @@ fn assert_installed_and_runlevels(
                 "qemu-guest-agent",
             ]
             .contains(&name.as_str())
-                || (level == "boot" && ["acpid", "hwclock", "swap"].contains(&name.as_str()))
+                || (level == "boot" && ["acpid", "swap"].contains(&name.as_str()))
+                // A diskless host's initramfs puts hwclock back at every boot: it stays.
+                || (level == "boot" && name == "hwclock" && !diskless)
                 || (!dhcp && name == "dhcpcd");
             !off
         })
@@ -327,7 +329,9 @@ fn assert_installed_and_runlevels(
         expected.insert(("default".into(), name.into()));
     }
     // osclock provides `clock`, so that OpenRC does not start hwclock for syslog.
-    expected.insert(("boot".into(), "osclock".into()));
+    if !diskless {
+        expected.insert(("boot".into(), "osclock".into()));
+    }
     assert_eq!(host.runlevels(), expected, "runlevels");
 
     // Stage 6: the IPv6 sysctls are commented out in a copy under /etc, which
