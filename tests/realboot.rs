@@ -870,6 +870,13 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
         assert_eq!(state_line(&booted, line), state_line(&run, line), "{line} after the reboot:\n{booted}\n{run}");
     }
 
+    // rule sysfs-debug-off's edit of /etc/init.d/sysfs came back from the apkovl, and
+    // this boot mounted no debugfs.
+    let sysfs = vm.ssh_ok(
+        "grep -c ': #mount -n -t debugfs' /etc/init.d/sysfs; awk '$3 == \"debugfs\"' /proc/mounts",
+        HostKey::Strict,
+    );
+    assert_eq!(sysfs.trim(), "1", "the sysfs edit did not last, or debugfs is mounted:\n{sysfs}");
     // Nothing to save after the boot: the boot changed nothing lbu keeps (the initramfs
     // put hwclock back in the boot runlevel, where rule clock-osclock leaves it here).
     assert_eq!(state_line(&booted, "lbu-status"), "", "lbu status after the reboot:\n{booted}\n{}", lbu_diff(&vm));
