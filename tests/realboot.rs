@@ -839,6 +839,9 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
         facts.lines().any(|l| l == "install = \"diskless\""),
         "the probe does not say install = \"diskless\":\n{facts}"
     );
+    for absent in ["disk =", "boot_loader =", "boot_trial ="] {
+        assert!(!facts.lines().any(|l| l.starts_with(absent)), "a diskless host has no {absent}\n{facts}");
+    }
     let facts_file = work.path().join("host.toml");
     std::fs::write(&facts_file, &facts).expect("write the probed facts");
     let script = common::script(&["--facts", &facts_file.to_string_lossy()]);
