@@ -827,6 +827,10 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
     assert_eq!(state_line(&before, "root"), "tmpfs", "{before}");
     assert!(state_line(&before, "modloop").ends_with("squashfs"), "{before}");
     assert_eq!(state_line(&before, "lbu-status"), "", "{before}\n{}", lbu_diff(&vm));
+    // The medium's apk cache holds the installed packages (the initramfs installed them
+    // from there, offline); dropbear is not among them yet.
+    assert!(state_line(&before, "cache").parse::<usize>().unwrap_or(0) > 50, "{before}");
+    assert_eq!(state_line(&before, "dropbear-cached"), "", "{before}");
     let view = SshView::of(&vm, HostKey::Strict);
     assert!(view.key_login && view.software().starts_with("OpenSSH"), "before: {}", view.software());
     assert!(!view.password_login, "sshd took a password before the run");
@@ -861,6 +865,10 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
     // sshd's host key (strict checking against the known_hosts from before).
     let mark = vm.reboot(HostKey::Strict);
     assert_eq!(vm.wait_boot(mark), Boot::LoginPrompt, "the diskless host did not boot after the run:\n{}", vm.tail());
+    // The initramfs (no network: no ip=) installed the world, dropbear included, from the cache.
+    let boot_log = text(std::fs::read(&vm.serial).unwrap_or_default().get(mark..).unwrap_or_default());
+    assert!(boot_log.contains("Installing dropbear"), "dropbear was not installed at boot:\n{}", vm.tail());
+    assert!(!boot_log.contains("apkovl packages install completed with errors"), "{}", vm.tail());
     assert!(vm.power_cycles > 0, "the host did not reboot");
     vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("after the reboot: {e}"));
     let view = SshView::of(&vm, HostKey::Strict);

@@ -49,7 +49,7 @@ const SYSLINUX: &str = "/usr/lib/syslinux";
 /// it (/media/vda1), lbu's LBU_MEDIA and the apk cache's home.
 pub const MEDIUM: &str = "vda1";
 /// Bumped whenever what `stage_medium` puts on the diskless medium changes.
-const MEDIUM_VERSION: &str = "m3";
+const MEDIUM_VERSION: &str = "m4";
 /// The cloud image's packages a diskless host leaves out: the tmpfs root holds every
 /// installed package in RAM, and cloud-init with python3 (about 45 MB installed) would not
 /// fit in the guest's RAM beside the rest; Alpine's own diskless images configure
@@ -187,7 +187,7 @@ pub enum Layout {
     EfiStub,
     /// BIOS, Alpine's diskless mode (`install = "diskless"`): MBR, one ext4 partition (the
     /// boot medium, vda1, no root filesystem on the disk) with extlinux, the image's kernel
-    /// and initramfs, the modloop, the apkovl, a boot repository and the apk cache
+    /// and initramfs, the modloop, the apkovl and the apk cache with the installed packages
     /// (`stage_medium`); the initramfs fills a tmpfs root from them at every boot.
     Diskless,
 }
@@ -524,11 +524,15 @@ fn install_packages(stage: &Path, repo: &packages::Repository, layout: Layout) {
 /// apkovl into a tmpfs root, installs /etc/apk/world (and alpine-base) into it from those
 /// repositories and the apk cache (`--no-network` without `ip=`), and moves the medium's
 /// mount into the new root, where the modloop service finds `modloop=` on it.
+/// This medium has no boot repository: the apk cache holds every installed package (as
+/// on a host installed from a network mirror, after setup-apkcache and `apk cache
+/// download`), so a package the run installs from the mirror comes back at boot only
+/// from the cache, where apk keeps it.
 /// On the medium: boot/ (extlinux, the image's kernel, an initramfs with squashfs, the modloop, a
 /// squashfs of `modules/KVER/`), the apkovl that `lbu package` makes of the staged root
 /// (LBU_MEDIA=vda1, the apk cache on the medium as setup-apkcache links it, root's
-/// key included), apks/ (the bench repository, with `.boot_repository`) and cache/ (the
-/// bench repository's index, as apk caches it, for the host's apk to read offline).
+/// key included) and cache/ (the bench repository's index and the installed packages, as
+/// apk caches them, for the initramfs's apk and the host's to read offline).
 fn stage_medium(stage: &Path, medium: &Path, repo: &packages::Repository) {
     let at = |p: &str| stage.join(p.trim_start_matches('/'));
     let _ = Command::new("rm").arg("-rf").arg(medium).status();
@@ -582,10 +586,6 @@ fn stage_medium(stage: &Path, medium: &Path, repo: &packages::Repository) {
     );
     fs::rename(at(&apkovl), medium.join(format!("{HOSTNAME}.apkovl.tar.gz"))).expect("move the apkovl");
     fs::rename(at("/tmp/initramfs-virt"), boot.join("initramfs-virt")).expect("move the initramfs");
-    let apks = medium.join("apks");
-    fs::create_dir_all(&apks).expect("create apks/");
-    run(Command::new("cp").arg("-a").arg(repo.dir.join("x86_64")).arg(&apks), "copy the boot repository");
-    write(&apks.join(".boot_repository"), "", 0o644);
     let cache = medium.join("cache");
     fs::create_dir_all(&cache).expect("create cache/");
     fs::copy(
@@ -593,6 +593,41 @@ fn stage_medium(stage: &Path, medium: &Path, repo: &packages::Repository) {
         cache.join(format!("APKINDEX.{}.tar.gz", index_cache_id(REPO_URL))),
     )
     .expect("copy the index into the medium's apk cache");
+    // The installed packages in the cache, as `apk cache download` leaves them there:
+    // `NAME-VERSION.HASH.apk`, HASH the first 8 hex digits of the package's hash in the
+    // index (apk adbdump; seen: apk cached dropbear as dropbear-2022.83-r0.59d0f233.apk).
+    let installed = read(&at("/lib/apk/db/installed"));
+    let mut names = Vec::new();
+    for block in installed.split("\n\n") {
+        let field = |key: &str| block.lines().find_map(|l| l.strip_prefix(key)).map(str::to_string);
+        if let (Some(name), Some(version)) = (field("P:"), field("V:")) {
+            names.push(format!("{name}-{version}"));
+        }
+    }
+    let index = stage.join("tmp/APKINDEX.adb");
+    fs::copy(repo.dir.join("x86_64/APKINDEX.tar.gz"), &index).expect("copy the index into the staged root");
+    let dump = run(
+        Command::new("chroot").arg(stage).args(["/sbin/apk", "adbdump", "--allow-untrusted", "/tmp/APKINDEX.adb"]),
+        "apk adbdump of the bench index",
+    );
+    let _ = fs::remove_file(&index);
+    let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
+    let mut hashes = std::collections::BTreeMap::new();
+    let (mut name, mut version) = (String::new(), String::new());
+    for line in dump.lines().map(str::trim) {
+        if let Some(n) = line.strip_prefix("- name: ") {
+            name = n.to_string();
+        } else if let Some(v) = line.strip_prefix("version: ") {
+            version = v.to_string();
+        } else if let Some(h) = line.strip_prefix("hashes: ") {
+            hashes.insert(format!("{name}-{version}"), h[..8].to_string());
+        }
+    }
+    for package in &names {
+        let hash = hashes.get(package).unwrap_or_else(|| panic!("{package} is not in the bench index"));
+        fs::copy(repo.dir.join("x86_64").join(format!("{package}.apk")), cache.join(format!("{package}.{hash}.apk")))
+            .unwrap_or_else(|e| panic!("cache {package}: {e}"));
+    }
 }
 
 /// The diskless medium's /boot/extlinux.conf: the command line of Alpine's ISO (no `root=`:
