@@ -188,7 +188,8 @@ facts! {
     containers: Containers = Containers::None,
         "none: no container runtime limits memory with cgroups, so kernel-memory accounting goes (`cgroup.memory=nokmem`); used: it stays";
     boot_trial: BootTrial = BootTrial::Once,
-        "once: the new boot configuration is tried once (extlinux --once) and the previous one stays the default until the boot is confirmed; off: the new one is the default at once (no extlinux, or /boot/ldlinux.sys missing)";
+        "once: the new boot configuration is tried once (extlinux --once) and the previous one stays the default until the boot is confirmed; off: the new one is the default at once (no extlinux, or /boot/ldlinux.sys missing)",
+        when install = "sys";
 }
 
 pub const DEFAULT_TARGET: &str = "alpine-3.23-kvm";

@@ -114,7 +114,9 @@ fn resolve(action: &Action, facts: &Facts) -> Action<String> {
             Action::BootTrial { remove_when_confirmed: items(remove_when_confirmed, facts) }
         }
         Action::Reboot {} => Action::Reboot {},
-        Action::LbuCommit { include } => Action::LbuCommit { include: items(include, facts) },
+        Action::LbuCommit { include, exclude } => {
+            Action::LbuCommit { include: items(include, facts), exclude: items(exclude, facts) }
+        }
     }
 }
 

@@ -141,9 +141,14 @@ pub enum Action<I = Item> {
     /// Write a value into a kernel file (sysfs) now.
     WriteValue { path: String, value: String },
     /// Save the changes of a diskless host to its boot media (`lbu commit`), with
-    /// `include` (paths lbu does not save by default) added to lbu's list first;
+    /// `include` (paths lbu does not save by default) added to lbu's list first and
+    /// `exclude` (paths under those that hold only the current boot's state) kept out;
     /// `lbu status` must then list nothing.
-    LbuCommit { include: Vec<I> },
+    LbuCommit {
+        include: Vec<I>,
+        #[serde(default)]
+        exclude: Vec<I>,
+    },
     /// Try the new boot configuration once (the boot loader's boot-once), with the one from
     /// before the run as the default until the after-boot one-shot confirms the new one and
     /// removes `remove_when_confirmed`.
@@ -571,9 +576,10 @@ impl Action {
                 check_word("value", value, "")
             }
             Action::PruneModules { keep } => check_items(keep),
-            Action::LbuCommit { include } => {
+            Action::LbuCommit { include, exclude } => {
                 check_items(include)?;
-                include.iter().try_for_each(|item| match item {
+                check_items(exclude)?;
+                include.iter().chain(exclude).try_for_each(|item| match item {
                     Item::Plain(path) | Item::When { value: path, .. } => check_path(path),
                 })
             }

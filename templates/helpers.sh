@@ -845,13 +845,19 @@ need_lbu() {
 	fi
 }
 
-# lbu_commit INCLUDE: add INCLUDE (paths, split on spaces) to what lbu saves, save
-# every change to the boot media, and check that lbu status then lists nothing.
+# lbu_commit INCLUDE EXCLUDE: add INCLUDE (paths, split on spaces) to what lbu saves
+# and keep EXCLUDE out of it, save every change to the boot media, and check that lbu
+# status then lists nothing.
 lbu_commit() {
 	local path status
 	for path in $1; do
 		if ! grep -qxF "+${path#/}" /etc/apk/protected_paths.d/lbu.list 2>/dev/null; then
 			change "add $path to what lbu saves" lbu include "$path"
+		fi
+	done
+	for path in $2; do
+		if ! grep -qxF -- "-${path#/}" /etc/apk/protected_paths.d/lbu.list 2>/dev/null; then
+			change "keep $path out of what lbu saves" lbu exclude "$path"
 		fi
 	done
 	if dry_run; then

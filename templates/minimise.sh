@@ -176,8 +176,8 @@ rule_{{ rule.func }}() {
 	keep_gettys {{ consoles.join(" ")|sh }}
 {%- when Action::WriteValue { path, value } %}
 	write_value {{ path|sh }} {{ value|sh }}
-{%- when Action::LbuCommit { include } %}
-	lbu_commit {{ include.join(" ")|sh }}
+{%- when Action::LbuCommit { include, exclude } %}
+	lbu_commit {{ include.join(" ")|sh }} {{ exclude.join(" ")|sh }}
 {%- when Action::BootTrial { remove_when_confirmed } %}
 	arm_boot_trial {{ remove_when_confirmed.join(" ")|sh }} {{ trial_ports|sh }}
 {%- when Action::Reboot {} %}

@@ -849,7 +849,9 @@ access_section() {
 # boot_section: whether the boot loader can try the new boot configuration once.
 boot_section() {
 	printf '\n'
-	if [ -f /boot/ldlinux.sys ] && have extlinux; then
+	if [ "$INSTALL" = diskless ]; then
+		note "boot trial: a diskless host boots from its media, which the script leaves alone (boot_trial does not apply)"
+	elif [ -f /boot/ldlinux.sys ] && have extlinux; then
 		note "extlinux boots this host from /boot (ldlinux.sys): the reboot tries the new boot configuration once, the previous one stays the default until it is confirmed"
 		fact boot_trial once
 	else

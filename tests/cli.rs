@@ -182,6 +182,7 @@ fn plan_lists_every_rule_with_its_decision() {
         "orphans-remove",
         "apk-cache-clear",
         "boot-services-off",
+        "clock-osclock",
         "sysctl-ipv6-off",
         "sysfs-debug-off",
         "sysctl-tuning",

@@ -313,11 +313,11 @@ fn xen_hosts() {
 }
 
 /// A diskless host: the root is a tmpfs and a modloop is mounted; no disk and
-/// no boot loader to name.
+/// no boot loader and no boot trial to name.
 #[test]
 fn diskless_host() {
     if sandbox::require() {
-        round_trip_without("diskless", &[("install", "\"diskless\"")], &["disk", "boot_loader"]);
+        round_trip_without("diskless", &[("install", "\"diskless\"")], &["disk", "boot_loader", "boot_trial"]);
     }
 }
 

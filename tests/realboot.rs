@@ -760,3 +760,169 @@ fn bench_scripts_are_shellcheck_clean() {
         assert!(out.status.success(), "build-disk.sh, serve.sh: {}", text(&out.stdout));
     }
 }
+
+/// The guest's RAM for the diskless host, in MiB. Its root is a tmpfs (half the RAM by
+/// default) that holds every installed package; the stock 128 MiB leaves 46 MB of tmpfs,
+/// less than the host's packages (see `DISKLESS_LEFT_OUT` in realboot/mod.rs).
+const DISKLESS_MEMORY: &str = "256";
+
+/// What a diskless host shows of itself over SSH: the root's type, the modloop, the world,
+/// the installed packages, lbu status and the apk cache on the medium.
+const DISKLESS_STATE: &str = "echo root: $(awk '$2 == \"/\" { print $3 }' /proc/mounts); \
+    echo modloop: $(awk '$2 == \"/.modloop\" { print $1, $3 }' /proc/mounts); \
+    echo medium: $(awk '$2 == \"/media/vda1\" { print $3, $4 }' /proc/mounts); \
+    echo world: $(cat /etc/apk/world); echo installed: $(apk --no-network info 2>/dev/null | sort); \
+    echo lbu-status: $(lbu status 2>&1); echo cache: $(ls /media/vda1/cache | grep -c '\\.apk$'); \
+    echo dropbear-cached: $(ls /media/vda1/cache | grep '^dropbear-[0-9]'); \
+    echo mem: $(free -k | awk '/Mem:/ { print $2, $3 }'); df -k / | tail -1";
+
+/// `lbu diff` on the host: what lbu status lists, in full (for messages).
+fn lbu_diff(vm: &Vm) -> String {
+    let out = vm.ssh("lbu diff", b"", HostKey::Strict);
+    format!("--- lbu diff ---\n{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+/// The value on the line `NAME: VALUE` of STATE.
+fn state_line(state: &str, name: &str) -> String {
+    let prefix = format!("{name}:");
+    state
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} line:\n{state}"))
+        .trim()
+        .into()
+}
+
+/// A diskless host (Alpine's diskless mode, issue 11) boots from its medium under BIOS:
+/// the initramfs fills a tmpfs root from the apkovl and the packages of its world, and
+/// the modloop service mounts the medium's modloop. The probe reads `install = "diskless"`;
+/// the script made from the probed facts runs over SSH and ends with lbu commit done and
+/// lbu status clean. The host boots again from the medium with the run's changes (dropbear
+/// answering with sshd's host key, the world and the installed packages as the run left
+/// them); a second run changes nothing; undo.sh, then a reboot, bring OpenSSH back.
+#[test]
+fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
+    if let Some(why) = realboot::why_not_diskless() {
+        return realboot::skip(&why);
+    }
+    let start = Instant::now();
+    let work = WorkDir::new("diskless");
+    let disk = realboot::diskless_disk();
+    let mut vm = Vm::boot_with_memory("diskless", &disk, work.path(), Bus::Virtio, DISKLESS_MEMORY);
+    assert_eq!(vm.wait_boot(0), Boot::LoginPrompt, "{}", vm.tail());
+    eprintln!("diskless: built and booted from its medium in {:.1} min", start.elapsed().as_secs_f64() / 60.0);
+    let serial = vm.serial_text();
+    assert!(serial.contains("Loading user settings from /media/vda1/vps.apkovl.tar.gz"), "{}", vm.tail());
+    assert!(!serial.contains("apkovl packages install completed with errors"), "{}", vm.tail());
+    vm.wait_ssh(HostKey::AcceptNew).unwrap_or_else(|e| panic!("{e}"));
+    // The operator's first `lbu commit`, as after setting up a diskless host: the apkovl was
+    // packed from the staged root, where the image's packages' scripts never ran, so the
+    // first boot's install adds what they add (busybox's klogd user, seen in lbu diff) and
+    // the image's own /etc/mtab file goes. The run's preflight wants nothing unsaved.
+    let first = vm.ssh_ok("lbu status", HostKey::Strict);
+    eprintln!("diskless: lbu status at the first boot (committed before the run):\n{first}");
+    vm.ssh_ok("lbu commit", HostKey::Strict);
+    let before = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
+    eprintln!("diskless before the run:\n{before}");
+    assert_eq!(state_line(&before, "root"), "tmpfs", "{before}");
+    assert!(state_line(&before, "modloop").ends_with("squashfs"), "{before}");
+    assert_eq!(state_line(&before, "lbu-status"), "", "{before}\n{}", lbu_diff(&vm));
+    // The medium's apk cache holds the installed packages (the initramfs installed them
+    // from there, offline); dropbear is not among them yet.
+    assert!(state_line(&before, "cache").parse::<usize>().unwrap_or(0) > 50, "{before}");
+    assert_eq!(state_line(&before, "dropbear-cached"), "", "{before}");
+    let view = SshView::of(&vm, HostKey::Strict);
+    assert!(view.key_login && view.software().starts_with("OpenSSH"), "before: {}", view.software());
+    assert!(!view.password_login, "sshd took a password before the run");
+
+    // The probe's facts, read over SSH, and the script made from them.
+    let probe = common::mingen(&["probe"]).stdout;
+    let facts = text(&vm.ssh("sh -s", probe.as_bytes(), HostKey::Strict).stdout);
+    eprintln!("diskless: the probe says:\n{facts}");
+    assert!(
+        facts.lines().any(|l| l == "install = \"diskless\""),
+        "the probe does not say install = \"diskless\":\n{facts}"
+    );
+    for absent in ["disk =", "boot_loader =", "boot_trial ="] {
+        assert!(!facts.lines().any(|l| l.starts_with(absent)), "a diskless host has no {absent}\n{facts}");
+    }
+    let facts_file = work.path().join("host.toml");
+    std::fs::write(&facts_file, &facts).expect("write the probed facts");
+    let script = common::script(&["--facts", &facts_file.to_string_lossy()]);
+    realboot::upload(&vm, "/root/minimise.sh", &script, HostKey::Strict);
+    let (status, output) = realboot::run_script(&vm, "/root/minimise.sh", HostKey::Strict);
+    eprintln!("--- diskless: the script's output ---\n{output}");
+    assert_eq!(status, Some(0), "the script failed on the diskless host:\n{output}");
+    assert!(output.contains("preflight: the host matches the facts"), "{output}");
+    assert!(output.contains("save the changes to the boot media (lbu commit)"), "{output}");
+    let run = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
+    eprintln!("diskless after the run:\n{run}");
+    assert_eq!(state_line(&run, "lbu-status"), "", "lbu status after the run:\n{run}\n{}", lbu_diff(&vm));
+    assert_ne!(state_line(&run, "world"), state_line(&before, "world"), "the run left the world as it was");
+    assert_ne!(state_line(&run, "dropbear-cached"), "", "dropbear is not in the apk cache on the medium:\n{run}");
+
+    // Booted again from the medium: the run's changes are there, dropbear answers with
+    // sshd's host key (strict checking against the known_hosts from before).
+    let mark = vm.reboot(HostKey::Strict);
+    assert_eq!(vm.wait_boot(mark), Boot::LoginPrompt, "the diskless host did not boot after the run:\n{}", vm.tail());
+    // The initramfs (no network: no ip=) installed the world, dropbear included, from the cache.
+    let boot_log = text(std::fs::read(&vm.serial).unwrap_or_default().get(mark..).unwrap_or_default());
+    assert!(boot_log.contains("Installing dropbear"), "dropbear was not installed at boot:\n{}", vm.tail());
+    assert!(!boot_log.contains("apkovl packages install completed with errors"), "{}", vm.tail());
+    assert!(vm.power_cycles > 0, "the host did not reboot");
+    vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("after the reboot: {e}"));
+    let view = SshView::of(&vm, HostKey::Strict);
+    assert!(view.key_login && view.software().starts_with("dropbear"), "after the reboot: {}", view.software());
+    assert!(!view.password_login, "dropbear took root's password; sshd refused passwords");
+    let booted = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
+    eprintln!("diskless after the run and its reboot:\n{booted}");
+    assert_eq!(state_line(&booted, "root"), "tmpfs", "{booted}");
+    for line in ["world", "installed"] {
+        assert_eq!(state_line(&booted, line), state_line(&run, line), "{line} after the reboot:\n{booted}\n{run}");
+    }
+
+    // rule sysfs-debug-off's edit of /etc/init.d/sysfs came back from the apkovl, and
+    // this boot mounted no debugfs.
+    let sysfs = vm.ssh_ok(
+        "grep -c ': #mount -n -t debugfs' /etc/init.d/sysfs; awk '$3 == \"debugfs\"' /proc/mounts",
+        HostKey::Strict,
+    );
+    assert_eq!(sysfs.trim(), "1", "the sysfs edit did not last, or debugfs is mounted:\n{sysfs}");
+    // Nothing to save after the boot: the boot changed nothing lbu keeps (the initramfs
+    // put hwclock back in the boot runlevel, where rule clock-osclock leaves it here).
+    assert_eq!(state_line(&booted, "lbu-status"), "", "lbu status after the reboot:\n{booted}\n{}", lbu_diff(&vm));
+
+    // A second run (the script sent again: /root is not saved, but /root/.ssh) changes
+    // nothing, and leaves nothing for lbu to save.
+    realboot::upload(&vm, "/root/minimise.sh", &script, HostKey::Strict);
+    let (status, again) = realboot::run_script(&vm, "/root/minimise.sh", HostKey::Strict);
+    eprintln!("--- diskless: the second run's output ---\n{again}");
+    assert_eq!(status, Some(0), "the second run failed:\n{again}");
+    assert!(again.contains("nothing to do: this host is minimised"), "the second run changed something:\n{again}");
+    assert!(!again.contains("lbu commit"), "the second run saved changes:\n{again}");
+    let second = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
+    assert_eq!(state_line(&second, "lbu-status"), "", "lbu status after the second run:\n{second}\n{}", lbu_diff(&vm));
+
+    // Undo, saved by lbu: after a reboot, OpenSSH is back with the same host key, and the
+    // world and the packages are those from before the run.
+    let (status, undo) = realboot::run_script(&vm, "/var/lib/mingen/undo.sh", HostKey::Strict);
+    eprintln!("--- diskless: undo.sh's output ---\n{undo}");
+    assert_eq!(status, Some(0), "undo.sh failed:\n{undo}");
+    let undone = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
+    assert_eq!(state_line(&undone, "lbu-status"), "", "lbu status after undo:\n{undone}\n{}", lbu_diff(&vm));
+    let mark = vm.reboot(HostKey::Strict);
+    assert_eq!(vm.wait_boot(mark), Boot::LoginPrompt, "the diskless host did not boot after undo:\n{}", vm.tail());
+    vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("after undo's reboot: {e}"));
+    let view = SshView::of(&vm, HostKey::Strict);
+    assert!(view.key_login && view.software().starts_with("OpenSSH"), "after undo: {}", view.software());
+    let back = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
+    eprintln!("diskless after undo and its reboot:\n{back}");
+    for line in ["world", "installed"] {
+        assert_eq!(state_line(&back, line), state_line(&before, line), "{line} after undo:\n{back}\n{before}");
+    }
+    eprintln!(
+        "diskless: probe, run, reboot, second run, undo and reboot in {:.1} min",
+        start.elapsed().as_secs_f64() / 60.0
+    );
+    vm.quit();
+}

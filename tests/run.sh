@@ -4,7 +4,8 @@
 #   bash tests/run.sh [cargo test arguments]
 #
 # As root on Debian it installs what is missing: QEMU and the boot tools for the
-# real-boot bench (OVMF, dosfstools and mtools for its EFI-stub host), musl and
+# real-boot bench (OVMF, dosfstools and mtools for its EFI-stub host, squashfs-tools for
+# its diskless host's modloop), musl and
 # Debian's source packages for the bench's OpenSSH and dropbear, OpenSSH's and
 # dropbear's tools for the host-key test, and shellcheck (from PyPI). Elsewhere
 # it installs nothing and the tests that need those say SKIPPED. A test that could not run is listed, with its reason, at the end;
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debian_packages=(qemu-system-x86 qemu-utils extlinux syslinux-common fdisk e2fsprogs musl-tools dpkg-dev
-	openssh-client dropbear-bin python3-pip openssl iproute2 unzip ovmf dosfstools mtools)
+	openssh-client dropbear-bin python3-pip openssl iproute2 unzip ovmf dosfstools mtools squashfs-tools)
 
 setup() {
 	if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

@@ -6,7 +6,10 @@
 #   efi-stub  for UEFI, as alpine-make-vm-image lays it out: GPT, a 128 MiB EFI system
 #             partition (FAT32, label EFI) that holds the files of STAGE's /boot (the
 #             kernel, its initramfs and startup.nsh, which the UEFI shell runs) and is
-#             mounted at /boot, then the ext4 root (label root) with /boot empty.
+#             mounted at /boot, then the ext4 root (label root) with /boot empty;
+#   diskless  for BIOS, Alpine's diskless mode: an MBR with one bootable ext4 partition
+#             (label ALPINE) holding STAGE, the boot medium (no root filesystem),
+#             extlinux in its /boot, Debian's mbr.bin.
 # Runs on the build machine, as root (loop device, mount). The EFI system partition is
 # written with mtools, for the build machine's kernel may have no vfat.
 set -euo pipefail
@@ -62,6 +65,13 @@ extlinux)
 	unmount_root
 	dd if="$syslinux/mbr/mbr.bin" of="$disk" bs=440 count=1 conv=notrunc status=none
 	;;
+diskless)
+	printf 'label: dos\nstart=2048, type=83, bootable\n' | sfdisk --quiet "$disk"
+	mount_root 1 ALPINE
+	extlinux --install "$mnt/boot" >/dev/null
+	unmount_root
+	dd if="$syslinux/mbr/mbr.bin" of="$disk" bs=440 count=1 conv=notrunc status=none
+	;;
 efi-stub)
 	printf 'label: gpt\nname=efi, start=2048, size=128MiB, type=U, bootable\nname=system, type=L\n' |
 		sfdisk --quiet "$disk"
@@ -78,7 +88,7 @@ efi-stub)
 	dd if="$esp" of="$disk" bs=512 seek="$start" conv=notrunc status=none
 	;;
 *)
-	echo "build-disk.sh: no layout $layout (extlinux or efi-stub)" >&2
+	echo "build-disk.sh: no layout $layout (extlinux, efi-stub or diskless)" >&2
 	exit 2
 	;;
 esac

@@ -45,6 +45,16 @@ pub const UPGRADE_URL: &str = "http://10.0.2.100/upgrade";
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 
 const SYSLINUX: &str = "/usr/lib/syslinux";
+/// The diskless host's boot medium (the disk's one partition): where the initramfs mounts
+/// it (/media/vda1), lbu's LBU_MEDIA and the apk cache's home.
+pub const MEDIUM: &str = "vda1";
+/// Bumped whenever what `stage_medium` puts on the diskless medium changes.
+const MEDIUM_VERSION: &str = "m4";
+/// The cloud image's packages a diskless host leaves out: the tmpfs root holds every
+/// installed package in RAM, and cloud-init with python3 (about 45 MB installed) would not
+/// fit in the guest's RAM beside the rest; Alpine's own diskless images configure
+/// themselves from the apkovl (or tiny-cloud), not cloud-init.
+const DISKLESS_LEFT_OUT: &[&str] = &["cloud-init"];
 /// The kernel's `modules=` on both bench disks, as Alpine's installer writes it.
 const BOOT_MODULES: &str = "sd-mod,usb-storage,ext4";
 
@@ -175,6 +185,11 @@ pub enum Layout {
     /// mounted at /boot with the kernel, its initramfs and startup.nsh, whose one line the
     /// UEFI shell runs (the kernel's EFI stub, `boot_loader = "efi-stub"`); ext4 root.
     EfiStub,
+    /// BIOS, Alpine's diskless mode (`install = "diskless"`): MBR, one ext4 partition (the
+    /// boot medium, vda1, no root filesystem on the disk) with extlinux, the image's kernel
+    /// and initramfs, the modloop, the apkovl and the apk cache with the installed packages
+    /// (`stage_medium`); the initramfs fills a tmpfs root from them at every boot.
+    Diskless,
 }
 
 impl Layout {
@@ -183,13 +198,14 @@ impl Layout {
         match self {
             Layout::Extlinux => "extlinux",
             Layout::EfiStub => "efi-stub",
+            Layout::Diskless => "diskless",
         }
     }
 
     /// The firmware that boots it.
     pub fn firmware(self) -> Firmware {
         match self {
-            Layout::Extlinux => Firmware::Bios,
+            Layout::Extlinux | Layout::Diskless => Firmware::Bios,
             Layout::EfiStub => Firmware::Uefi,
         }
     }
@@ -209,6 +225,13 @@ pub fn efi_stub_disk() -> PathBuf {
     DISK.get_or_init(|| build_disk(Layout::EfiStub)).clone()
 }
 
+/// The diskless host's boot medium (raw, 1 GiB, MBR + extlinux + one ext4 partition),
+/// built once and cached. Boot overlays of it; never write it.
+pub fn diskless_disk() -> PathBuf {
+    static DISK: OnceLock<PathBuf> = OnceLock::new();
+    DISK.get_or_init(|| build_disk(Layout::Diskless)).clone()
+}
+
 fn build_disk(layout: Layout) -> PathBuf {
     // Without the bench repository (while packages.rs is unavailable) the disk boots, without SSH.
     let repo = if packages::why_not().is_none() { Some(packages::repository()) } else { None };
@@ -223,17 +246,29 @@ fn build_disk(layout: Layout) -> PathBuf {
     let path = match layout {
         Layout::Extlinux => image::cache().join(format!("realboot-disk-{stamp}.raw")),
         Layout::EfiStub => image::cache().join(format!("realboot-disk-{}-{stamp}.raw", layout.name())),
+        Layout::Diskless => {
+            image::cache().join(format!("realboot-disk-{}-{MEDIUM_VERSION}-{stamp}.raw", layout.name()))
+        }
     };
     cached(path, |scratch| {
         let stage = scratch.with_extension("stage");
         let _ = Command::new("rm").arg("-rf").arg(&stage).status();
         run(Command::new("cp").arg("-a").arg(image::root()).arg(&stage), "copy the image's root tree");
         stage_root(&stage, repo, layout);
+        // The diskless disk holds the boot medium, made from the staged root.
+        let medium = scratch.with_extension("medium");
+        let tree = if layout == Layout::Diskless {
+            let repo = repo.unwrap_or_else(|| panic!("the diskless medium needs the bench repository"));
+            stage_medium(&stage, &medium, repo);
+            &medium
+        } else {
+            &stage
+        };
         run(
-            Command::new("bash").arg(file("build-disk.sh")).arg(layout.name()).arg(&stage).arg(scratch).arg(ROOT_UUID),
+            Command::new("bash").arg(file("build-disk.sh")).arg(layout.name()).arg(tree).arg(scratch).arg(ROOT_UUID),
             "build-disk.sh",
         );
-        let _ = Command::new("rm").arg("-rf").arg(&stage).status();
+        let _ = Command::new("rm").arg("-rf").arg(&stage).arg(&medium).status();
     })
 }
 
@@ -275,12 +310,21 @@ fn stage_root(stage: &Path, repo: Option<&packages::Repository>, layout: Layout)
     let fstab = read(&at("/etc/fstab"));
     let esp = match layout {
         Layout::Extlinux => "",
+        // A diskless host's fstab names its boot medium, not a root (the initramfs moves the
+        // medium's mount there and remounts it with these options; lbu commit writes to it).
+        Layout::Diskless => "",
         // alpine-make-vm-image's line for the EFI system partition.
         Layout::EfiStub => {
             "LABEL=EFI\t/boot\tvfat\trw,relatime,fmask=0133,codepage=437,iocharset=ascii,shortname=mixed,utf8,errors=remount-ro\t0 2\n"
         }
     };
-    write(&at("/etc/fstab"), &format!("UUID={ROOT_UUID}\t/\text4\trw,relatime 0 1\n{esp}{fstab}"), 0o644);
+    let root = match layout {
+        // setup-lbu's line (`noauto,ro`), with the `noauto` that setup-apkcache takes away:
+        // the medium is mounted at boot, read-only; lbu and apk remount it to write.
+        Layout::Diskless => format!("UUID={ROOT_UUID}\t/media/{MEDIUM}\text4\tro 0 0\n"),
+        _ => format!("UUID={ROOT_UUID}\t/\text4\trw,relatime 0 1\n"),
+    };
+    write(&at("/etc/fstab"), &format!("{root}{esp}{fstab}"), 0o644);
     write(&at("/etc/modules"), "af_packet\nipv6\n", 0o644);
     write(&at("/etc/init.d/mdev"), &read(&file("mdev.initd")), 0o755);
     // The cloud image's identity, console and network.
@@ -317,6 +361,8 @@ fn stage_root(stage: &Path, repo: Option<&packages::Repository>, layout: Layout)
             write(&at("/etc/mkinitfs/mkinitfs.conf"), "features=\"base ext4 kms scsi virtio\"\n", 0o644);
             write(&at("/boot/startup.nsh"), &startup_nsh(), 0o644);
         }
+        // The boot medium's extlinux.conf is written by `stage_medium`.
+        Layout::Diskless => {}
     }
     // root: the test key, and a password for the password test.
     let hash = run(Command::new("openssl").args(["passwd", "-6", "-salt", "benchsalt", PASSWORD]), "openssl passwd");
@@ -348,7 +394,9 @@ fn stage_root(stage: &Path, repo: Option<&packages::Repository>, layout: Layout)
         run(Command::new("ssh-keygen").arg("-A").arg("-f").arg(stage), "ssh-keygen -A for the host keys");
     }
     // Runlevels: exactly the cloud image's.
-    for (level, services) in [("sysinit", SYSINIT), ("boot", BOOT), ("default", DEFAULT), ("shutdown", SHUTDOWN)] {
+    // A diskless host mounts its modloop at sysinit (as Alpine's initramfs sets it up).
+    let sysinit = [SYSINIT, if layout == Layout::Diskless { &["modloop"] } else { &[] }].concat();
+    for (level, services) in [("sysinit", &sysinit[..]), ("boot", BOOT), ("default", DEFAULT), ("shutdown", SHUTDOWN)] {
         let dir = at(&format!("/etc/runlevels/{level}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create a runlevel");
@@ -422,12 +470,18 @@ fn install_packages(stage: &Path, repo: &packages::Repository, layout: Layout) {
     fs::create_dir_all(stage.join(mount_point.trim_start_matches('/'))).expect("mkdir the repository's mount point");
     write(&stage.join("etc/apk/repositories"), &format!("{mount_point}\n"), 0o644);
     write(&stage.join("etc/apk/keys").join(&repo.key_name), &read(&repo.public_key), 0o644);
-    // alpine-make-vm-image's UEFI image has no boot loader package.
-    let names: Vec<&str> = packages::CLOUD_IMAGE_PACKAGES
+    // alpine-make-vm-image's UEFI image has no boot loader package; a diskless host's boot
+    // loader is on its medium, it runs alpine-base (lbu), and it has no cloud-init (see
+    // `DISKLESS_LEFT_OUT`).
+    let mut names: Vec<&str> = packages::CLOUD_IMAGE_PACKAGES
         .iter()
         .copied()
         .filter(|name| layout == Layout::Extlinux || *name != "syslinux")
+        .filter(|name| layout != Layout::Diskless || !DISKLESS_LEFT_OUT.contains(name))
         .collect();
+    if layout == Layout::Diskless {
+        names.push("alpine-base");
+    }
     let names = names.join(" ");
     let script = format!(
         "set -e; mount --rbind /dev \"$1/dev\"; mount -t proc proc \"$1/proc\"; \
@@ -461,6 +515,134 @@ fn install_packages(stage: &Path, repo: &packages::Repository, layout: Layout) {
         index.display(),
         String::from_utf8_lossy(&found.stderr)
     );
+}
+
+/// The diskless boot medium in MEDIUM_DIR, from the staged root STAGE, as Alpine's
+/// initramfs reads it (mkinitfs 3.13.0, initramfs-init and nlplug-findfs): with no `root=`
+/// it mounts each partition read-only at /media/DEV, takes `*.apkovl.tar.gz` at its top
+/// and each directory with `.boot_repository` beside it as a repository, unpacks the
+/// apkovl into a tmpfs root, installs /etc/apk/world (and alpine-base) into it from those
+/// repositories and the apk cache (`--no-network` without `ip=`), and moves the medium's
+/// mount into the new root, where the modloop service finds `modloop=` on it.
+/// This medium has no boot repository: the apk cache holds every installed package (as
+/// on a host installed from a network mirror, after setup-apkcache and `apk cache
+/// download`), so a package the run installs from the mirror comes back at boot only
+/// from the cache, where apk keeps it.
+/// On the medium: boot/ (extlinux, the image's kernel, an initramfs with squashfs, the modloop, a
+/// squashfs of `modules/KVER/`), the apkovl that `lbu package` makes of the staged root
+/// (LBU_MEDIA=vda1, the apk cache on the medium as setup-apkcache links it, root's
+/// key included) and cache/ (the bench repository's index and the installed packages, as
+/// apk caches them, for the initramfs's apk and the host's to read offline).
+fn stage_medium(stage: &Path, medium: &Path, repo: &packages::Repository) {
+    let at = |p: &str| stage.join(p.trim_start_matches('/'));
+    let _ = Command::new("rm").arg("-rf").arg(medium).status();
+    let boot = medium.join("boot");
+    fs::create_dir_all(&boot).expect("create the medium's /boot");
+    fs::copy(at("/boot/vmlinuz-virt"), boot.join("vmlinuz-virt")).expect("copy the kernel");
+    let kernels: Vec<_> = fs::read_dir(at("/lib/modules")).expect("read /lib/modules").flatten().collect();
+    assert_eq!(kernels.len(), 1, "one kernel's modules in the image");
+    let kver = kernels[0].file_name().to_string_lossy().into_owned();
+    let modloop = medium.with_extension("modloop");
+    let _ = Command::new("rm").arg("-rf").arg(&modloop).status();
+    fs::create_dir_all(modloop.join("modules")).expect("create the modloop tree");
+    run(Command::new("cp").arg("-a").arg(kernels[0].path()).arg(modloop.join("modules")), "copy the modules");
+    run(
+        Command::new("mksquashfs").arg(&modloop).arg(boot.join("modloop-virt")).args([
+            "-comp",
+            "xz",
+            "-all-root",
+            "-noappend",
+            "-no-progress",
+            "-quiet",
+        ]),
+        "mksquashfs of the modloop",
+    );
+    let _ = Command::new("rm").arg("-rf").arg(&modloop).status();
+    write(&boot.join("extlinux.conf"), &diskless_extlinux_conf(), 0o644);
+    // The staged root becomes what a diskless host saves: no kernel package (its kernel
+    // and modules are the medium's; mkinitfs goes with it), lbu saving to the medium,
+    // the apk cache on it, and root's authorized key among what lbu saves, with the
+    // bench's mdev service (`stage_root`; busybox-mdev-openrc's on a real host, which
+    // apk audit leaves out of the apkovl as a new file under /etc/init.d).
+    // The initramfs: the image's has no squashfs (its features lack `squashfs`), and the
+    // modloop service, in the new root with no modules but the modloop's, then cannot
+    // mount the modloop ("Invalid argument", seen): made again by the image's mkinitfs
+    // with the image's features and `squashfs`, as Alpine's ISOs are.
+    let apkovl = format!("/tmp/{HOSTNAME}.apkovl.tar.gz");
+    let script = format!(
+        "set -e; mount --rbind /dev \"$1/dev\"; mount -t proc proc \"$1/proc\"; \
+         . \"$1/etc/mkinitfs/mkinitfs.conf\"; \
+         chroot \"$1\" /sbin/mkinitfs -F \"$features squashfs\" -o /tmp/initramfs-virt {kver}; \
+         chroot \"$1\" /sbin/apk del --no-network --quiet linux-virt; \
+         sed -i 's/^# LBU_MEDIA=usb$/LBU_MEDIA={MEDIUM}/' \"$1/etc/lbu/lbu.conf\"; \
+         grep -qx 'LBU_MEDIA={MEDIUM}' \"$1/etc/lbu/lbu.conf\"; \
+         mkdir -p \"$1/media/{MEDIUM}\"; ln -s /media/{MEDIUM}/cache \"$1/etc/apk/cache\"; \
+         chroot \"$1\" /sbin/lbu include /root/.ssh /etc/init.d/mdev; \
+         chroot \"$1\" /sbin/lbu package {apkovl}"
+    );
+    run(
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script, "stage"]).arg(stage),
+        "lbu package of the staged root",
+    );
+    fs::rename(at(&apkovl), medium.join(format!("{HOSTNAME}.apkovl.tar.gz"))).expect("move the apkovl");
+    fs::rename(at("/tmp/initramfs-virt"), boot.join("initramfs-virt")).expect("move the initramfs");
+    let cache = medium.join("cache");
+    fs::create_dir_all(&cache).expect("create cache/");
+    fs::copy(
+        repo.dir.join("x86_64/APKINDEX.tar.gz"),
+        cache.join(format!("APKINDEX.{}.tar.gz", index_cache_id(REPO_URL))),
+    )
+    .expect("copy the index into the medium's apk cache");
+    // The installed packages in the cache, as `apk cache download` leaves them there:
+    // `NAME-VERSION.HASH.apk`, HASH the first 8 hex digits of the package's hash in the
+    // index (apk adbdump; seen: apk cached dropbear as dropbear-2022.83-r0.59d0f233.apk).
+    let installed = read(&at("/lib/apk/db/installed"));
+    let mut names = Vec::new();
+    for block in installed.split("\n\n") {
+        let field = |key: &str| block.lines().find_map(|l| l.strip_prefix(key)).map(str::to_string);
+        if let (Some(name), Some(version)) = (field("P:"), field("V:")) {
+            names.push(format!("{name}-{version}"));
+        }
+    }
+    let index = stage.join("tmp/APKINDEX.adb");
+    fs::copy(repo.dir.join("x86_64/APKINDEX.tar.gz"), &index).expect("copy the index into the staged root");
+    let dump = run(
+        Command::new("chroot").arg(stage).args(["/sbin/apk", "adbdump", "--allow-untrusted", "/tmp/APKINDEX.adb"]),
+        "apk adbdump of the bench index",
+    );
+    let _ = fs::remove_file(&index);
+    let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
+    let mut hashes = std::collections::BTreeMap::new();
+    let (mut name, mut version) = (String::new(), String::new());
+    for line in dump.lines().map(str::trim) {
+        if let Some(n) = line.strip_prefix("- name: ") {
+            name = n.to_string();
+        } else if let Some(v) = line.strip_prefix("version: ") {
+            version = v.to_string();
+        } else if let Some(h) = line.strip_prefix("hashes: ") {
+            hashes.insert(format!("{name}-{version}"), h[..8].to_string());
+        }
+    }
+    for package in &names {
+        let hash = hashes.get(package).unwrap_or_else(|| panic!("{package} is not in the bench index"));
+        fs::copy(repo.dir.join("x86_64").join(format!("{package}.apk")), cache.join(format!("{package}.{hash}.apk")))
+            .unwrap_or_else(|e| panic!("cache {package}: {e}"));
+    }
+}
+
+/// The diskless medium's /boot/extlinux.conf: the command line of Alpine's ISO (no `root=`:
+/// diskless mode; the modloop's name on the medium), with the bench's serial console.
+/// `ext4` joins `modules=` for the medium's filesystem; `alpine_dev=` is left out, for
+/// mkinitfs has ignored it since 2024 ("init: remove unused boot options").
+fn diskless_extlinux_conf() -> String {
+    "DEFAULT virt\n\
+     PROMPT 0\n\
+     TIMEOUT 10\n\
+     LABEL virt\n  \
+       LINUX vmlinuz-virt\n  \
+       INITRD initramfs-virt\n  \
+       APPEND modules=loop,squashfs,sd-mod,usb-storage,ext4 modloop=/boot/modloop-virt console=ttyS0,115200n8\n"
+        .to_string()
 }
 
 /// The name apk gives the cached index of repository URL: the first 4 bytes of the sha1 of
@@ -593,6 +775,18 @@ pub fn why_not_uefi() -> Option<String> {
     None
 }
 
+/// Why the diskless host's medium cannot be built and booted here (mksquashfs for its
+/// modloop besides the bench), or None when it can.
+pub fn why_not_diskless() -> Option<String> {
+    if let Some(why) = why_not() {
+        return Some(why);
+    }
+    if Command::new("mksquashfs").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        return Some("`mksquashfs` is not installed (squashfs-tools)".into());
+    }
+    None
+}
+
 /// At most two VMs at once on this machine (2 cores, TCG), across test and bench processes:
 /// a VM holds the lock of one of two slot files in the cache while it runs.
 const MAX_VMS: usize = 2;
@@ -679,6 +873,8 @@ pub struct Vm {
     pub overlay: PathBuf,
     bus: Bus,
     firmware: Firmware,
+    /// The guest's RAM in MiB (QEMU's -m).
+    memory: &'static str,
     /// How many times the guest rebooted (QEMU was started again).
     pub power_cycles: usize,
     _slot: Slot,
@@ -690,7 +886,7 @@ pub struct Vm {
 /// (each request logged in `NAME.repo.log`).
 /// QEMU dies with the thread that started it (setpriv --pdeathsig), and exits when the guest
 /// reboots (-no-reboot): `power_cycle` starts it again.
-fn spawn_qemu(name: &str, image: &Path, dir: &Path, bus: Bus, firmware: Firmware, port: u16) -> Child {
+fn spawn_qemu(name: &str, image: &Path, dir: &Path, bus: Bus, firmware: Firmware, memory: &str, port: u16) -> Child {
     let (serial, monitor) = (vm_file(dir, name, "serial.log"), vm_file(dir, name, "monitor"));
     let _ = fs::remove_file(&monitor);
     let log = fs::OpenOptions::new()
@@ -700,7 +896,7 @@ fn spawn_qemu(name: &str, image: &Path, dir: &Path, bus: Bus, firmware: Firmware
         .expect("open the QEMU log");
     Command::new("setpriv")
         .args(["--pdeathsig", "KILL", "--", "qemu-system-x86_64"])
-        .args(["-accel", "tcg", "-cpu", "max", "-m", firmware.memory(), "-smp", "1", "-display", "none", "-no-reboot"])
+        .args(["-accel", "tcg", "-cpu", "max", "-m", memory, "-smp", "1", "-display", "none", "-no-reboot"])
         .args(["-name", name])
         .arg("-chardev")
         .arg(format!("file,id=serial0,path={},append=on", serial.display()))
@@ -777,6 +973,25 @@ impl Vm {
     /// Boot IMAGE itself in DIR on BUS with FIRMWARE; a UEFI guest gets its own copy of
     /// OVMF's variable store, which its reboots keep (as a machine keeps its NVRAM).
     pub fn start_with(name: &str, image: &Path, dir: &Path, bus: Bus, firmware: Firmware) -> Vm {
+        Vm::start_with_memory(name, image, dir, bus, firmware, firmware.memory())
+    }
+
+    /// Boot a new overlay over BASE in DIR on BUS (BIOS) with MEMORY MiB of RAM, not the
+    /// firmware's default (a diskless host holds its root in RAM).
+    pub fn boot_with_memory(name: &str, base: &Path, dir: &Path, bus: Bus, memory: &'static str) -> Vm {
+        let image = dir.join(format!("{name}.qcow2"));
+        overlay(base, &image);
+        Vm::start_with_memory(name, &image, dir, bus, Firmware::Bios, memory)
+    }
+
+    fn start_with_memory(
+        name: &str,
+        image: &Path,
+        dir: &Path,
+        bus: Bus,
+        firmware: Firmware,
+        memory: &'static str,
+    ) -> Vm {
         if firmware == Firmware::Uefi {
             fs::copy(OVMF_VARS, vm_file(dir, name, "vars.fd")).expect("copy OVMF's variable store");
         }
@@ -787,7 +1002,7 @@ impl Vm {
         let _ = fs::File::create(&known_hosts);
         let _ = fs::File::create(&serial);
         let port = free_port();
-        let child = spawn_qemu(name, image, dir, bus, firmware, port);
+        let child = spawn_qemu(name, image, dir, bus, firmware, memory, port);
         Vm {
             child,
             name: name.into(),
@@ -799,6 +1014,7 @@ impl Vm {
             overlay: image.into(),
             bus,
             firmware,
+            memory,
             power_cycles: 0,
             _slot: slot,
         }
@@ -810,7 +1026,7 @@ impl Vm {
     fn power_cycle(&mut self) {
         let _ = self.child.wait();
         self.power_cycles += 1;
-        self.child = spawn_qemu(&self.name, &self.overlay, &self.dir, self.bus, self.firmware, self.port);
+        self.child = spawn_qemu(&self.name, &self.overlay, &self.dir, self.bus, self.firmware, self.memory, self.port);
     }
 
     /// The serial console so far.
