@@ -420,6 +420,8 @@ fn assert_kernel_cmdline(host: &Host, case: &Case, added: &str) {
             assert!(!append.is_empty());
             for line in append {
                 assert!(line.contains(" modules=sd-mod,ext4 ") && line.ends_with(&format!(" {opts}")), "{line}");
+                // The cloud image finds its root by LABEL; the edit keeps it as it was.
+                assert!(line.trim_start().starts_with("APPEND root=LABEL=/ "), "{line}");
             }
             assert_eq!(grub_mkconfig, 0);
         }
