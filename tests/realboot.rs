@@ -695,7 +695,7 @@ fn efi_stub_host_probed_minimised_and_booted_again() {
     let before = vm.ssh_ok(boot_state, HostKey::Strict);
     eprintln!("efi-stub before the run:\n{before}");
     assert!(before.lines().any(|l| l == "efi-booted") && before.contains("boot: vfat"), "{before}");
-    let cmdline_before = words_after(&before, "cmdline:");
+    let cmdline_before = words_of(&before, "cmdline");
     assert!(cmdline_before.contains(&"modules=sd-mod,usb-storage,ext4".to_string()), "{before}");
     assert!(!cmdline_before.contains(&"audit=0".to_string()), "{before}");
 
@@ -725,22 +725,21 @@ fn efi_stub_host_probed_minimised_and_booted_again() {
     let after = vm.ssh_ok(boot_state, HostKey::Strict);
     eprintln!("efi-stub after the run and its reboot:\n{after}");
     assert!(after.lines().any(|l| l == "efi-booted") && after.contains("boot: vfat"), "{after}");
-    let cmdline = words_after(&after, "cmdline:");
+    let cmdline = words_of(&after, "cmdline");
     for option in ["audit=0", "nowatchdog", "ipv6.disable=1", "cgroup.memory=nokmem", "kfence.sample_interval=0"] {
         assert!(cmdline.contains(&option.to_string()), "/proc/cmdline lacks {option}:\n{after}");
     }
     assert!(cmdline.contains(&"modules=sd-mod,ext4".to_string()), "modules= after the run:\n{after}");
     // The running command line is the one startup.nsh gives the kernel.
-    let line = words_after(&after, "startup.nsh:");
+    let line = words_of(&after, "startup.nsh");
     assert!(cmdline.iter().all(|w| line.contains(w)), "/proc/cmdline is not startup.nsh's line:\n{after}");
     eprintln!("efi-stub: probe, run, reboot and checks in {:.1} min", start.elapsed().as_secs_f64() / 60.0);
     vm.quit();
 }
 
-/// The words on the line that starts with PREFIX in TEXT.
-fn words_after(text: &str, prefix: &str) -> Vec<String> {
-    let line = text.lines().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("no {prefix} line:\n{text}"));
-    line.split_whitespace().map(String::from).collect()
+/// The words after `NAME:` on its line of STATE.
+fn words_of(state: &str, name: &str) -> Vec<String> {
+    line_of(state, name).split_whitespace().map(String::from).collect()
 }
 
 /// The bench's guest scripts are shellcheck-clean (busybox ash); the host-side one (bash) too.
@@ -782,17 +781,6 @@ fn lbu_diff(vm: &Vm) -> String {
     format!("--- lbu diff ---\n{}{}", text(&out.stdout), text(&out.stderr))
 }
 
-/// The value on the line `NAME: VALUE` of STATE.
-fn state_line(state: &str, name: &str) -> String {
-    let prefix = format!("{name}:");
-    state
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} line:\n{state}"))
-        .trim()
-        .into()
-}
-
 /// A diskless host (Alpine's diskless mode, issue 11) boots from its medium under BIOS:
 /// the initramfs fills a tmpfs root from the apkovl and the packages of its world, and
 /// the modloop service mounts the medium's modloop. The probe reads `install = "diskless"`;
@@ -824,13 +812,13 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
     vm.ssh_ok("lbu commit", HostKey::Strict);
     let before = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
     eprintln!("diskless before the run:\n{before}");
-    assert_eq!(state_line(&before, "root"), "tmpfs", "{before}");
-    assert!(state_line(&before, "modloop").ends_with("squashfs"), "{before}");
-    assert_eq!(state_line(&before, "lbu-status"), "", "{before}\n{}", lbu_diff(&vm));
+    assert_eq!(line_of(&before, "root"), "tmpfs", "{before}");
+    assert!(line_of(&before, "modloop").ends_with("squashfs"), "{before}");
+    assert_eq!(line_of(&before, "lbu-status"), "", "{before}\n{}", lbu_diff(&vm));
     // The medium's apk cache holds the installed packages (the initramfs installed them
     // from there, offline); dropbear is not among them yet.
-    assert!(state_line(&before, "cache").parse::<usize>().unwrap_or(0) > 50, "{before}");
-    assert_eq!(state_line(&before, "dropbear-cached"), "", "{before}");
+    assert!(line_of(&before, "cache").parse::<usize>().unwrap_or(0) > 50, "{before}");
+    assert_eq!(line_of(&before, "dropbear-cached"), "", "{before}");
     let view = SshView::of(&vm, HostKey::Strict);
     assert!(view.key_login && view.software().starts_with("OpenSSH"), "before: {}", view.software());
     assert!(!view.password_login, "sshd took a password before the run");
@@ -857,9 +845,9 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
     assert!(output.contains("save the changes to the boot media (lbu commit)"), "{output}");
     let run = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
     eprintln!("diskless after the run:\n{run}");
-    assert_eq!(state_line(&run, "lbu-status"), "", "lbu status after the run:\n{run}\n{}", lbu_diff(&vm));
-    assert_ne!(state_line(&run, "world"), state_line(&before, "world"), "the run left the world as it was");
-    assert_ne!(state_line(&run, "dropbear-cached"), "", "dropbear is not in the apk cache on the medium:\n{run}");
+    assert_eq!(line_of(&run, "lbu-status"), "", "lbu status after the run:\n{run}\n{}", lbu_diff(&vm));
+    assert_ne!(line_of(&run, "world"), line_of(&before, "world"), "the run left the world as it was");
+    assert_ne!(line_of(&run, "dropbear-cached"), "", "dropbear is not in the apk cache on the medium:\n{run}");
 
     // Booted again from the medium: the run's changes are there, dropbear answers with
     // sshd's host key (strict checking against the known_hosts from before).
@@ -876,9 +864,9 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
     assert!(!view.password_login, "dropbear took root's password; sshd refused passwords");
     let booted = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
     eprintln!("diskless after the run and its reboot:\n{booted}");
-    assert_eq!(state_line(&booted, "root"), "tmpfs", "{booted}");
+    assert_eq!(line_of(&booted, "root"), "tmpfs", "{booted}");
     for line in ["world", "installed"] {
-        assert_eq!(state_line(&booted, line), state_line(&run, line), "{line} after the reboot:\n{booted}\n{run}");
+        assert_eq!(line_of(&booted, line), line_of(&run, line), "{line} after the reboot:\n{booted}\n{run}");
     }
 
     // rule sysfs-debug-off's edit of /etc/init.d/sysfs came back from the apkovl, and
@@ -890,7 +878,7 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
     assert_eq!(sysfs.trim(), "1", "the sysfs edit did not last, or debugfs is mounted:\n{sysfs}");
     // Nothing to save after the boot: the boot changed nothing lbu keeps (the initramfs
     // put hwclock back in the boot runlevel, where rule clock-osclock leaves it here).
-    assert_eq!(state_line(&booted, "lbu-status"), "", "lbu status after the reboot:\n{booted}\n{}", lbu_diff(&vm));
+    assert_eq!(line_of(&booted, "lbu-status"), "", "lbu status after the reboot:\n{booted}\n{}", lbu_diff(&vm));
 
     // A second run (the script sent again: /root is not saved, but /root/.ssh) changes
     // nothing, and leaves nothing for lbu to save.
@@ -901,7 +889,7 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
     assert!(again.contains("nothing to do: this host is minimised"), "the second run changed something:\n{again}");
     assert!(!again.contains("lbu commit"), "the second run saved changes:\n{again}");
     let second = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
-    assert_eq!(state_line(&second, "lbu-status"), "", "lbu status after the second run:\n{second}\n{}", lbu_diff(&vm));
+    assert_eq!(line_of(&second, "lbu-status"), "", "lbu status after the second run:\n{second}\n{}", lbu_diff(&vm));
 
     // Undo, saved by lbu: after a reboot, OpenSSH is back with the same host key, and the
     // world and the packages are those from before the run.
@@ -909,7 +897,7 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
     eprintln!("--- diskless: undo.sh's output ---\n{undo}");
     assert_eq!(status, Some(0), "undo.sh failed:\n{undo}");
     let undone = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
-    assert_eq!(state_line(&undone, "lbu-status"), "", "lbu status after undo:\n{undone}\n{}", lbu_diff(&vm));
+    assert_eq!(line_of(&undone, "lbu-status"), "", "lbu status after undo:\n{undone}\n{}", lbu_diff(&vm));
     let mark = vm.reboot(HostKey::Strict);
     assert_eq!(vm.wait_boot(mark), Boot::LoginPrompt, "the diskless host did not boot after undo:\n{}", vm.tail());
     vm.wait_ssh(HostKey::Strict).unwrap_or_else(|e| panic!("after undo's reboot: {e}"));
@@ -918,7 +906,7 @@ fn diskless_host_probed_minimised_and_booted_again_from_its_medium() {
     let back = vm.ssh_ok(DISKLESS_STATE, HostKey::Strict);
     eprintln!("diskless after undo and its reboot:\n{back}");
     for line in ["world", "installed"] {
-        assert_eq!(state_line(&back, line), state_line(&before, line), "{line} after undo:\n{back}\n{before}");
+        assert_eq!(line_of(&back, line), line_of(&before, line), "{line} after undo:\n{back}\n{before}");
     }
     eprintln!(
         "diskless: probe, run, reboot, second run, undo and reboot in {:.1} min",
